@@ -1,0 +1,322 @@
+//! The standalone agent's run loop: load and pin the datapath, enforce the policy file,
+//! follow its changes and the pod interfaces, and write the flow log. Nothing it does on
+//! exit opens the firewall: programs stay attached through pinned links.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use tokio::io::unix::AsyncFd;
+
+use crate::config::RunArgs;
+use crate::datapath::{Datapath, MapSizes, Tuning};
+use crate::flows::{Enricher, FlowSink, decode};
+use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
+use crate::source::{FileSource, FileState};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error(transparent)]
+    Sink(#[from] crate::flows::SinkError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+struct Agent {
+    args: RunArgs,
+    tuning: Tuning,
+    datapath: Datapath,
+    globs: GlobSet,
+    source: Option<FileSource>,
+    enricher: Enricher,
+    sink: Option<FlowSink>,
+    node_name: Option<String>,
+    generation: u32,
+}
+
+fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        let glob = glob.trim();
+        if glob.is_empty() {
+            continue;
+        }
+        builder.add(
+            Glob::new(glob).map_err(|error| AgentError::Config(format!("--interfaces {glob:?}: {error}")))?,
+        );
+    }
+    builder
+        .build()
+        .map_err(|error| AgentError::Config(format!("--interfaces: {error}")))
+}
+
+fn default_node_name() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+}
+
+/// Writes `content` to `path` atomically (temporary file + rename).
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, content)?;
+    std::fs::rename(&temporary, path)
+}
+
+impl Agent {
+    fn is_local(&self) -> impl Fn(&crate::policy::compiled::Endpoint) -> bool + use<> {
+        let me = self.node_name.clone();
+        move |endpoint| match &endpoint.kind {
+            EndpointKind::Pod { node, .. } => match (node, &me) {
+                (None, _) => true,
+                (Some(node), Some(me)) => node == me,
+                (Some(_), None) => true,
+            },
+            _ => false,
+        }
+    }
+
+    fn apply(&mut self, compiled: &CompiledPolicy) -> Result<(), AgentError> {
+        let is_local = self.is_local();
+        let report = self.datapath.sync(compiled, &self.tuning, is_local)?;
+        self.generation = report.generation;
+        self.enricher.learn(report.generation, compiled);
+        for warning in &compiled.warnings {
+            tracing::warn!(warning = %warning, "policy warning");
+        }
+        tracing::info!(
+            generation = report.generation,
+            zones = compiled.zones.len(),
+            endpoints = compiled.endpoints.len(),
+            policy_entries = report.policy_entries,
+            endpoints_written = report.endpoints_written,
+            endpoints_removed = report.endpoints_removed,
+            took_ms = report.duration.as_secs_f64() * 1000.0,
+            "policy enforced"
+        );
+        Ok(())
+    }
+
+    /// Re-reads the policy file; an invalid or unreadable file leaves the last good policy.
+    fn reload(&mut self) -> Result<bool, AgentError> {
+        let Some(source) = self.source.as_mut() else {
+            return Ok(false);
+        };
+        let content = match source.poll() {
+            FileState::Unchanged => return Ok(false),
+            FileState::Unreadable(message) => {
+                tracing::error!(error = %message, "policy file unreadable; the last good policy stays enforced");
+                return Ok(false);
+            }
+            FileState::Changed(content) => content,
+        };
+        match policy::load_str(&content) {
+            Ok(compiled) => {
+                self.apply(&compiled)?;
+                Ok(true)
+            }
+            Err(error) => {
+                tracing::error!(
+                    file = %source.path().display(),
+                    error = %error,
+                    "policy rejected; the last good policy stays enforced"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Attaches to new matching interfaces and lets go of vanished ones.
+    fn scan_interfaces(&mut self) -> Result<bool, AgentError> {
+        let wanted: Vec<(String, u32)> = crate::datapath::interfaces()
+            .into_iter()
+            .filter(|(name, _)| self.globs.is_match(name))
+            .collect();
+        let mut changed = false;
+        for (name, index) in &wanted {
+            if !self.datapath.is_attached(name, *index) {
+                match self.datapath.attach(name, *index) {
+                    Ok(()) => {
+                        self.enricher.name_interface(*index, name);
+                        changed = true;
+                    }
+                    // A veth can vanish between listing and attaching; retried next scan.
+                    Err(error) => tracing::warn!(%error, "attach failed"),
+                }
+            }
+        }
+        let before = self.datapath.attached().count();
+        self.datapath.prune(&wanted);
+        Ok(changed || before != self.datapath.attached().count())
+    }
+
+    fn write_ready_file(&self) -> Result<(), AgentError> {
+        let Some(path) = &self.args.ready_file else {
+            return Ok(());
+        };
+        let interfaces: Vec<&str> = self.datapath.attached().collect();
+        let content = serde_json::json!({
+            "generation": self.generation,
+            "interfaces": interfaces,
+        })
+        .to_string();
+        write_atomically(path, &content).map_err(|source| AgentError::Io {
+            what: format!("writing ready file {}", path.display()),
+            source,
+        })
+    }
+
+    fn drain_events(&mut self, ring: &mut RingBuf<MapData>) -> Result<usize, AgentError> {
+        let mut drained = 0;
+        while let Some(item) = ring.next() {
+            drained += 1;
+            let Some(event) = decode(&item) else {
+                tracing::warn!(size = item.len(), "flow event of unexpected size skipped");
+                continue;
+            };
+            if let Some(sink) = self.sink.as_mut() {
+                sink.write(&self.enricher.event(&event))?;
+            }
+        }
+        if drained > 0 {
+            if let Some(sink) = self.sink.as_mut() {
+                sink.flush()?;
+            }
+        }
+        Ok(drained)
+    }
+
+    fn expire(&mut self) -> Result<(), AgentError> {
+        let now = crate::datapath::monotonic_ns();
+        let ended = self.datapath.expire_conntrack(now)?;
+        if let Some(sink) = self.sink.as_mut() {
+            for (key, value) in &ended {
+                sink.write(&self.enricher.expired(key, value))?;
+            }
+            if !ended.is_empty() {
+                sink.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    args.validate().map_err(AgentError::Config)?;
+    let Some(config_path) = args.config.clone() else {
+        return Err(AgentError::Config(
+            "no --config given: the Kubernetes mode is not available in this build; run standalone with --config FILE".into(),
+        ));
+    };
+    let globs = glob_set(&args.interfaces)?;
+    let node_name = args.node_name.clone().or_else(default_node_name);
+    let sink = match &args.flow_log {
+        Some(target) => Some(FlowSink::open(target)?),
+        None => None,
+    };
+    let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
+    let previous = datapath.config()?;
+    if previous.ready != 0 {
+        tracing::info!(
+            generation = previous.generation,
+            "adopting pinned state: the previous policy stays enforced until the file is applied"
+        );
+    }
+    let ring = datapath
+        .take_flow_events()
+        .ok_or_else(|| AgentError::Config("flow event ring buffer already taken".into()))?;
+    let mut agent = Agent {
+        tuning: args.tuning(),
+        datapath,
+        globs,
+        source: Some(FileSource::new(&config_path)),
+        enricher: Enricher::new(node_name.clone()),
+        sink,
+        node_name,
+        generation: previous.generation,
+        args,
+    };
+    // Policy before interfaces: a newly attached interface is enforced from its first packet.
+    agent.reload()?;
+    agent.scan_interfaces()?;
+    if agent.generation != 0 {
+        agent.write_ready_file()?;
+    }
+
+    // SAFETY: the ring buffer owns its file descriptor; it stays open and unchanged for
+    // as long as the RingBuf (moved into the AsyncFd) lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|error| AgentError::Io {
+            what: "watching the flow event ring buffer".into(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| AgentError::Io {
+            what: "installing the SIGTERM handler".into(),
+            source,
+        })?;
+    let mut poll = tokio::time::interval(Duration::from_millis(agent.args.poll_ms));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_clock_sync = Instant::now();
+    tracing::info!(
+        config = %config_path.display(),
+        bpffs = %agent.args.bpffs.display(),
+        interfaces = ?agent.args.interfaces,
+        "zonewall agent running"
+    );
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|source| AgentError::Io { what: "ring buffer".into(), source })?;
+                agent.drain_events(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = poll.tick() => {
+                let policy_changed = agent.reload()?;
+                let interfaces_changed = agent.scan_interfaces()?;
+                if (policy_changed || interfaces_changed) && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+            }
+            _ = expiry.tick() => {
+                agent.expire()?;
+                agent.drain_events(ring.get_mut())?;
+                if last_clock_sync.elapsed() > Duration::from_secs(60) {
+                    agent.enricher.resync_clock();
+                    last_clock_sync = Instant::now();
+                }
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping; enforcement stays in place (pinned)");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping; enforcement stays in place (pinned)");
+                break;
+            }
+        }
+    }
+    agent.drain_events(ring.get_mut())?;
+    let counters = agent.datapath.counters()?;
+    let summary: BTreeMap<&str, u64> = firewall_common::COUNTER_NAMES
+        .iter()
+        .copied()
+        .zip(counters)
+        .filter(|(_, value)| *value != 0)
+        .collect();
+    tracing::info!(?summary, "counters at exit");
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The agent's command line. Every flag also reads an environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Host-side veth names of common CNIs.
+pub const DEFAULT_INTERFACES: &str = "veth*,cali*,lxc*,gke*,eni*,azv*";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "firewall-agent", version, about = "zonewall node agent: zone policy enforced in the kernel")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Validate a policy file without touching the kernel; print zones and the matrix.
+    Check {
+        #[arg(long, env = "ZONEWALL_CONFIG")]
+        config: PathBuf,
+    },
+    /// Remove every program, link and map zonewall pinned (opens the firewall).
+    Detach {
+        #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSource {
+    Deny,
+    Allow,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Standalone mode: the multi-document YAML of Zones, ZonePolicies, Namespaces, Pods,
+    /// Services and Nodes, re-read when it changes.
+    #[arg(long, env = "ZONEWALL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Comma-separated globs of host-side pod interfaces to enforce on.
+    #[arg(long, env = "ZONEWALL_INTERFACES", default_value = DEFAULT_INTERFACES, value_delimiter = ',')]
+    pub interfaces: Vec<String>,
+    /// Flow log: a file (appended) or `-` for stdout.
+    #[arg(long, env = "ZONEWALL_FLOW_LOG")]
+    pub flow_log: Option<String>,
+    /// bpffs folder for pinned maps and links (mounted if needed).
+    #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
+    pub bpffs: PathBuf,
+    /// Verdict for traffic of a local interface whose IP the agent does not know.
+    #[arg(long, env = "ZONEWALL_UNKNOWN_SOURCE", value_enum, default_value = "deny")]
+    pub unknown_source: UnknownSource,
+    /// Written (atomically, JSON) after every applied policy generation.
+    #[arg(long, env = "ZONEWALL_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// This node's name: pods whose spec.nodeName differs are remote.
+    #[arg(long, env = "ZONEWALL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// How often the policy file and the interfaces are checked, in milliseconds.
+    #[arg(long, env = "ZONEWALL_POLL_MS", default_value_t = 200)]
+    pub poll_ms: u64,
+    /// Conntrack timeouts in seconds.
+    #[arg(long, env = "ZONEWALL_CT_TCP_TIMEOUT", default_value_t = 21600)]
+    pub ct_tcp_timeout: u64,
+    #[arg(long, env = "ZONEWALL_CT_UDP_TIMEOUT", default_value_t = 60)]
+    pub ct_udp_timeout: u64,
+    #[arg(long, env = "ZONEWALL_CT_ICMP_TIMEOUT", default_value_t = 30)]
+    pub ct_icmp_timeout: u64,
+    /// Deny events per source address and second; the rest are counted as suppressed.
+    #[arg(long, env = "ZONEWALL_DENY_EVENTS_PER_SECOND", default_value_t = 10)]
+    pub deny_events_per_second: u32,
+}
+
+impl RunArgs {
+    pub fn tuning(&self) -> crate::datapath::Tuning {
+        crate::datapath::Tuning {
+            unknown_source_allow: self.unknown_source == UnknownSource::Allow,
+            deny_events_per_window: self.deny_events_per_second,
+            deny_event_window: Duration::from_secs(1),
+            tcp_established_timeout: Duration::from_secs(self.ct_tcp_timeout),
+            udp_timeout: Duration::from_secs(self.ct_udp_timeout),
+            icmp_timeout: Duration::from_secs(self.ct_icmp_timeout),
+            ..Default::default()
+        }
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interfaces.iter().all(|glob| glob.trim().is_empty()) {
+            return Err("--interfaces is empty: name at least one glob, e.g. 'veth*'".into());
+        }
+        for glob in &self.interfaces {
+            globset::Glob::new(glob.trim())
+                .map_err(|error| format!("--interfaces: bad glob {glob:?}: {error}"))?;
+        }
+        if self.poll_ms == 0 || self.poll_ms > 10_000 {
+            return Err("--poll-ms must be between 1 and 10000".into());
+        }
+        if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
+            return Err("conntrack timeouts must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! Ageing of conntrack entries from user space: expired entries are removed and, when the
+//! kernel did not already report their end (TCP close), returned so an end event can be
+//! written for them.
+
+use firewall_common::*;
+
+use super::{Datapath, DatapathError, map_error};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
+
+/// The same timeouts the datapath applies (see firewall-ebpf's conntrack).
+pub fn timeout_ns(config: &Config, proto: u8, state: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => match state {
+            CT_STATE_SYN_SENT => config.ct_timeout_tcp_syn_ns,
+            CT_STATE_ESTABLISHED => config.ct_timeout_tcp_established_ns,
+            CT_STATE_CLOSING | CT_STATE_CLOSED => config.ct_timeout_tcp_closing_ns,
+            _ => config.ct_timeout_tcp_syn_ns,
+        },
+        IPPROTO_UDP | IPPROTO_SCTP => config.ct_timeout_udp_ns,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => config.ct_timeout_icmp_ns,
+        _ => config.ct_timeout_other_ns,
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+impl Datapath {
+    /// Removes expired entries; returns those whose end was not reported yet.
+    pub fn expire_conntrack(&mut self, now_ns: u64) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        let config = self.config()?;
+        if config.ready == 0 {
+            return Ok(Vec::new());
+        }
+        let mut expired = Vec::new();
+        for entry in self.conntrack.iter() {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                // Entries can vanish under the iterator (LRU eviction, kernel updates).
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(error) => return Err(map_error(MAP_CONNTRACK)(error)),
+            };
+            if now_ns.saturating_sub(value.last_seen_ns) > timeout_ns(&config, key.proto, value.state) {
+                expired.push((key, value));
+            }
+        }
+        let mut unreported = Vec::new();
+        for (key, value) in expired {
+            // Re-check: a packet may have refreshed the entry since we read it.
+            let Ok(current) = self.conntrack.get(&key, 0) else {
+                continue;
+            };
+            if now_ns.saturating_sub(current.last_seen_ns) <= timeout_ns(&config, key.proto, current.state) {
+                continue;
+            }
+            let _ = self.conntrack.remove(&key);
+            if current.flags & CT_FLAG_END_REPORTED == 0 {
+                unreported.push((key, current));
+            }
+            let _ = value;
+        }
+        Ok(unreported)
+    }
+}

@@ -1,0 +1,187 @@
+//! The eBPF datapath: loading the programs with maps pinned under bpffs, attaching them to
+//! pod interfaces with pinned TCX links (so enforcement outlives the agent), writing the
+//! compiled policy into the maps atomically, reading counters and ageing conntrack.
+
+pub mod bpffs;
+mod conntrack;
+mod links;
+mod sync;
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::SchedClassifier,
+};
+use firewall_common::*;
+
+pub use conntrack::{monotonic_ns, timeout_ns};
+pub use links::{AttachedInterface, detach_all, interfaces};
+pub use sync::{SyncReport, Tuning};
+
+/// The eBPF object built by build.rs (aya-build).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-ebpf"));
+
+/// Errors of the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("bpffs at {path}: {reason}")]
+    Bpffs { path: PathBuf, reason: String },
+    #[error(
+        "this agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild without it after `cargo xtask setup`"
+    )]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("interface {interface}: {reason}")]
+    Attach { interface: String, reason: String },
+    #[error("map {name} is full ({entries} entries); raise its size")]
+    MapFull { name: &'static str, entries: usize },
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Sizes of the maps, settable at load (a pinned map keeps the size it was created with).
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub endpoints: u32,
+    pub networks: u32,
+    pub policy: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            endpoints: ENDPOINTS_MAX_ENTRIES,
+            networks: NETWORKS_MAX_ENTRIES,
+            policy: POLICY_MAX_ENTRIES,
+            conntrack: CONNTRACK_MAX_ENTRIES,
+        }
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    /// Keeps programs (and unpinned maps such as SCRATCH) alive.
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    pub(crate) endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    pub(crate) networks: LpmTrie<MapData, NetworkKey, NetworkValue>,
+    pub(crate) policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    pub(crate) config: Array<MapData, Config>,
+    pub(crate) conntrack: HashMap<MapData, CtKey, CtValue>,
+    counters: PerCpuArray<MapData, u64>,
+    flow_events: Option<RingBuf<MapData>>,
+    interfaces: std::collections::BTreeMap<String, AttachedInterface>,
+    shadow: sync::Shadow,
+    endpoint_capacity: usize,
+    network_capacity: usize,
+    policy_capacity: usize,
+}
+
+impl Datapath {
+    /// Loads the programs. Maps are pinned under `<bpffs_root>/v<schema>` and reused when
+    /// already there, so a restarted agent continues with the state it left.
+    pub fn load(bpffs_root: &Path, sizes: MapSizes) -> Result<Self, DatapathError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let pin_dir = bpffs::prepare(bpffs_root)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .map_max_entries(MAP_ENDPOINTS, sizes.endpoints)
+            .map_max_entries(MAP_NETWORKS, sizes.networks)
+            .map_max_entries(MAP_POLICY, sizes.policy)
+            .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
+            .load(EBPF_OBJECT)?;
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Program {
+                    name,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
+        let endpoints = HashMap::try_from(take(MAP_ENDPOINTS)?).map_err(map_error(MAP_ENDPOINTS))?;
+        let networks = LpmTrie::try_from(take(MAP_NETWORKS)?).map_err(map_error(MAP_NETWORKS))?;
+        let policy = LpmTrie::try_from(take(MAP_POLICY)?).map_err(map_error(MAP_POLICY))?;
+        let config = Array::try_from(take(MAP_CONFIG)?).map_err(map_error(MAP_CONFIG))?;
+        let conntrack = HashMap::try_from(take(MAP_CONNTRACK)?).map_err(map_error(MAP_CONNTRACK))?;
+        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_error(MAP_COUNTERS))?;
+        let flow_events =
+            RingBuf::try_from(take(MAP_FLOW_EVENTS)?).map_err(map_error(MAP_FLOW_EVENTS))?;
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            endpoints,
+            networks,
+            policy,
+            config,
+            conntrack,
+            counters,
+            flow_events: Some(flow_events),
+            interfaces: Default::default(),
+            shadow: Default::default(),
+            endpoint_capacity: sizes.endpoints as usize,
+            network_capacity: sizes.networks as usize,
+            policy_capacity: sizes.policy as usize,
+        })
+    }
+
+    /// The versioned pin folder.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The ring buffer of flow events, once (the flow reader owns it).
+    pub fn take_flow_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.flow_events.take()
+    }
+
+    /// The current CONFIG entry (zeroed when nothing was ever written).
+    pub fn config(&self) -> Result<Config, DatapathError> {
+        self.config.get(&0, 0).map_err(map_error(MAP_CONFIG))
+    }
+
+    /// Counters summed over CPUs, indexed like `COUNTER_*`.
+    pub fn counters(&self) -> Result<Vec<u64>, DatapathError> {
+        let mut totals = Vec::with_capacity(COUNTER_NAMES.len());
+        for index in 0..COUNTER_NAMES.len() as u32 {
+            let per_cpu = self.counters.get(&index, 0).map_err(map_error(MAP_COUNTERS))?;
+            totals.push(per_cpu.iter().sum());
+        }
+        Ok(totals)
+    }
+
+    /// Access to the programs (for BPF_PROG_TEST_RUN in tests and benchmarks).
+    pub fn program(&mut self, name: &str) -> Option<&mut SchedClassifier> {
+        self.ebpf.program_mut(name)?.try_into().ok()
+    }
+
+    /// Interfaces currently attached by this agent.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.interfaces.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,890 @@
+//! [`PolicySet`] -> [`CompiledPolicy`]: zone ids, pod membership, the IP -> identity
+//! table, CIDR zones and the POLICY LPM partition.
+//!
+//! The partition: for every zone pair some policy covers, one entry at
+//! `POLICY_PREFIX_PAIR` holds the decision for protocols no policy names; for every
+//! protocol a policy names whose decision differs from that, port blocks (aligned powers
+//! of two, `POLICY_PREFIX_PROTO + k` bits) cover all of 0..=65535, so a longest-prefix
+//! lookup of (src zone, dst zone, protocol, port) returns exactly what ranking the
+//! policies would.
+//!
+//! Policies are grouped by zone pair first (exact pairs, `*` on one side, `*` on both) so
+//! the work per pair is the policies that cover it, not all of them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use firewall_common::{
+    FIRST_USER_RULE_ID, FIRST_USER_ZONE_ID, POLICY_PREFIX_PAIR, POLICY_PREFIX_PROTO, PolicyValue,
+    RULE_DEFAULT_INTER_DENY, RULE_DEFAULT_INTRA_ALLOW, RULE_FRAGMENT, RULE_NONE,
+    RULE_UNKNOWN_SOURCE, VERDICT_ALLOW, VERDICT_DENY, ZONE_HOST, ZONE_UNZONED,
+};
+
+use super::compiled::{
+    CompiledPolicy, Endpoint, EndpointKind, PolicyEntry, RuleInfo, ZoneInfo,
+};
+use super::model::{
+    ANY_ZONE, Action, Mode, NAMESPACE_NAME_LABEL, PolicySet, Protocol, RESERVED_ZONES, Zone,
+    ZonePolicy,
+};
+use super::{PolicyError, validate};
+
+/// Port space of TCP, UDP and SCTP: 0..=65535 (port 0 included, as any port).
+const PORT_SPACE_END: u32 = 65_535;
+
+/// Stable id of a user zone: FNV-1a (32 bits) of its name, moved above the reserved ids.
+/// Stable across restarts, so kernel state survives an agent restart.
+pub fn zone_id(name: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    if hash < FIRST_USER_ZONE_ID {
+        hash + FIRST_USER_ZONE_ID
+    } else {
+        hash
+    }
+}
+
+/// Validates `input` and compiles it. Pure.
+pub fn compile(input: &PolicySet) -> Result<CompiledPolicy, PolicyError> {
+    validate(input)?;
+    let mut compiled = CompiledPolicy::default();
+    let mut warnings = Vec::new();
+
+    let mut user_zones: Vec<&Zone> = input.zones.iter().collect();
+    user_zones.sort_by(|left, right| left.name.cmp(&right.name));
+    for (name, id) in RESERVED_ZONES {
+        compiled
+            .zones
+            .insert(name.to_string(), zone_info(name, id, true));
+    }
+    for zone in &user_zones {
+        compiled
+            .zones
+            .insert(zone.name.clone(), zone_info(&zone.name, zone_id(&zone.name), false));
+    }
+    let zone_names: HashMap<u32, &str> = compiled
+        .zones
+        .values()
+        .map(|zone| (zone.id, zone.name.as_str()))
+        .collect();
+
+    let pod_zones = resolve_pods(input, &user_zones, &mut warnings);
+    for (pod, zone) in input.pods.iter().zip(&pod_zones) {
+        if let Some(zone) = zone {
+            let name = zone_names[zone];
+            if let Some(info) = compiled.zones.get_mut(name) {
+                info.members.push(format!("{}/{}", pod.namespace, pod.name));
+            }
+        }
+    }
+    for info in compiled.zones.values_mut() {
+        info.members.sort();
+    }
+    if !input.pods.is_empty() {
+        for zone in user_zones.iter().filter(|zone| zone.has_selectors()) {
+            if compiled.zones[&zone.name].members.is_empty() {
+                warnings.push(format!("Zone/{} selects no pod", zone.name));
+            }
+        }
+    }
+
+    compiled.endpoints = resolve_endpoints(input, &pod_zones, &zone_names, &mut warnings);
+    compiled.networks = resolve_networks(&user_zones, &mut compiled.zones, &mut warnings);
+
+    let prepared = prepare_policies(input, &compiled.zones, &mut compiled.rules);
+    let mut decided = vec![false; prepared.len()];
+    compiled.entries = compile_entries(&prepared, &compiled.zones, &mut decided);
+    for (policy, decided) in prepared.iter().zip(decided) {
+        if !decided {
+            warnings.push(format!(
+                "ZonePolicy/{} never decides any traffic: policies ranked before it (lower \
+                 priority, or equal priority and a smaller name) cover everything it matches",
+                policy.name
+            ));
+        }
+    }
+
+    compiled.warnings = warnings;
+    Ok(compiled)
+}
+
+fn zone_info(name: &str, id: u32, reserved: bool) -> ZoneInfo {
+    ZoneInfo {
+        id,
+        name: name.to_string(),
+        members: Vec::new(),
+        networks: Vec::new(),
+        reserved,
+    }
+}
+
+/// The zone whose traffic each pod sends (indexed like `input.pods`): its selector zone
+/// (the first by name when several match), `host` for host-network pods, `unzoned` when
+/// no zone selects it, `None` for finished pods.
+fn resolve_pods(input: &PolicySet, user_zones: &[&Zone], warnings: &mut Vec<String>) -> Vec<Option<u32>> {
+    let selector_zones: Vec<&Zone> = user_zones
+        .iter()
+        .copied()
+        .filter(|zone| zone.has_selectors())
+        .collect();
+    let mut namespace_labels: HashMap<&str, BTreeMap<String, String>> = input
+        .namespaces
+        .iter()
+        .map(|namespace| (namespace.name.as_str(), namespace.labels.clone()))
+        .collect();
+    for pod in &input.pods {
+        namespace_labels.entry(pod.namespace.as_str()).or_default();
+    }
+    for (name, labels) in namespace_labels.iter_mut() {
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+    }
+    // Which zones' namespaceSelector each namespace passes, computed once per namespace.
+    let namespace_passes: HashMap<&str, Vec<bool>> = namespace_labels
+        .iter()
+        .map(|(name, labels)| {
+            let passes = selector_zones
+                .iter()
+                .map(|zone| {
+                    zone.namespace_selector
+                        .as_ref()
+                        .is_none_or(|selector| selector.matches(labels))
+                })
+                .collect();
+            (*name, passes)
+        })
+        .collect();
+
+    let mut order: Vec<usize> = (0..input.pods.len()).collect();
+    order.sort_by(|left, right| {
+        let (left, right) = (&input.pods[*left], &input.pods[*right]);
+        (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name))
+    });
+    let mut zones = vec![None; input.pods.len()];
+    for index in order {
+        let pod = &input.pods[index];
+        if pod.is_terminated() {
+            continue;
+        }
+        let passes = &namespace_passes[pod.namespace.as_str()];
+        let matching: Vec<&str> = selector_zones
+            .iter()
+            .zip(passes)
+            .filter(|(zone, passes)| {
+                **passes
+                    && zone
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|selector| selector.matches(&pod.labels))
+            })
+            .map(|(zone, _)| zone.name.as_str())
+            .collect();
+        if matching.len() > 1 {
+            warnings.push(format!(
+                "Pod {}/{} matches zones {}; it is placed in zone {} (the name that sorts first)",
+                pod.namespace,
+                pod.name,
+                matching.join(", "),
+                matching[0]
+            ));
+        }
+        zones[index] = Some(if pod.host_network {
+            if let Some(zone) = matching.first() {
+                warnings.push(format!(
+                    "Pod {}/{} uses the host network: its traffic leaves from the node's address \
+                     and is identified as zone host, not zone {zone}",
+                    pod.namespace, pod.name
+                ));
+            }
+            ZONE_HOST
+        } else {
+            matching.first().map_or(ZONE_UNZONED, |name| zone_id(name))
+        });
+    }
+    zones
+}
+
+/// One object's claim on an IP. Lower `rank` wins, then the smaller `owner`.
+struct Claim {
+    ip: IpAddr,
+    rank: u8,
+    owner: String,
+    endpoint: Endpoint,
+}
+
+fn resolve_endpoints(
+    input: &PolicySet,
+    pod_zones: &[Option<u32>],
+    zone_names: &HashMap<u32, &str>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<IpAddr, Endpoint> {
+    let mut claims = Vec::new();
+    for node in &input.nodes {
+        for ip in &node.addresses {
+            claims.push(Claim {
+                ip: *ip,
+                rank: 0,
+                owner: format!("Node/{}", node.name),
+                endpoint: Endpoint {
+                    zone: ZONE_HOST,
+                    kind: EndpointKind::Node {
+                        name: node.name.clone(),
+                    },
+                },
+            });
+        }
+    }
+    for (pod, zone) in input.pods.iter().zip(pod_zones) {
+        // Host-network pods share the node's address; finished pods own no address.
+        let Some(zone) = zone.filter(|_| !pod.host_network) else {
+            continue;
+        };
+        for ip in &pod.ips {
+            claims.push(Claim {
+                ip: *ip,
+                rank: 1,
+                owner: format!("Pod/{}/{}", pod.namespace, pod.name),
+                endpoint: Endpoint {
+                    zone,
+                    kind: EndpointKind::Pod {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                        uid: pod.uid.clone(),
+                        labels: pod.labels.clone(),
+                        node: pod.node_name.clone(),
+                    },
+                },
+            });
+        }
+    }
+    claims.extend(service_claims(input, pod_zones, zone_names, warnings));
+
+    claims.sort_by(|left, right| {
+        (left.ip, left.rank, &left.owner).cmp(&(right.ip, right.rank, &right.owner))
+    });
+    let mut endpoints = BTreeMap::new();
+    let mut winner: Option<(IpAddr, String)> = None;
+    for claim in claims {
+        match &winner {
+            Some((ip, owner)) if *ip == claim.ip => {
+                if *owner != claim.owner {
+                    warnings.push(format!(
+                        "IP {} is claimed by {owner} and {}; {owner} keeps it (nodes win over \
+                         pods, pods over services, then the name that sorts first)",
+                        claim.ip, claim.owner
+                    ));
+                }
+            }
+            _ => {
+                winner = Some((claim.ip, claim.owner));
+                endpoints.insert(claim.ip, claim.endpoint);
+            }
+        }
+    }
+    endpoints
+}
+
+/// A Service's cluster IPs take the zone of the pods it selects, when that is one zone.
+fn service_claims(
+    input: &PolicySet,
+    pod_zones: &[Option<u32>],
+    zone_names: &HashMap<u32, &str>,
+    warnings: &mut Vec<String>,
+) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    if input.services.is_empty() {
+        return claims;
+    }
+    // (namespace, label key, label value) -> pods, to find a selector's pods without
+    // scanning every pod for every service.
+    let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+    for (index, pod) in input.pods.iter().enumerate() {
+        if pod_zones[index].is_none() {
+            continue;
+        }
+        for (key, value) in &pod.labels {
+            by_label
+                .entry((pod.namespace.as_str(), key.as_str(), value.as_str()))
+                .or_default()
+                .push(index);
+        }
+    }
+    let mut services: Vec<_> = input.services.iter().collect();
+    services.sort_by(|left, right| (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name)));
+    for service in services {
+        if service.cluster_ips.is_empty() {
+            continue;
+        }
+        let label = format!("Service {}/{}", service.namespace, service.name);
+        if service.selector.is_empty() {
+            warnings.push(format!(
+                "{label} has no selector; its cluster IPs get no zone"
+            ));
+            continue;
+        }
+        let smallest = service
+            .selector
+            .iter()
+            .map(|(key, value)| {
+                by_label
+                    .get(&(service.namespace.as_str(), key.as_str(), value.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|pods| pods.len())
+            .unwrap_or(&[]);
+        let zones: BTreeSet<u32> = smallest
+            .iter()
+            .filter(|index| {
+                let labels = &input.pods[**index].labels;
+                service
+                    .selector
+                    .iter()
+                    .all(|(key, value)| labels.get(key) == Some(value))
+            })
+            .filter_map(|index| pod_zones[*index])
+            .collect();
+        match zones.len() {
+            0 => warnings.push(format!(
+                "{label} selects no pod; its cluster IPs get no zone"
+            )),
+            1 => {
+                let zone = *zones.first().unwrap_or(&ZONE_UNZONED);
+                for ip in &service.cluster_ips {
+                    claims.push(Claim {
+                        ip: *ip,
+                        rank: 2,
+                        owner: format!("Service/{}/{}", service.namespace, service.name),
+                        endpoint: Endpoint {
+                            zone,
+                            kind: EndpointKind::Service {
+                                namespace: service.namespace.clone(),
+                                name: service.name.clone(),
+                            },
+                        },
+                    });
+                }
+            }
+            _ => {
+                let names: Vec<&str> = zones.iter().map(|zone| zone_names[zone]).collect();
+                warnings.push(format!(
+                    "{label} selects pods of several zones ({}); its cluster IPs get no zone",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    claims
+}
+
+fn resolve_networks(
+    user_zones: &[&Zone],
+    zones: &mut BTreeMap<String, ZoneInfo>,
+    warnings: &mut Vec<String>,
+) -> Vec<(ipnet::IpNet, u32)> {
+    let mut networks = Vec::new();
+    for zone in user_zones {
+        let id = zone_id(&zone.name);
+        let mut own: Vec<ipnet::IpNet> = Vec::new();
+        for (index, network) in zone.networks.iter().enumerate() {
+            let normalised = network.trunc();
+            if normalised != *network {
+                warnings.push(format!(
+                    "Zone/{}: spec.networks[{index}] {network} has host bits set; using \
+                     {normalised}",
+                    zone.name
+                ));
+            }
+            if own.contains(&normalised) {
+                warnings.push(format!(
+                    "Zone/{}: spec.networks[{index}] {normalised} is listed more than once",
+                    zone.name
+                ));
+                continue;
+            }
+            own.push(normalised);
+            networks.push((normalised, id));
+        }
+        own.sort();
+        if let Some(info) = zones.get_mut(&zone.name) {
+            info.networks = own;
+        }
+    }
+    networks.sort();
+    networks
+}
+
+/// One policy, ready for evaluation. Ranked: index 0 is evaluated first.
+struct Prepared {
+    name: String,
+    rule: u32,
+    verdict: u8,
+    enforce: bool,
+    /// No `ports`: every protocol, every port.
+    all_traffic: bool,
+    /// Port ranges per protocol (indexed like `Protocol::ALL`); empty: protocol not named.
+    ranges: [Vec<(u32, u32)>; 5],
+    from: Side,
+    to: Side,
+}
+
+enum Side {
+    Any,
+    Zones(Vec<u32>),
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    Protocol::ALL
+        .iter()
+        .position(|candidate| *candidate == protocol)
+        .unwrap_or(0)
+}
+
+/// Rule ids (by name) and the ranked list of policies; fills `rules`.
+fn prepare_policies(
+    input: &PolicySet,
+    zones: &BTreeMap<String, ZoneInfo>,
+    rules: &mut BTreeMap<u32, RuleInfo>,
+) -> Vec<Prepared> {
+    for (id, name, action) in [
+        (RULE_DEFAULT_INTRA_ALLOW, "default-allow-intra-zone", "Allow"),
+        (RULE_DEFAULT_INTER_DENY, "default-deny-inter-zone", "Deny"),
+        (RULE_UNKNOWN_SOURCE, "unknown-source", "Configured"),
+        (RULE_FRAGMENT, "fragment", "Deny"),
+    ] {
+        rules.insert(id, RuleInfo {
+            name: name.to_string(),
+            action: action.to_string(),
+            mode: Mode::Enforce.as_str().to_string(),
+            // Defaults apply after every policy.
+            priority: i64::MAX,
+        });
+    }
+
+    let mut by_name: Vec<&ZonePolicy> = input.policies.iter().collect();
+    by_name.sort_by(|left, right| left.name.cmp(&right.name));
+    let side = |names: &[String]| {
+        if names.iter().any(|name| name == ANY_ZONE) {
+            return Side::Any;
+        }
+        let mut ids: Vec<u32> = names
+            .iter()
+            .filter_map(|name| zones.get(name).map(|zone| zone.id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Side::Zones(ids)
+    };
+    let mut prepared = Vec::with_capacity(by_name.len());
+    for (index, policy) in by_name.iter().enumerate() {
+        let rule = FIRST_USER_RULE_ID + index as u32;
+        rules.insert(rule, RuleInfo {
+            name: policy.name.clone(),
+            action: policy.action.as_str().to_string(),
+            mode: policy.mode.as_str().to_string(),
+            priority: i64::from(policy.priority),
+        });
+        let mut ranges: [Vec<(u32, u32)>; 5] = Default::default();
+        for port_rule in &policy.ports {
+            let range = match (port_rule.protocol.has_ports(), port_rule.port, port_rule.end_port) {
+                (true, Some(port), end) => (port as u32, end.unwrap_or(port) as u32),
+                _ => (0, PORT_SPACE_END),
+            };
+            ranges[protocol_index(port_rule.protocol)].push(range);
+        }
+        prepared.push((
+            policy.priority,
+            Prepared {
+                name: policy.name.clone(),
+                rule,
+                verdict: match policy.action {
+                    Action::Allow => VERDICT_ALLOW,
+                    Action::Deny => VERDICT_DENY,
+                },
+                enforce: policy.mode == Mode::Enforce,
+                all_traffic: policy.ports.is_empty(),
+                ranges,
+                from: side(&policy.from),
+                to: side(&policy.to),
+            },
+        ));
+    }
+    // Rank: priority, then name (the list is in name order and the sort is stable).
+    prepared.sort_by_key(|(priority, _)| *priority);
+    prepared.into_iter().map(|(_, policy)| policy).collect()
+}
+
+/// Policies (as rank indices, ascending) grouped by the zone pairs they cover.
+#[derive(Default)]
+struct PairIndex {
+    exact: HashMap<(u32, u32), Vec<u32>>,
+    any_source: HashMap<u32, Vec<u32>>,
+    any_destination: HashMap<u32, Vec<u32>>,
+    any_pair: Vec<u32>,
+}
+
+impl PairIndex {
+    fn new(policies: &[Prepared]) -> Self {
+        let mut index = PairIndex::default();
+        for (rank, policy) in policies.iter().enumerate() {
+            let rank = rank as u32;
+            match (&policy.from, &policy.to) {
+                (Side::Any, Side::Any) => index.any_pair.push(rank),
+                (Side::Any, Side::Zones(destinations)) => {
+                    for destination in destinations {
+                        index.any_source.entry(*destination).or_default().push(rank);
+                    }
+                }
+                (Side::Zones(sources), Side::Any) => {
+                    for source in sources {
+                        index.any_destination.entry(*source).or_default().push(rank);
+                    }
+                }
+                (Side::Zones(sources), Side::Zones(destinations)) => {
+                    for source in sources {
+                        for destination in destinations {
+                            index
+                                .exact
+                                .entry((*source, *destination))
+                                .or_default()
+                                .push(rank);
+                        }
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Every pair at least one policy covers.
+    fn pairs(&self, all_zones: &[u32]) -> BTreeSet<(u32, u32)> {
+        let mut pairs = BTreeSet::new();
+        if !self.any_pair.is_empty() {
+            for source in all_zones {
+                for destination in all_zones {
+                    pairs.insert((*source, *destination));
+                }
+            }
+            return pairs;
+        }
+        pairs.extend(self.exact.keys().copied());
+        for destination in self.any_source.keys() {
+            pairs.extend(all_zones.iter().map(|source| (*source, *destination)));
+        }
+        for source in self.any_destination.keys() {
+            pairs.extend(all_zones.iter().map(|destination| (*source, *destination)));
+        }
+        pairs
+    }
+
+    /// The four sorted rank lists that apply to a pair.
+    fn lists(&self, source: u32, destination: u32) -> [&[u32]; 4] {
+        [
+            self.exact
+                .get(&(source, destination))
+                .map_or(&[][..], Vec::as_slice),
+            self.any_source
+                .get(&destination)
+                .map_or(&[][..], Vec::as_slice),
+            self.any_destination
+                .get(&source)
+                .map_or(&[][..], Vec::as_slice),
+            &self.any_pair,
+        ]
+    }
+}
+
+fn compile_entries(
+    policies: &[Prepared],
+    zones: &BTreeMap<String, ZoneInfo>,
+    decided: &mut [bool],
+) -> Vec<PolicyEntry> {
+    let index = PairIndex::new(policies);
+    let mut all_zones: Vec<u32> = zones.values().map(|zone| zone.id).collect();
+    all_zones.sort_unstable();
+    let mut entries = Vec::new();
+    for (source, destination) in index.pairs(&all_zones) {
+        let mut pair = PairCompiler::new(policies);
+        let mut cursors = [0usize; 4];
+        let lists = index.lists(source, destination);
+        // Merge the four sorted lists in rank order; stop once nothing later can matter.
+        while !pair.complete() {
+            let next = (0..4)
+                .filter(|list| cursors[*list] < lists[*list].len())
+                .min_by_key(|list| lists[*list][cursors[*list]]);
+            let Some(list) = next else {
+                break;
+            };
+            pair.add(lists[list][cursors[list]] as usize);
+            cursors[list] += 1;
+        }
+        pair.emit(source, destination, decided, &mut entries);
+    }
+    entries.sort_unstable_by_key(|entry| {
+        (
+            entry.src_zone,
+            entry.dst_zone,
+            entry.prefix_len,
+            entry.proto,
+            entry.port,
+        )
+    });
+    entries
+}
+
+/// First-come painting of the port space: each port goes to the first (best ranked)
+/// policy that covers it.
+struct Painter {
+    /// Unclaimed ranges, start -> end (inclusive).
+    free: BTreeMap<u32, u32>,
+    /// Claimed ranges: (start, end, rank).
+    claimed: Vec<(u32, u32, usize)>,
+}
+
+impl Painter {
+    fn new() -> Self {
+        Painter {
+            free: BTreeMap::from([(0, PORT_SPACE_END)]),
+            claimed: Vec::new(),
+        }
+    }
+
+    /// Claims the unclaimed part of `low..=high` for `rank`; whether it claimed anything.
+    fn paint(&mut self, low: u32, high: u32, rank: usize) -> bool {
+        let mut painted = false;
+        // The free range containing `low`, if any, then every one starting inside.
+        let first = self
+            .free
+            .range(..=low)
+            .next_back()
+            .filter(|(_, end)| **end >= low)
+            .map(|(start, _)| *start)
+            .unwrap_or(low);
+        let overlapping: Vec<(u32, u32)> = self
+            .free
+            .range(first..=high)
+            .map(|(start, end)| (*start, *end))
+            .collect();
+        for (start, end) in overlapping {
+            self.free.remove(&start);
+            if start < low {
+                self.free.insert(start, low - 1);
+            }
+            if end > high {
+                self.free.insert(high + 1, end);
+            }
+            self.claimed.push((start.max(low), end.min(high), rank));
+            painted = true;
+        }
+        painted
+    }
+
+    fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// The whole port space as sorted (start, end, winner) segments.
+    fn finish(self) -> Vec<(u32, u32, Option<usize>)> {
+        let mut segments: Vec<(u32, u32, Option<usize>)> = self
+            .claimed
+            .into_iter()
+            .map(|(start, end, rank)| (start, end, Some(rank)))
+            .chain(self.free.into_iter().map(|(start, end)| (start, end, None)))
+            .collect();
+        segments.sort_unstable_by_key(|segment| segment.0);
+        segments
+    }
+}
+
+/// The decision of one zone pair, built by feeding its policies in rank order.
+struct PairCompiler<'a> {
+    policies: &'a [Prepared],
+    /// First Enforce policy without ports, first policy of any mode without ports.
+    enforced_pair: Option<usize>,
+    audited_pair: Option<usize>,
+    /// Per protocol (like `Protocol::ALL`): (enforced painter, any-mode painter), created
+    /// when a policy first names the protocol.
+    protocols: [Option<(Painter, Painter)>; 5],
+    /// Ranks that decided something here.
+    winners: Vec<usize>,
+}
+
+impl<'a> PairCompiler<'a> {
+    fn new(policies: &'a [Prepared]) -> Self {
+        PairCompiler {
+            policies,
+            enforced_pair: None,
+            audited_pair: None,
+            protocols: Default::default(),
+            winners: Vec::new(),
+        }
+    }
+
+    /// Nothing ranked later can change the result.
+    fn complete(&self) -> bool {
+        self.enforced_pair.is_some() && self.audited_pair.is_some()
+    }
+
+    fn add(&mut self, rank: usize) {
+        let policy = &self.policies[rank];
+        // (mode slot, whether this policy takes part in it): 0 = enforced, 1 = any mode.
+        let takes_part = [policy.enforce, true];
+        if policy.all_traffic {
+            for (slot, pair) in [&mut self.enforced_pair, &mut self.audited_pair]
+                .into_iter()
+                .enumerate()
+            {
+                if takes_part[slot] && pair.is_none() {
+                    *pair = Some(rank);
+                    self.winners.push(rank);
+                }
+            }
+            for (enforced, audited) in self.protocols.iter_mut().flatten() {
+                if policy.enforce {
+                    enforced.paint(0, PORT_SPACE_END, rank);
+                }
+                audited.paint(0, PORT_SPACE_END, rank);
+            }
+            return;
+        }
+        for (protocol, ranges) in policy.ranges.iter().enumerate() {
+            if ranges.is_empty() {
+                continue;
+            }
+            let (enforced_pair, audited_pair) = (self.enforced_pair, self.audited_pair);
+            let (enforced, audited) = self.protocols[protocol].get_or_insert_with(|| {
+                // A policy without ports ranked earlier already owns the whole protocol.
+                let painter = |owner: Option<usize>| {
+                    let mut painter = Painter::new();
+                    if let Some(owner) = owner {
+                        painter.paint(0, PORT_SPACE_END, owner);
+                    }
+                    painter
+                };
+                (painter(enforced_pair), painter(audited_pair))
+            });
+            let mut won = false;
+            for (low, high) in ranges {
+                if policy.enforce && !enforced.is_full() {
+                    won |= enforced.paint(*low, *high, rank);
+                }
+                if !audited.is_full() {
+                    won |= audited.paint(*low, *high, rank);
+                }
+            }
+            if won {
+                self.winners.push(rank);
+            }
+        }
+    }
+
+    fn value(&self, enforced: Option<usize>, audited: Option<usize>, default: (u8, u32)) -> PolicyValue {
+        let (verdict, rule) = enforced.map_or(default, |rank| {
+            (self.policies[rank].verdict, self.policies[rank].rule)
+        });
+        let mut value = PolicyValue {
+            verdict,
+            rule,
+            audit_rule: RULE_NONE,
+            ..PolicyValue::default()
+        };
+        if let Some(rank) = audited
+            && verdict == VERDICT_ALLOW
+            && self.policies[rank].verdict == VERDICT_DENY
+        {
+            value.audit = 1;
+            value.audit_rule = self.policies[rank].rule;
+        }
+        value
+    }
+
+    fn emit(mut self, source: u32, destination: u32, decided: &mut [bool], entries: &mut Vec<PolicyEntry>) {
+        for rank in &self.winners {
+            decided[*rank] = true;
+        }
+        let default = if source == destination {
+            (VERDICT_ALLOW, RULE_DEFAULT_INTRA_ALLOW)
+        } else {
+            (VERDICT_DENY, RULE_DEFAULT_INTER_DENY)
+        };
+        let pair_value = self.value(self.enforced_pair, self.audited_pair, default);
+        let entry = |prefix_len: u32, proto: u8, port: u16, value: PolicyValue| PolicyEntry {
+            src_zone: source,
+            dst_zone: destination,
+            prefix_len,
+            proto,
+            port,
+            value,
+        };
+        entries.push(entry(POLICY_PREFIX_PAIR, 0, 0, pair_value));
+        let protocols = std::mem::take(&mut self.protocols);
+        for (protocol, painters) in Protocol::ALL.iter().zip(protocols) {
+            let Some((enforced, audited)) = painters else {
+                continue;
+            };
+            let mut segments: Vec<(u32, u32, PolicyValue)> = Vec::new();
+            for (start, end, enforced, audited) in overlay(&enforced.finish(), &audited.finish()) {
+                let value = self.value(enforced, audited, default);
+                match segments.last_mut() {
+                    Some(last) if last.2 == value => last.1 = end,
+                    _ => segments.push((start, end, value)),
+                }
+            }
+            if segments.len() == 1 && segments[0].2 == pair_value {
+                continue;
+            }
+            for (start, end, value) in segments {
+                for (block_start, size_bits) in aligned_blocks(start, end) {
+                    entries.push(entry(
+                        POLICY_PREFIX_PROTO + 16 - size_bits,
+                        protocol.number(),
+                        block_start as u16,
+                        value,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Two partitions of the port space laid over each other: (start, end, left, right).
+fn overlay(
+    left: &[(u32, u32, Option<usize>)],
+    right: &[(u32, u32, Option<usize>)],
+) -> Vec<(u32, u32, Option<usize>, Option<usize>)> {
+    let mut result = Vec::with_capacity(left.len() + right.len());
+    let (mut left_index, mut right_index) = (0, 0);
+    let mut start = 0;
+    while left_index < left.len() && right_index < right.len() {
+        let (_, left_end, left_owner) = left[left_index];
+        let (_, right_end, right_owner) = right[right_index];
+        let end = left_end.min(right_end);
+        result.push((start, end, left_owner, right_owner));
+        if left_end == end {
+            left_index += 1;
+        }
+        if right_end == end {
+            right_index += 1;
+        }
+        start = end + 1;
+    }
+    result
+}
+
+/// Splits `start..=end` into aligned power-of-two blocks: (block start, log2 of size).
+fn aligned_blocks(mut start: u32, end: u32) -> Vec<(u32, u32)> {
+    let mut blocks = Vec::new();
+    while start <= end {
+        let mut bits = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        while start + (1 << bits) - 1 > end {
+            bits -= 1;
+        }
+        blocks.push((start, bits));
+        start += 1 << bits;
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests;

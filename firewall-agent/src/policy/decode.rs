@@ -1,0 +1,888 @@
+//! YAML stream -> [`PolicySet`]: documents, `List` unpacking, kinds, `apiVersion` and the
+//! shape and type of every field. Rules between fields and between objects (ranges,
+//! references, duplicates) belong to the validator.
+//!
+//! `Zone` and `ZonePolicy` are walked field by field so that one object reports all of its
+//! problems, and an unknown field is an error: a typo in a security policy must not be
+//! ignored. The Kubernetes kinds keep only the fields zonewall uses and ignore the rest,
+//! so `kubectl get -o yaml` output can be fed as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::{Mapping, Value};
+
+use super::Issue;
+use super::model::{
+    API_VERSION, Action, LabelSelector, Mode, Namespace, Node, Pod, PolicySet, PortRule,
+    Protocol, SelectorOperator, SelectorRequirement, Service, Zone, ZonePolicy,
+};
+
+const KNOWN_KINDS: &str = "Zone, ZonePolicy, Namespace, Pod, Service, Node and List";
+const ZONE_FIELDS: [&str; 3] = ["namespaceSelector", "podSelector", "networks"];
+const POLICY_FIELDS: [&str; 6] = ["from", "to", "ports", "action", "priority", "mode"];
+const PORT_FIELDS: [&str; 3] = ["protocol", "port", "endPort"];
+/// Kubernetes' own apiVersion of the core kinds.
+const CORE_API_VERSION: &str = "v1";
+
+/// Decodes every document. Returns what decoded cleanly, every problem, and the names of
+/// zones that are defined but failed to decode.
+pub(super) fn decode(yaml: &str) -> (PolicySet, Vec<Issue>, BTreeSet<String>) {
+    let mut decoder = Decoder::default();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let location = format!("document {}", index + 1);
+        match Value::deserialize(document) {
+            Ok(Value::Null) => {}
+            Ok(value) => decoder.object(value, &location),
+            Err(error) => {
+                decoder.issues.push(Issue {
+                    object: location,
+                    location: None,
+                    field: String::new(),
+                    reason: yaml_reason(&error),
+                });
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        }
+    }
+    (decoder.set, decoder.issues, decoder.broken_zones)
+}
+
+fn yaml_reason(error: &serde_yaml_ng::Error) -> String {
+    let message = error.to_string();
+    match error.location() {
+        Some(location) if !message.contains("line") => format!(
+            "invalid YAML at line {}, column {}: {message}",
+            location.line(),
+            location.column()
+        ),
+        _ => format!("invalid YAML: {message}"),
+    }
+}
+
+#[derive(Default)]
+struct Decoder {
+    set: PolicySet,
+    issues: Vec<Issue>,
+    broken_zones: BTreeSet<String>,
+}
+
+/// The object being decoded, for issue messages.
+struct Target {
+    object: String,
+    location: String,
+}
+
+impl Target {
+    fn issue(&self, field: impl Into<String>, reason: impl Into<String>) -> Issue {
+        Issue {
+            object: self.object.clone(),
+            location: Some(self.location.clone()),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Decoder {
+    fn object(&mut self, value: Value, location: &str) {
+        let Value::Mapping(map) = value else {
+            self.issues.push(Issue {
+                object: location.to_string(),
+                location: None,
+                field: String::new(),
+                reason: format!(
+                    "expected an object (a mapping with apiVersion, kind and metadata), found {}",
+                    describe(&value)
+                ),
+            });
+            return;
+        };
+        let kind = match map.get("kind") {
+            Some(Value::String(kind)) => kind.clone(),
+            found => {
+                let reason = match found {
+                    None => "missing; every object needs apiVersion and kind (for example \
+                             `kind: Zone`)"
+                        .to_string(),
+                    Some(other) => format!("must be a string, found {}", describe(other)),
+                };
+                self.issues.push(Issue {
+                    object: location.to_string(),
+                    location: None,
+                    field: "kind".into(),
+                    reason,
+                });
+                return;
+            }
+        };
+        if kind == "List" {
+            self.list(&map, location);
+            return;
+        }
+
+        let metadata = map.get("metadata");
+        let name = metadata.and_then(|metadata| metadata.get("name"));
+        let name = match name {
+            Some(Value::String(name)) if !name.is_empty() => Some(name.clone()),
+            _ => None,
+        };
+        let namespaced = matches!(kind.as_str(), "Pod" | "Service");
+        let object = match &name {
+            Some(name) if namespaced => {
+                let namespace = match metadata.and_then(|metadata| metadata.get("namespace")) {
+                    Some(Value::String(namespace)) if !namespace.is_empty() => namespace.clone(),
+                    _ => "default".to_string(),
+                };
+                format!("{kind}/{namespace}/{name}")
+            }
+            Some(name) => format!("{kind}/{name}"),
+            None => location.to_string(),
+        };
+        let target = Target {
+            object,
+            location: location.to_string(),
+        };
+        if name.is_none() {
+            let reason = match metadata.and_then(|metadata| metadata.get("name")) {
+                None | Some(Value::Null) => format!("missing; every {kind} needs a name"),
+                Some(Value::String(_)) => format!("empty; every {kind} needs a name"),
+                Some(other) => format!("must be a string, found {}", describe(other)),
+            };
+            self.issues.push(target.issue("metadata.name", reason));
+        }
+        if let Some(metadata) = metadata
+            && !metadata.is_mapping()
+        {
+            self.issues.push(target.issue(
+                "metadata",
+                format!("must be a mapping, found {}", describe(metadata)),
+            ));
+        }
+
+        let before = self.issues.len();
+        match kind.as_str() {
+            "Zone" | "ZonePolicy" => {
+                self.zonewall_kind(&target, &kind, name, &map, before);
+            }
+            "Namespace" | "Pod" | "Service" | "Node" => {
+                self.check_core_api_version(&target, &map);
+                if let Some(name) = name {
+                    self.core_kind(&target, &kind, name, Value::Mapping(map), before);
+                }
+            }
+            _ => {
+                let api_version = match map.get("apiVersion") {
+                    Some(Value::String(api_version)) => format!(" (apiVersion {api_version})"),
+                    _ => String::new(),
+                };
+                self.issues.push(target.issue(
+                    "kind",
+                    format!(
+                        "unknown kind \"{kind}\"{api_version}; a zonewall input holds only \
+                         {KNOWN_KINDS} objects"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn list(&mut self, map: &Mapping, location: &str) {
+        match map.get("items") {
+            None | Some(Value::Null) => {}
+            Some(Value::Sequence(items)) => {
+                for (index, item) in items.iter().enumerate() {
+                    self.object(item.clone(), &format!("{location}, items[{index}]"));
+                }
+            }
+            Some(other) => self.issues.push(Issue {
+                object: location.to_string(),
+                location: None,
+                field: "items".into(),
+                reason: format!(
+                    "a List's items must be a list of objects, found {}",
+                    describe(other)
+                ),
+            }),
+        }
+    }
+
+    fn check_core_api_version(&mut self, target: &Target, map: &Mapping) {
+        match map.get("apiVersion") {
+            None => {}
+            Some(Value::String(version)) if version == CORE_API_VERSION => {}
+            Some(other) => self.issues.push(target.issue(
+                "apiVersion",
+                format!(
+                    "{} is not supported for this kind; use {CORE_API_VERSION}",
+                    describe(other)
+                ),
+            )),
+        }
+    }
+
+    /// `Zone` and `ZonePolicy`: strict.
+    fn zonewall_kind(
+        &mut self,
+        target: &Target,
+        kind: &str,
+        name: Option<String>,
+        map: &Mapping,
+        before: usize,
+    ) {
+        match map.get("apiVersion") {
+            Some(Value::String(version)) if version == API_VERSION => {}
+            None => self.issues.push(target.issue(
+                "apiVersion",
+                format!("missing; use apiVersion: {API_VERSION}"),
+            )),
+            Some(other) => self.issues.push(target.issue(
+                "apiVersion",
+                format!("{} is not supported; use {API_VERSION}", describe(other)),
+            )),
+        }
+        if let Some(namespace) = map
+            .get("metadata")
+            .and_then(|metadata| metadata.get("namespace"))
+            .filter(|namespace| !namespace.is_null())
+        {
+            self.issues.push(target.issue(
+                "metadata.namespace",
+                format!(
+                    "a {kind} is cluster scoped and has no namespace (found {}); remove \
+                     metadata.namespace",
+                    describe(namespace)
+                ),
+            ));
+        }
+        for (key, _) in map {
+            if let Some(key) = key.as_str()
+                && !matches!(key, "apiVersion" | "kind" | "metadata" | "spec" | "status")
+            {
+                self.issues.push(target.issue(
+                    key,
+                    unknown_field(key, &["apiVersion", "kind", "metadata", "spec", "status"]),
+                ));
+            }
+        }
+        let spec = match map.get("spec") {
+            Some(Value::Mapping(spec)) => Some(spec),
+            None | Some(Value::Null) => {
+                let example = if kind == "Zone" {
+                    "namespaceSelector/podSelector or networks"
+                } else {
+                    "from, to and action"
+                };
+                self.issues
+                    .push(target.issue("spec", format!("missing; a {kind} needs {example}")));
+                None
+            }
+            Some(other) => {
+                self.issues.push(target.issue(
+                    "spec",
+                    format!("must be a mapping, found {}", describe(other)),
+                ));
+                None
+            }
+        };
+        let name_for_model = name.clone().unwrap_or_default();
+        if kind == "Zone" {
+            let zone = spec.map(|spec| self.zone_spec(target, name_for_model, spec));
+            match (name, zone) {
+                (Some(_), Some(zone)) if self.issues.len() == before => self.set.zones.push(zone),
+                (Some(name), _) => {
+                    self.broken_zones.insert(name);
+                }
+                _ => {}
+            }
+        } else {
+            let policy = spec.and_then(|spec| self.policy_spec(target, name_for_model, spec));
+            if let (Some(_), Some(policy)) = (name, policy)
+                && self.issues.len() == before
+            {
+                self.set.policies.push(policy);
+            }
+        }
+    }
+
+    fn zone_spec(&mut self, target: &Target, name: String, spec: &Mapping) -> Zone {
+        let mut zone = Zone {
+            name,
+            ..Zone::default()
+        };
+        for (key, value) in spec {
+            let Some(key) = self.key(target, "spec", key) else {
+                continue;
+            };
+            let path = format!("spec.{key}");
+            match key {
+                "namespaceSelector" => {
+                    zone.namespace_selector = self.selector(target, &path, value);
+                }
+                "podSelector" => zone.pod_selector = self.selector(target, &path, value),
+                "networks" => zone.networks = self.networks(target, &path, value),
+                _ => self
+                    .issues
+                    .push(target.issue(path, unknown_field(key, &ZONE_FIELDS))),
+            }
+        }
+        zone
+    }
+
+    fn policy_spec(&mut self, target: &Target, name: String, spec: &Mapping) -> Option<ZonePolicy> {
+        let mut from = None;
+        let mut to = None;
+        let mut ports = Vec::new();
+        let mut action = None;
+        let mut priority = None;
+        let mut mode = None;
+        for (key, value) in spec {
+            let Some(key) = self.key(target, "spec", key) else {
+                continue;
+            };
+            let path = format!("spec.{key}");
+            match key {
+                "from" => from = self.typed::<Vec<String>>(target, &path, value.clone()),
+                "to" => to = self.typed::<Vec<String>>(target, &path, value.clone()),
+                "ports" => ports = self.ports(target, &path, value),
+                "action" => {
+                    action = self.word(target, &path, value, &[
+                        ("Allow", Action::Allow),
+                        ("Deny", Action::Deny),
+                    ]);
+                }
+                "priority" => priority = self.priority(target, &path, value),
+                "mode" => {
+                    mode = self.word(target, &path, value, &[
+                        ("Enforce", Mode::Enforce),
+                        ("Audit", Mode::Audit),
+                    ]);
+                }
+                _ => self
+                    .issues
+                    .push(target.issue(path, unknown_field(key, &POLICY_FIELDS))),
+            }
+        }
+        for (field, value) in [("from", &from), ("to", &to)] {
+            if value.is_none() && spec.get(field).is_none() {
+                let side = if field == "from" {
+                    "source"
+                } else {
+                    "destination"
+                };
+                self.issues.push(target.issue(
+                    format!("spec.{field}"),
+                    format!("missing; list the {side} zones, or \"*\" for every zone"),
+                ));
+            }
+        }
+        if action.is_none() && spec.get("action").is_none() {
+            self.issues.push(
+                target.issue("spec.action", "missing; every ZonePolicy needs action Allow or Deny"),
+            );
+        }
+        Some(ZonePolicy {
+            name,
+            from: from?,
+            to: to?,
+            ports,
+            action: action?,
+            priority: priority.unwrap_or(super::model::DEFAULT_PRIORITY),
+            mode: mode.unwrap_or_default(),
+        })
+    }
+
+    /// A mapping key that must be a string.
+    fn key<'a>(&mut self, target: &Target, path: &str, key: &'a Value) -> Option<&'a str> {
+        let text = key.as_str();
+        if text.is_none() {
+            self.issues.push(target.issue(
+                path,
+                format!("field names must be strings, found {}", describe(key)),
+            ));
+        }
+        text
+    }
+
+    /// Deserialises `value` with serde, reporting the first error with its full path.
+    fn typed<T: DeserializeOwned>(&mut self, target: &Target, base: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(typed) => Some(typed),
+            Err(error) => {
+                let path = join_path(base, &error.path().to_string());
+                self.issues
+                    .push(target.issue(path, error.into_inner().to_string()));
+                None
+            }
+        }
+    }
+
+    fn word<T: Copy>(
+        &mut self,
+        target: &Target,
+        path: &str,
+        value: &Value,
+        words: &[(&str, T)],
+    ) -> Option<T> {
+        let expected = words
+            .iter()
+            .map(|(word, _)| *word)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let found = match value {
+            Value::String(text) => {
+                if let Some((_, meaning)) = words.iter().find(|(word, _)| word == text) {
+                    return Some(*meaning);
+                }
+                let hint = words
+                    .iter()
+                    .find(|(word, _)| word.eq_ignore_ascii_case(text))
+                    .map(|(word, _)| format!(" (spelling is case-sensitive: write {word})"))
+                    .unwrap_or_default();
+                format!("\"{text}\" is not one of {expected}{hint}")
+            }
+            other => format!("must be one of {expected}, found {}", describe(other)),
+        };
+        self.issues.push(target.issue(path, found));
+        None
+    }
+
+    fn priority(&mut self, target: &Target, path: &str, value: &Value) -> Option<i32> {
+        let reason = match integer(value) {
+            Ok(number) => match i32::try_from(number) {
+                Ok(priority) => return Some(priority),
+                Err(_) => format!(
+                    "{number} is out of range; priority must be between {} and {}",
+                    i32::MIN,
+                    i32::MAX
+                ),
+            },
+            Err(found) => format!("must be an integer, found {found}"),
+        };
+        self.issues.push(target.issue(path, reason));
+        None
+    }
+
+    fn selector(&mut self, target: &Target, path: &str, value: &Value) -> Option<LabelSelector> {
+        if value.is_null() {
+            return None;
+        }
+        let raw = self.typed::<RawSelector>(target, path, value.clone())?;
+        let mut selector = LabelSelector {
+            match_labels: raw.match_labels.unwrap_or_default(),
+            match_expressions: Vec::new(),
+        };
+        for (index, expression) in raw.match_expressions.unwrap_or_default().into_iter().enumerate() {
+            let operator = SelectorOperator::ALL
+                .into_iter()
+                .find(|operator| operator.as_str() == expression.operator);
+            let Some(operator) = operator else {
+                let expected = SelectorOperator::ALL.map(SelectorOperator::as_str).join(", ");
+                self.issues.push(target.issue(
+                    format!("{path}.matchExpressions[{index}].operator"),
+                    format!("\"{}\" is not one of {expected}", expression.operator),
+                ));
+                continue;
+            };
+            selector.match_expressions.push(SelectorRequirement {
+                key: expression.key,
+                operator,
+                values: expression.values.unwrap_or_default(),
+            });
+        }
+        Some(selector)
+    }
+
+    fn networks(&mut self, target: &Target, path: &str, value: &Value) -> Vec<IpNet> {
+        if value.is_null() {
+            return Vec::new();
+        }
+        let Some(texts) = self.typed::<Vec<String>>(target, path, value.clone()) else {
+            return Vec::new();
+        };
+        let mut networks = Vec::new();
+        for (index, text) in texts.iter().enumerate() {
+            match text.trim().parse::<IpNet>() {
+                Ok(network) => networks.push(network),
+                Err(_) => {
+                    let reason = match text.trim().parse::<IpAddr>() {
+                        Ok(IpAddr::V4(_)) => format!(
+                            "\"{text}\" is an address, not a CIDR; write {text}/32 for a single \
+                             address"
+                        ),
+                        Ok(IpAddr::V6(_)) => format!(
+                            "\"{text}\" is an address, not a CIDR; write {text}/128 for a single \
+                             address"
+                        ),
+                        Err(_) => format!(
+                            "\"{text}\" is not a CIDR; write address/prefix-length, for example \
+                             10.0.0.0/8 or fd00::/8"
+                        ),
+                    };
+                    self.issues
+                        .push(target.issue(format!("{path}[{index}]"), reason));
+                }
+            }
+        }
+        networks
+    }
+
+    fn ports(&mut self, target: &Target, path: &str, value: &Value) -> Vec<PortRule> {
+        let entries = match value {
+            Value::Null => return Vec::new(),
+            Value::Sequence(entries) => entries,
+            other => {
+                self.issues.push(target.issue(
+                    path,
+                    format!(
+                        "must be a list of {{protocol, port, endPort}} entries, found {}",
+                        describe(other)
+                    ),
+                ));
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let entry_path = format!("{path}[{index}]");
+            let Value::Mapping(entry) = entry else {
+                self.issues.push(target.issue(
+                    entry_path,
+                    format!(
+                        "must be a mapping such as {{protocol: TCP, port: 443}}, found {}",
+                        describe(entry)
+                    ),
+                ));
+                continue;
+            };
+            let before = self.issues.len();
+            // Kubernetes' default for a port without protocol.
+            let mut rule = PortRule {
+                protocol: Protocol::Tcp,
+                port: None,
+                end_port: None,
+            };
+            for (key, value) in entry {
+                let Some(key) = self.key(target, &entry_path, key) else {
+                    continue;
+                };
+                let field_path = format!("{entry_path}.{key}");
+                match key {
+                    "protocol" => {
+                        let words = Protocol::ALL.map(|protocol| (protocol.as_str(), protocol));
+                        if let Some(protocol) = self.word(target, &field_path, value, &words) {
+                            rule.protocol = protocol;
+                        }
+                    }
+                    "port" => rule.port = self.port_number(target, &field_path, value),
+                    "endPort" => rule.end_port = self.port_number(target, &field_path, value),
+                    _ => self
+                        .issues
+                        .push(target.issue(field_path, unknown_field(key, &PORT_FIELDS))),
+                }
+            }
+            if self.issues.len() == before {
+                rules.push(rule);
+            }
+        }
+        rules
+    }
+
+    fn port_number(&mut self, target: &Target, path: &str, value: &Value) -> Option<i32> {
+        let reason = match (value, integer(value)) {
+            (Value::Null, _) => return None,
+            (_, Ok(number)) => match i32::try_from(number) {
+                Ok(port) => return Some(port),
+                Err(_) => super::validate::port_out_of_range(number),
+            },
+            (Value::String(text), Err(_)) => format!(
+                "must be a port number, found the string \"{text}\" (named ports are not \
+                 supported)"
+            ),
+            (_, Err(found)) => format!("must be a port number, found {found}"),
+        };
+        self.issues.push(target.issue(path, reason));
+        None
+    }
+
+    /// `Namespace`, `Pod`, `Service`, `Node`: lenient, only the fields used are read.
+    fn core_kind(&mut self, target: &Target, kind: &str, name: String, value: Value, before: usize) {
+        match kind {
+            "Namespace" => {
+                let Some(raw) = self.typed::<RawNamespace>(target, "", value) else {
+                    return;
+                };
+                if self.issues.len() == before {
+                    self.set.namespaces.push(Namespace {
+                        name,
+                        labels: raw.metadata.labels.unwrap_or_default(),
+                    });
+                }
+            }
+            "Pod" => {
+                let Some(raw) = self.typed::<RawPod>(target, "", value) else {
+                    return;
+                };
+                let spec = raw.spec.unwrap_or_default();
+                let status = raw.status.unwrap_or_default();
+                let mut ips = Vec::new();
+                if let Some(text) = status.pod_ip.as_deref() {
+                    self.ip(target, "status.podIP", text, &mut ips);
+                }
+                for (index, entry) in status.pod_ips.unwrap_or_default().iter().enumerate() {
+                    if let Some(text) = entry.ip.as_deref() {
+                        self.ip(target, &format!("status.podIPs[{index}].ip"), text, &mut ips);
+                    }
+                }
+                if self.issues.len() == before {
+                    self.set.pods.push(Pod {
+                        namespace: namespace_or_default(raw.metadata.namespace),
+                        name,
+                        uid: raw.metadata.uid.unwrap_or_default(),
+                        labels: raw.metadata.labels.unwrap_or_default(),
+                        node_name: spec.node_name.filter(|node| !node.is_empty()),
+                        host_network: spec.host_network.unwrap_or(false),
+                        phase: status.phase,
+                        ips,
+                    });
+                }
+            }
+            "Service" => {
+                let Some(raw) = self.typed::<RawService>(target, "", value) else {
+                    return;
+                };
+                let spec = raw.spec.unwrap_or_default();
+                let mut cluster_ips = Vec::new();
+                if let Some(text) = spec.cluster_ip.as_deref()
+                    && text != "None"
+                {
+                    self.ip(target, "spec.clusterIP", text, &mut cluster_ips);
+                }
+                for (index, text) in spec.cluster_ips.unwrap_or_default().iter().enumerate() {
+                    if text != "None" {
+                        self.ip(target, &format!("spec.clusterIPs[{index}]"), text, &mut cluster_ips);
+                    }
+                }
+                if self.issues.len() == before {
+                    self.set.services.push(Service {
+                        namespace: namespace_or_default(raw.metadata.namespace),
+                        name,
+                        cluster_ips,
+                        selector: spec.selector.unwrap_or_default(),
+                    });
+                }
+            }
+            _ => {
+                let Some(raw) = self.typed::<RawNode>(target, "", value) else {
+                    return;
+                };
+                let mut addresses = Vec::new();
+                let entries = raw.status.unwrap_or_default().addresses.unwrap_or_default();
+                for (index, entry) in entries.iter().enumerate() {
+                    if matches!(entry.kind.as_deref(), Some("InternalIP" | "ExternalIP"))
+                        && let Some(text) = entry.address.as_deref()
+                    {
+                        let path = format!("status.addresses[{index}].address");
+                        self.ip(target, &path, text, &mut addresses);
+                    }
+                }
+                if self.issues.len() == before {
+                    self.set.nodes.push(Node { name, addresses });
+                }
+            }
+        }
+    }
+
+    /// Parses one address into `into` (deduplicated); an empty string means "none yet".
+    fn ip(&mut self, target: &Target, path: &str, text: &str, into: &mut Vec<IpAddr>) {
+        if text.is_empty() {
+            return;
+        }
+        match text.parse::<IpAddr>() {
+            Ok(address) => {
+                let address = address.to_canonical();
+                if !into.contains(&address) {
+                    into.push(address);
+                }
+            }
+            Err(_) => self
+                .issues
+                .push(target.issue(path, format!("\"{text}\" is not an IP address"))),
+        }
+    }
+}
+
+fn namespace_or_default(namespace: Option<String>) -> String {
+    namespace
+        .filter(|namespace| !namespace.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// `base` + a serde_path_to_error path (`.` for the root, `[1].x` or `a.b` below it).
+fn join_path(base: &str, inner: &str) -> String {
+    if inner == "." || inner.is_empty() {
+        base.to_string()
+    } else if base.is_empty() {
+        inner.to_string()
+    } else if inner.starts_with('[') {
+        format!("{base}{inner}")
+    } else {
+        format!("{base}.{inner}")
+    }
+}
+
+/// An integer, or a description of what was found instead.
+fn integer(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Number(number) => number.as_i64().ok_or_else(|| format!("the number {number}")),
+        other => Err(describe(other)),
+    }
+}
+
+/// How a value reads in an error message.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing (null)".to_string(),
+        Value::Bool(flag) => format!("the boolean {flag}"),
+        Value::Number(number) => format!("the number {number}"),
+        Value::String(text) => format!("\"{text}\""),
+        Value::Sequence(_) => "a list".to_string(),
+        Value::Mapping(_) => "a mapping".to_string(),
+        Value::Tagged(tagged) => format!("a value tagged {}", tagged.tag),
+    }
+}
+
+/// "unknown field" with the closest known field when one is near.
+fn unknown_field(key: &str, known: &[&str]) -> String {
+    let closest = known
+        .iter()
+        .map(|candidate| (edit_distance(&key.to_ascii_lowercase(), &candidate.to_ascii_lowercase()), *candidate))
+        .min();
+    let hint = match closest {
+        Some((distance, candidate)) if distance <= 2 => format!("did you mean `{candidate}`? "),
+        _ => String::new(),
+    };
+    format!(
+        "unknown field `{key}`; {hint}known fields are {}",
+        known
+            .iter()
+            .map(|field| format!("`{field}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Levenshtein distance, for typo hints.
+pub(super) fn edit_distance(left: &str, right: &str) -> usize {
+    let right: Vec<char> = right.chars().collect();
+    let mut previous: Vec<usize> = (0..=right.len()).collect();
+    for (row, left_char) in left.chars().enumerate() {
+        let mut current = vec![row + 1; right.len() + 1];
+        for (column, right_char) in right.iter().enumerate() {
+            let substitution = previous[column] + usize::from(left_char != *right_char);
+            current[column + 1] = substitution
+                .min(previous[column + 1] + 1)
+                .min(current[column] + 1);
+        }
+        previous = current;
+    }
+    previous[right.len()]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSelector {
+    match_labels: Option<BTreeMap<String, String>>,
+    match_expressions: Option<Vec<RawRequirement>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    key: String,
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawMetadata {
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawNamespace {
+    #[serde(default)]
+    metadata: RawMetadata,
+}
+
+#[derive(Deserialize)]
+struct RawPod {
+    #[serde(default)]
+    metadata: RawMetadata,
+    spec: Option<RawPodSpec>,
+    status: Option<RawPodStatus>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RawPodSpec {
+    node_name: Option<String>,
+    host_network: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawPodStatus {
+    phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<RawPodIp>>,
+}
+
+#[derive(Deserialize)]
+struct RawPodIp {
+    ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawService {
+    #[serde(default)]
+    metadata: RawMetadata,
+    spec: Option<RawServiceSpec>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawServiceSpec {
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs")]
+    cluster_ips: Option<Vec<String>>,
+    selector: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawNode {
+    status: Option<RawNodeStatus>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawNodeStatus {
+    addresses: Option<Vec<RawNodeAddress>>,
+}
+
+#[derive(Deserialize)]
+struct RawNodeAddress {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    address: Option<String>,
+}

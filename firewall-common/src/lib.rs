@@ -1,0 +1,447 @@
+//! The ABI shared by zonewall's eBPF programs and its user space.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, padded explicitly and free of logic beyond
+//! constructors. A layout change must bump [`SCHEMA_VERSION`], which is part of the bpffs
+//! pin path, so an agent never adopts maps whose layout it does not understand.
+//!
+//! Addresses are 16 bytes in network order; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`)
+//! so one map serves both families.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Version of the map layouts below; part of the pin path (`<bpffs>/v<SCHEMA_VERSION>`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------
+// Names, as the maps and programs are called in the object file and pinned under bpffs.
+// ---------------------------------------------------------------------------------------
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+pub const MAP_NETWORKS: &str = "NETWORKS";
+pub const MAP_POLICY: &str = "POLICY";
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
+pub const MAP_FLOW_EVENTS: &str = "FLOW_EVENTS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_DENY_LIMIT: &str = "DENY_LIMIT";
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+/// TC ingress of the host-side veth: what the pod sends (egress enforcement).
+pub const PROG_FROM_POD: &str = "zonewall_from_pod";
+/// TC egress of the host-side veth: what the pod receives.
+pub const PROG_TO_POD: &str = "zonewall_to_pod";
+
+// Default map sizes; the agent may override them at load time.
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 262_144;
+pub const NETWORKS_MAX_ENTRIES: u32 = 65_536;
+pub const POLICY_MAX_ENTRIES: u32 = 1_048_576;
+pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+pub const DENY_LIMIT_MAX_ENTRIES: u32 = 16_384;
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
+pub const FLOW_EVENTS_BYTES: u32 = 8 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Reserved zone ids. User zones get ids >= FIRST_USER_ZONE_ID.
+// ---------------------------------------------------------------------------------------
+/// No identity at all (only used in events for "nothing known").
+pub const ZONE_NONE: u32 = 0;
+/// Any address in no zone.
+pub const ZONE_WORLD: u32 = 1;
+/// A pod in no zone.
+pub const ZONE_UNZONED: u32 = 2;
+/// Node addresses.
+pub const ZONE_HOST: u32 = 3;
+/// A local-interface address the agent has not identified (see `--unknown-source`).
+pub const ZONE_UNKNOWN: u32 = 4;
+pub const FIRST_USER_ZONE_ID: u32 = 256;
+
+// ---------------------------------------------------------------------------------------
+// Verdicts and rule ids.
+// ---------------------------------------------------------------------------------------
+pub const VERDICT_ALLOW: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+
+/// No rule (e.g. a packet that was not judged by policy).
+pub const RULE_NONE: u32 = 0;
+/// The default: traffic inside one zone is allowed.
+pub const RULE_DEFAULT_INTRA_ALLOW: u32 = 1;
+/// The default: traffic between zones is denied.
+pub const RULE_DEFAULT_INTER_DENY: u32 = 2;
+/// `--unknown-source` decided.
+pub const RULE_UNKNOWN_SOURCE: u32 = 3;
+/// A non-first fragment whose first fragment was never seen or was denied.
+pub const RULE_FRAGMENT: u32 = 4;
+/// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
+pub const FIRST_USER_RULE_ID: u32 = 16;
+
+// ---------------------------------------------------------------------------------------
+// Identity maps.
+// ---------------------------------------------------------------------------------------
+
+/// `ENDPOINTS` key: one IP of a pod, node or service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<EndpointKey>() == 16);
+
+/// The endpoint lives on this node (its packets cross one of our hooks first).
+pub const ENDPOINT_FLAG_LOCAL: u32 = 1;
+
+/// `ENDPOINTS` value: the identity owning an IP right now.
+///
+/// `epoch` changes whenever the IP changes owner; conntrack entries remember the epochs
+/// of both ends, so a reused IP never inherits its previous owner's connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointValue {
+    pub zone: u32,
+    pub epoch: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EndpointValue>() == 16);
+
+/// `NETWORKS` LPM key data (the LPM prefix length is carried beside it). IPv4 prefixes are
+/// stored IPv4-mapped with `96 + len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NetworkKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<NetworkKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetworkValue {
+    pub zone: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<NetworkValue>() == 8);
+
+// ---------------------------------------------------------------------------------------
+// Policy.
+// ---------------------------------------------------------------------------------------
+
+/// `POLICY` LPM key data. All fields are big-endian so that bit prefixes make sense:
+/// `slot | src_zone | dst_zone | proto | pad | port`.
+///
+/// The compiler writes a full partition of (proto, port) for every zone pair it knows, so
+/// the longest-prefix match is the answer, in one lookup, whatever the number of rules.
+/// `slot` lets a new policy be written beside the active one and switched on atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyKey {
+    pub slot: [u8; 4],
+    pub src_zone: [u8; 4],
+    pub dst_zone: [u8; 4],
+    pub proto: u8,
+    pub _pad: u8,
+    pub port: [u8; 2],
+}
+const _: () = assert!(size_of::<PolicyKey>() == 16);
+
+/// Prefix length covering slot and zone pair: the pair's entry for every other protocol.
+pub const POLICY_PREFIX_PAIR: u32 = 96;
+/// Prefix length covering slot, pair, protocol and pad: every port of one protocol.
+pub const POLICY_PREFIX_PROTO: u32 = 112;
+/// Full key (one port).
+pub const POLICY_PREFIX_FULL: u32 = 128;
+
+impl PolicyKey {
+    #[inline(always)]
+    pub const fn new(slot: u32, src_zone: u32, dst_zone: u32, proto: u8, port: u16) -> Self {
+        Self {
+            slot: slot.to_be_bytes(),
+            src_zone: src_zone.to_be_bytes(),
+            dst_zone: dst_zone.to_be_bytes(),
+            proto,
+            _pad: 0,
+            port: port.to_be_bytes(),
+        }
+    }
+}
+
+/// `POLICY` value: the enforced verdict and, when an `Audit` policy would deny what is
+/// enforced as allowed, the audit rule to report.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyValue {
+    pub verdict: u8,
+    /// 1: an Audit-mode policy would deny this; log it, drop nothing.
+    pub audit: u8,
+    pub _pad: [u8; 2],
+    pub rule: u32,
+    pub audit_rule: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<PolicyValue>() == 16);
+
+/// `CONFIG[0]`: everything the datapath reads once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Which `slot` of `POLICY` is live. Written last when a policy is switched.
+    pub active_slot: u32,
+    /// Monotonic policy generation, copied into conntrack entries and events.
+    pub generation: u32,
+    /// VERDICT_ALLOW or VERDICT_DENY for traffic of local interfaces with unknown IPs.
+    pub unknown_source: u8,
+    /// 1 once user space has written a policy; until then every new flow is denied.
+    pub ready: u8,
+    pub _pad: [u8; 2],
+    /// Deny events allowed per source and window; the rest are counted as suppressed.
+    pub deny_events_per_window: u32,
+    pub deny_event_window_ns: u64,
+    pub ct_timeout_tcp_syn_ns: u64,
+    pub ct_timeout_tcp_established_ns: u64,
+    pub ct_timeout_tcp_closing_ns: u64,
+    pub ct_timeout_udp_ns: u64,
+    pub ct_timeout_icmp_ns: u64,
+    pub ct_timeout_other_ns: u64,
+}
+const _: () = assert!(size_of::<Config>() == 72);
+
+// ---------------------------------------------------------------------------------------
+// Conntrack.
+// ---------------------------------------------------------------------------------------
+
+/// `CONNTRACK` key, normalised so both directions of a flow share one entry: `lo` is the
+/// endpoint whose (addr, port) compares lower.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+pub const CT_STATE_NEW: u8 = 0;
+/// TCP: SYN seen from the initiator, no SYN-ACK yet.
+pub const CT_STATE_SYN_SENT: u8 = 1;
+pub const CT_STATE_ESTABLISHED: u8 = 2;
+/// TCP: FIN seen from one side.
+pub const CT_STATE_CLOSING: u8 = 3;
+/// TCP: FIN from both sides, or RST. End event already sent by the kernel.
+pub const CT_STATE_CLOSED: u8 = 4;
+
+/// The initiator is the `hi` end of the key.
+pub const CT_FLAG_INITIATOR_IS_HI: u8 = 1;
+/// Allowed, but an Audit policy would deny it.
+pub const CT_FLAG_AUDIT: u8 = 2;
+/// The end event has been emitted (by the kernel on close, or by user space).
+pub const CT_FLAG_END_REPORTED: u8 = 4;
+/// Admitted through `--unknown-source allow`.
+pub const CT_FLAG_UNKNOWN: u8 = 8;
+/// The initiator saw FIN / the responder saw FIN.
+pub const CT_FLAG_FIN_INITIATOR: u8 = 16;
+pub const CT_FLAG_FIN_RESPONDER: u8 = 32;
+
+/// Direction index into the per-direction counters.
+pub const DIR_FORWARD: usize = 0;
+pub const DIR_REPLY: usize = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    pub flow_id: u64,
+    pub start_ns: u64,
+    pub last_seen_ns: u64,
+    /// Last time a start/update event was sent for this flow (periodic updates).
+    pub last_report_ns: u64,
+    /// [forward (initiator -> responder), reply].
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub initiator_epoch: u32,
+    pub responder_epoch: u32,
+    pub initiator_zone: u32,
+    pub responder_zone: u32,
+    pub rule: u32,
+    pub audit_rule: u32,
+    pub generation: u32,
+    pub state: u8,
+    pub flags: u8,
+    /// TCP flags seen per direction.
+    pub tcp_flags: [u8; 2],
+}
+const _: () = assert!(size_of::<CtValue>() == 96);
+
+// ---------------------------------------------------------------------------------------
+// Fragments and deny-event rate limits.
+// ---------------------------------------------------------------------------------------
+
+/// `FRAGMENTS` key: the datagram a fragment belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+
+/// `FRAGMENTS` value: the ports of the first fragment, which was allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentValue {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FragmentValue>() == 8);
+
+/// `DENY_LIMIT` value, keyed by source address (`EndpointKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyLimitValue {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub suppressed: u32,
+}
+const _: () = assert!(size_of::<DenyLimitValue>() == 16);
+
+// ---------------------------------------------------------------------------------------
+// Flow events (ring buffer).
+// ---------------------------------------------------------------------------------------
+
+pub const EVENT_START: u8 = 1;
+pub const EVENT_END: u8 = 2;
+pub const EVENT_DENY: u8 = 3;
+pub const EVENT_AUDIT: u8 = 4;
+pub const EVENT_UPDATE: u8 = 5;
+
+/// Which hook saw the packet.
+pub const HOOK_FROM_POD: u8 = 0;
+pub const HOOK_TO_POD: u8 = 1;
+
+/// One flow event. `src` is the initiator of the flow (for deny events: the sender).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    /// bpf_ktime_get_ns() when emitted (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    pub flow_id: u64,
+    pub start_ns: u64,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub src_zone: u32,
+    pub dst_zone: u32,
+    pub rule: u32,
+    pub audit_rule: u32,
+    pub generation: u32,
+    /// Deny events of this source dropped by the rate limit since the previous one.
+    pub suppressed: u32,
+    pub ifindex: u32,
+    pub kind: u8,
+    pub verdict: u8,
+    pub proto: u8,
+    /// TCP flags: forward direction in the low byte of `tcp_flags`, reply in `tcp_flags_reply`.
+    pub tcp_flags: u8,
+    pub tcp_flags_reply: u8,
+    pub hook: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowEvent>() == 128);
+
+// ---------------------------------------------------------------------------------------
+// Counters: per-CPU array indexed by these reasons.
+// ---------------------------------------------------------------------------------------
+pub const COUNTER_ALLOWED_NEW: u32 = 0;
+pub const COUNTER_ALLOWED_ESTABLISHED: u32 = 1;
+pub const COUNTER_DENIED_POLICY: u32 = 2;
+pub const COUNTER_DENIED_DEFAULT: u32 = 3;
+pub const COUNTER_UNKNOWN_SOURCE_ALLOWED: u32 = 4;
+pub const COUNTER_UNKNOWN_SOURCE_DENIED: u32 = 5;
+pub const COUNTER_AUDIT_WOULD_DENY: u32 = 6;
+pub const COUNTER_MALFORMED_DROPPED: u32 = 7;
+pub const COUNTER_FRAGMENT_DROPPED: u32 = 8;
+pub const COUNTER_NON_IP_PASSED: u32 = 9;
+pub const COUNTER_VLAN_DROPPED: u32 = 10;
+pub const COUNTER_NEIGHBOR_DISCOVERY_PASSED: u32 = 11;
+pub const COUNTER_RINGBUF_FULL: u32 = 12;
+pub const COUNTER_DENY_EVENTS_SUPPRESSED: u32 = 13;
+pub const COUNTER_CT_EPOCH_MISMATCH: u32 = 14;
+pub const COUNTER_CT_INSERT_FAILED: u32 = 15;
+pub const COUNTER_IPV6_HEADER_CHAIN_DROPPED: u32 = 16;
+pub const COUNTER_NOT_READY_DROPPED: u32 = 17;
+pub const COUNTER_FRAGMENT_PASSED: u32 = 18;
+pub const COUNTER_ALLOWED_DEFAULT: u32 = 19;
+pub const COUNTER_MAX: u32 = 32;
+
+/// Human names of the counters, indexed like `COUNTER_*` (for metrics and `status`).
+pub const COUNTER_NAMES: [&str; 20] = [
+    "allowed_new",
+    "allowed_established",
+    "denied_policy",
+    "denied_default",
+    "unknown_source_allowed",
+    "unknown_source_denied",
+    "audit_would_deny",
+    "malformed_dropped",
+    "fragment_dropped",
+    "non_ip_passed",
+    "vlan_dropped",
+    "neighbor_discovery_passed",
+    "ringbuf_full",
+    "deny_events_suppressed",
+    "ct_epoch_mismatch",
+    "ct_insert_failed",
+    "ipv6_header_chain_dropped",
+    "not_ready_dropped",
+    "fragment_passed",
+    "allowed_default",
+];
+
+// ---------------------------------------------------------------------------------------
+// Helpers shared by both sides.
+// ---------------------------------------------------------------------------------------
+
+/// IPv4 address as stored in the maps (IPv4-mapped IPv6).
+#[inline(always)]
+pub const fn ipv4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: every type below is #[repr(C)], Copy, has no implicit padding (fields are
+    // laid out to their natural alignment and sizes are asserted) and holds plain integers.
+    unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for EndpointValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for NetworkKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for NetworkValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for PolicyKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for PolicyValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for CtValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FragmentKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FragmentValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for DenyLimitValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FlowEvent {}
+}

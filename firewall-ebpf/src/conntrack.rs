@@ -1,0 +1,77 @@
+//! Conntrack keys and timeouts. One entry serves both directions: the key is normalised so
+//! that the lower (address, port) end comes first, and the entry records which end
+//! initiated.
+use firewall_common::{
+    CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, Config, CtKey,
+};
+
+use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+
+#[inline(always)]
+fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    (hi, lo)
+}
+
+/// True when (a, a_port) sorts after (b, b_port).
+#[inline(always)]
+fn greater(a: &[u8; 16], a_port: u16, b: &[u8; 16], b_port: u16) -> bool {
+    let (a_hi, a_lo) = halves(a);
+    let (b_hi, b_lo) = halves(b);
+    if a_hi != b_hi {
+        return a_hi > b_hi;
+    }
+    if a_lo != b_lo {
+        return a_lo > b_lo;
+    }
+    a_port > b_port
+}
+
+/// Writes the normalised key of a packet into `key`; returns whether the packet's source
+/// is the `hi` end.
+#[inline(always)]
+pub fn key_into(
+    key: &mut CtKey,
+    src: &[u8; 16],
+    src_port: u16,
+    dst: &[u8; 16],
+    dst_port: u16,
+    proto: u8,
+) -> bool {
+    let src_is_hi = greater(src, src_port, dst, dst_port);
+    if src_is_hi {
+        key.addr_lo = *dst;
+        key.addr_hi = *src;
+        key.port_lo = dst_port;
+        key.port_hi = src_port;
+    } else {
+        key.addr_lo = *src;
+        key.addr_hi = *dst;
+        key.port_lo = src_port;
+        key.port_hi = dst_port;
+    }
+    key.proto = proto;
+    key._pad = [0; 3];
+    src_is_hi
+}
+
+/// How long an entry in `state` lives without traffic.
+#[inline(always)]
+pub fn timeout(config: &Config, proto: u8, state: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => match state {
+            CT_STATE_SYN_SENT => config.ct_timeout_tcp_syn_ns,
+            CT_STATE_ESTABLISHED => config.ct_timeout_tcp_established_ns,
+            CT_STATE_CLOSING | CT_STATE_CLOSED => config.ct_timeout_tcp_closing_ns,
+            _ => config.ct_timeout_tcp_syn_ns,
+        },
+        IPPROTO_UDP | IPPROTO_SCTP => config.ct_timeout_udp_ns,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => config.ct_timeout_icmp_ns,
+        _ => config.ct_timeout_other_ns,
+    }
+}

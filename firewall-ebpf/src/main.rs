@@ -1,0 +1,37 @@
+//! zonewall's TC programs. Two entry points share one pipeline:
+//! parse -> conntrack hit? -> identity -> policy -> verdict, with flow events to a ring
+//! buffer and per-CPU counters for every outcome.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod emit;
+mod identity;
+mod maps;
+mod parse;
+mod pipeline;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use firewall_common::{HOOK_FROM_POD, HOOK_TO_POD};
+
+/// TC ingress of a pod's host-side interface: what the pod sends.
+#[classifier]
+pub fn zonewall_from_pod(ctx: TcContext) -> i32 {
+    pipeline::classify(&ctx, HOOK_FROM_POD)
+}
+
+/// TC egress of a pod's host-side interface: what the pod receives.
+#[classifier]
+pub fn zonewall_to_pod(ctx: TcContext) -> i32 {
+    pipeline::classify(&ctx, HOOK_TO_POD)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

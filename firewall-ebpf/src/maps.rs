@@ -1,0 +1,72 @@
+//! The maps, named as they are pinned. Sizes are defaults; the agent sets its own at load.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use firewall_common::*;
+
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
+    HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
+
+#[map(name = "NETWORKS")]
+pub static NETWORKS: LpmTrie<NetworkKey, NetworkValue> =
+    LpmTrie::pinned(NETWORKS_MAX_ENTRIES, 0);
+
+#[map(name = "POLICY")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
+
+#[map(name = "FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(FLOW_EVENTS_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_MAX, 0);
+
+#[map(name = "DENY_LIMIT")]
+pub static DENY_LIMIT: LruHashMap<EndpointKey, DenyLimitValue> =
+    LruHashMap::pinned(DENY_LIMIT_MAX_ENTRIES, 0);
+
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
+    LruHashMap::pinned(FRAGMENTS_MAX_ENTRIES, 0);
+
+/// Per-CPU working memory of one packet's run: the parsed packet, its conntrack key and
+/// the entry being built live here because the BPF stack (512 bytes) cannot hold them.
+pub struct Scratch {
+    pub packet: crate::parse::Packet,
+    pub key: CtKey,
+    pub ct: CtValue,
+    pub run: Run,
+}
+
+/// Facts about the current packet that several stages need.
+pub struct Run {
+    pub now: u64,
+    pub bytes: u64,
+    pub ifindex: u32,
+    pub hook: u8,
+    /// This hook counts the packet (see `pipeline`).
+    pub counting: bool,
+    /// The packet's source is the `hi` end of the conntrack key.
+    pub src_is_hi: bool,
+    pub src_endpoint: Option<EndpointValue>,
+    pub dst_endpoint: Option<EndpointValue>,
+}
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, owned by this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}

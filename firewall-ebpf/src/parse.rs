@@ -1,0 +1,350 @@
+//! Packet parsing: Ethernet, IPv4 (options, fragments), IPv6 (extension header chain,
+//! fragments), TCP/UDP/SCTP/ICMP/ICMPv6. Every header is read with bounds-checked loads;
+//! a header that does not fit is `Malformed`, never guessed.
+use aya_ebpf::programs::TcContext;
+use firewall_common::ipv4_mapped;
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_MOBILITY: u8 = 135;
+/// Longest extension header chain we walk; longer chains are dropped (counted).
+const IPV6_MAX_EXT_HEADERS: usize = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Where a packet stands with respect to fragmentation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    None,
+    /// Offset 0 with more fragments: carries the L4 header.
+    First,
+    /// Offset > 0: no L4 header; its ports come from the first fragment.
+    Later,
+}
+
+/// ICMP message classes that matter for tracking.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IcmpKind {
+    NotIcmp,
+    /// Echo request/reply: tracked as a flow keyed by the identifier.
+    Echo,
+    /// Destination unreachable, time exceeded, packet too big, parameter problem: related
+    /// to the flow whose header it quotes.
+    Error,
+    /// IPv6 neighbour discovery / MLD: link-local plumbing, always passed.
+    LinkLocal,
+    Other,
+}
+
+pub struct Packet {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    pub fragment: Fragment,
+    pub fragment_id: u32,
+    pub icmp: IcmpKind,
+    /// Offset of the L4 header (for ICMP errors: where the quoted packet starts is l4 + 8).
+    pub l4_offset: usize,
+    pub ipv6: bool,
+}
+
+/// Outcomes of parsing that are decided without policy.
+pub enum ParseError {
+    /// Not IP (ARP and friends): passed, counted.
+    NonIp,
+    /// VLAN-tagged frame on a pod interface: dropped, counted.
+    Vlan,
+    /// Truncated or inconsistent headers: dropped, counted.
+    Malformed,
+    /// IPv6 header chain longer than we walk: dropped, counted.
+    HeaderChain,
+}
+
+#[inline(always)]
+fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, ParseError> {
+    ctx.load::<u8>(offset).map_err(|_| ParseError::Malformed)
+}
+
+#[inline(always)]
+fn load_be16(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
+    ctx.load::<u16>(offset)
+        .map(u16::from_be)
+        .map_err(|_| ParseError::Malformed)
+}
+
+#[inline(always)]
+fn load_be32(ctx: &TcContext, offset: usize) -> Result<u32, ParseError> {
+    ctx.load::<u32>(offset)
+        .map(u32::from_be)
+        .map_err(|_| ParseError::Malformed)
+}
+
+/// Parses the frame into `packet` (per-CPU scratch memory, to spare the BPF stack).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
+    let ethertype = load_be16(ctx, 12)?;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, ETH_HLEN, packet),
+        ETH_P_IPV6 => parse_ipv6(ctx, ETH_HLEN, packet),
+        ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Vlan),
+        _ => Err(ParseError::NonIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
+    let version_ihl = load_u8(ctx, offset)?;
+    if version_ihl >> 4 != 4 {
+        return Err(ParseError::Malformed);
+    }
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    if header_len < 20 {
+        return Err(ParseError::Malformed);
+    }
+    let total_len = load_be16(ctx, offset + 2)? as usize;
+    if total_len < header_len {
+        return Err(ParseError::Malformed);
+    }
+    // The whole header, options included, must be present.
+    if (ctx.len() as usize) < offset + header_len {
+        return Err(ParseError::Malformed);
+    }
+    let id = load_be16(ctx, offset + 4)?;
+    let flags_fragment = load_be16(ctx, offset + 6)?;
+    let proto = load_u8(ctx, offset + 9)?;
+    let src: [u8; 4] = ctx.load(offset + 12).map_err(|_| ParseError::Malformed)?;
+    let dst: [u8; 4] = ctx.load(offset + 16).map_err(|_| ParseError::Malformed)?;
+    let more_fragments = flags_fragment & 0x2000 != 0;
+    let fragment_offset = flags_fragment & 0x1fff;
+    let fragment = if fragment_offset != 0 {
+        Fragment::Later
+    } else if more_fragments {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    packet.src = ipv4_mapped(src);
+    packet.dst = ipv4_mapped(dst);
+    packet.proto = proto;
+    packet.src_port = 0;
+    packet.dst_port = 0;
+    packet.tcp_flags = 0;
+    packet.fragment = fragment;
+    packet.fragment_id = id as u32;
+    packet.icmp = IcmpKind::NotIcmp;
+    packet.l4_offset = offset + header_len;
+    packet.ipv6 = false;
+    if fragment != Fragment::Later {
+        parse_l4(ctx, packet)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
+    let first = load_u8(ctx, offset)?;
+    if first >> 4 != 6 {
+        return Err(ParseError::Malformed);
+    }
+    let mut next_header = load_u8(ctx, offset + 6)?;
+    ctx.load_bytes(offset + 8, &mut packet.src)
+        .map_err(|_| ParseError::Malformed)?;
+    ctx.load_bytes(offset + 24, &mut packet.dst)
+        .map_err(|_| ParseError::Malformed)?;
+    if (ctx.len() as usize) < offset + 40 {
+        return Err(ParseError::Malformed);
+    }
+    let mut l4 = offset + 40;
+    let mut fragment = Fragment::None;
+    let mut fragment_id = 0u32;
+    let mut finished = false;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next_header {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY => {
+                let following = load_u8(ctx, l4)?;
+                let ext_len = load_u8(ctx, l4 + 1)? as usize;
+                next_header = following;
+                l4 += (ext_len + 1) * 8;
+            }
+            IPV6_AH => {
+                let following = load_u8(ctx, l4)?;
+                let ext_len = load_u8(ctx, l4 + 1)? as usize;
+                next_header = following;
+                l4 += (ext_len + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let following = load_u8(ctx, l4)?;
+                let offset_flags = load_be16(ctx, l4 + 2)?;
+                fragment_id = load_be32(ctx, l4 + 4)?;
+                let fragment_offset = offset_flags >> 3;
+                let more_fragments = offset_flags & 1 != 0;
+                fragment = if fragment_offset != 0 {
+                    Fragment::Later
+                } else if more_fragments {
+                    Fragment::First
+                } else {
+                    // An atomic fragment (RFC 6946): a whole packet.
+                    Fragment::None
+                };
+                next_header = following;
+                l4 += 8;
+                if fragment == Fragment::Later {
+                    // Later fragments carry no further headers of their own.
+                    finished = true;
+                    break;
+                }
+            }
+            _ => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    if !finished {
+        return Err(ParseError::HeaderChain);
+    }
+    packet.proto = next_header;
+    packet.src_port = 0;
+    packet.dst_port = 0;
+    packet.tcp_flags = 0;
+    packet.fragment = fragment;
+    packet.fragment_id = fragment_id;
+    packet.icmp = IcmpKind::NotIcmp;
+    packet.l4_offset = l4;
+    packet.ipv6 = true;
+    if fragment != Fragment::Later {
+        parse_l4(ctx, packet)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
+    let l4 = packet.l4_offset;
+    match packet.proto {
+        IPPROTO_TCP => {
+            let ports = load_be32(ctx, l4)?;
+            let offset_byte = load_u8(ctx, l4 + 12)?;
+            let flags = load_u8(ctx, l4 + 13)?;
+            let header_len = ((offset_byte >> 4) as usize) * 4;
+            if header_len < 20 || (ctx.len() as usize) < l4 + header_len {
+                return Err(ParseError::Malformed);
+            }
+            packet.src_port = (ports >> 16) as u16;
+            packet.dst_port = ports as u16;
+            packet.tcp_flags = flags;
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports = load_be32(ctx, l4)?;
+            let min_len = if packet.proto == IPPROTO_UDP { 8 } else { 12 };
+            if (ctx.len() as usize) < l4 + min_len {
+                return Err(ParseError::Malformed);
+            }
+            packet.src_port = (ports >> 16) as u16;
+            packet.dst_port = ports as u16;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp_type = load_u8(ctx, l4)?;
+            if (ctx.len() as usize) < l4 + 8 {
+                return Err(ParseError::Malformed);
+            }
+            packet.icmp = classify_icmp(packet.proto, icmp_type);
+            if packet.icmp == IcmpKind::Echo {
+                // Both directions carry the identifier; use it as both "ports" so a request
+                // and its reply normalise to one conntrack key.
+                let id = load_be16(ctx, l4 + 4)?;
+                packet.src_port = id;
+                packet.dst_port = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn classify_icmp(proto: u8, icmp_type: u8) -> IcmpKind {
+    if proto == IPPROTO_ICMP {
+        match icmp_type {
+            0 | 8 => IcmpKind::Echo,
+            3 | 11 | 12 => IcmpKind::Error,
+            _ => IcmpKind::Other,
+        }
+    } else {
+        match icmp_type {
+            128 | 129 => IcmpKind::Echo,
+            1..=4 => IcmpKind::Error,
+            130..=137 | 143 => IcmpKind::LinkLocal,
+            _ => IcmpKind::Other,
+        }
+    }
+}
+
+/// The flow an ICMP error quotes, as (src, dst, proto, src_port, dst_port) of the quoted
+/// packet, which travelled in the opposite direction. Only quotes without IPv6 extension
+/// headers are followed; anything else is judged as plain ICMP.
+#[inline(always)]
+pub fn quoted_flow(ctx: &TcContext, packet: &Packet) -> Option<([u8; 16], [u8; 16], u8, u16, u16)> {
+    let inner = packet.l4_offset + 8;
+    let (src, dst, proto, l4) = if packet.ipv6 {
+        let first = ctx.load::<u8>(inner).ok()?;
+        if first >> 4 != 6 {
+            return None;
+        }
+        let proto = ctx.load::<u8>(inner + 6).ok()?;
+        let src: [u8; 16] = ctx.load(inner + 8).ok()?;
+        let dst: [u8; 16] = ctx.load(inner + 24).ok()?;
+        (src, dst, proto, inner + 40)
+    } else {
+        let version_ihl = ctx.load::<u8>(inner).ok()?;
+        if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
+            return None;
+        }
+        let proto = ctx.load::<u8>(inner + 9).ok()?;
+        let src: [u8; 4] = ctx.load(inner + 12).ok()?;
+        let dst: [u8; 4] = ctx.load(inner + 16).ok()?;
+        (
+            ipv4_mapped(src),
+            ipv4_mapped(dst),
+            proto,
+            inner + ((version_ihl & 0x0f) as usize) * 4,
+        )
+    };
+    let (src_port, dst_port) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports = u32::from_be(ctx.load::<u32>(l4).ok()?);
+            ((ports >> 16) as u16, ports as u16)
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp_type = ctx.load::<u8>(l4).ok()?;
+            if classify_icmp(proto, icmp_type) != IcmpKind::Echo {
+                return None;
+            }
+            let id = u16::from_be(ctx.load::<u16>(l4 + 4).ok()?);
+            (id, id)
+        }
+        _ => return None,
+    };
+    Some((src, dst, proto, src_port, dst_port))
+}

@@ -1,0 +1,381 @@
+//! The per-packet pipeline: parse -> conntrack hit? -> identity -> policy -> verdict.
+//!
+//! Cost per packet is bounded and independent of the number of rules, zones or pods: two
+//! endpoint lookups, one conntrack lookup and, for the first packet of a flow, up to two
+//! network LPM lookups and one policy LPM lookup (plus one lookup for an ICMP error's
+//! quoted flow or a later fragment's ports). The working state lives in per-CPU scratch
+//! memory, and cold stages are separate BPF functions, to stay within the 512-byte stack.
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use firewall_common::*;
+
+use crate::{
+    conntrack,
+    emit::{self, EventMeta},
+    identity,
+    maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, Run, SCRATCH, Scratch, count},
+    parse::{
+        self, Fragment, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet, ParseError,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
+};
+
+/// Let the packet continue (TCX_NEXT / TC_ACT_UNSPEC): later programs, if any, still run
+/// and the default is to pass.
+pub const PASS: i32 = -1;
+/// Drop the packet (TC_ACT_SHOT / TCX_DROP).
+pub const DROP: i32 = 2;
+
+/// Outcomes decided before policy; each one is counted and has a fixed action.
+enum Early {
+    NonIp,
+    Vlan,
+    Malformed,
+    HeaderChain,
+    NeighborDiscovery,
+    NoConfig,
+}
+
+impl From<ParseError> for Early {
+    #[inline(always)]
+    fn from(error: ParseError) -> Self {
+        match error {
+            ParseError::NonIp => Early::NonIp,
+            ParseError::Vlan => Early::Vlan,
+            ParseError::Malformed => Early::Malformed,
+            ParseError::HeaderChain => Early::HeaderChain,
+        }
+    }
+}
+
+impl Early {
+    #[inline(always)]
+    fn counted_action(self) -> i32 {
+        let (counter, action) = match self {
+            Early::NonIp => (COUNTER_NON_IP_PASSED, PASS),
+            Early::Vlan => (COUNTER_VLAN_DROPPED, DROP),
+            Early::Malformed => (COUNTER_MALFORMED_DROPPED, DROP),
+            Early::HeaderChain => (COUNTER_IPV6_HEADER_CHAIN_DROPPED, DROP),
+            Early::NeighborDiscovery => (COUNTER_NEIGHBOR_DISCOVERY_PASSED, PASS),
+            // Fail closed: without configuration nothing is known.
+            Early::NoConfig => (COUNTER_NOT_READY_DROPPED, DROP),
+        };
+        count(counter);
+        action
+    }
+}
+
+#[inline(always)]
+pub fn classify(ctx: &TcContext, hook: u8) -> i32 {
+    match try_classify(ctx, hook) {
+        Ok(action) => action,
+        Err(early) => early.counted_action(),
+    }
+}
+
+#[inline(always)]
+fn epoch_of(identity: &Option<EndpointValue>) -> u32 {
+    match identity {
+        Some(value) => value.epoch,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
+    let config = CONFIG.get(0).ok_or(Early::NoConfig)?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Early::NoConfig)?;
+    // SAFETY: per-CPU scratch slot, exclusively ours while the program runs.
+    let scratch = unsafe { &mut *scratch };
+    parse::parse(ctx, &mut scratch.packet)?;
+    if scratch.packet.icmp == IcmpKind::LinkLocal {
+        return Err(Early::NeighborDiscovery);
+    }
+    if scratch.packet.fragment == Fragment::Later && !later_fragment_ports(&mut scratch.packet) {
+        // The first fragment was never seen or was denied: nothing to judge by.
+        count(COUNTER_FRAGMENT_DROPPED);
+        return Ok(DROP);
+    }
+
+    let Scratch {
+        packet,
+        key,
+        ct: new_entry,
+        run,
+    } = scratch;
+    let packet = &*packet;
+    run.now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the context pointer is valid for the whole program run.
+    run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    run.bytes = ctx.len() as u64;
+    run.hook = hook;
+    run.src_endpoint = identity::endpoint(&packet.src);
+    run.dst_endpoint = identity::endpoint(&packet.dst);
+    // A packet is counted once: at the hook of the pod that sent it, or, when the sender is
+    // not local, at the hook of the receiving pod.
+    run.counting = hook == HOOK_FROM_POD
+        || match run.src_endpoint {
+            Some(value) => value.flags & ENDPOINT_FLAG_LOCAL == 0,
+            None => true,
+        };
+
+    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(ctx, packet) {
+        count(COUNTER_ALLOWED_ESTABLISHED);
+        return Ok(PASS);
+    }
+
+    run.src_is_hi = conntrack::key_into(
+        key,
+        &packet.src,
+        packet.src_port,
+        &packet.dst,
+        packet.dst_port,
+        packet.proto,
+    );
+    let key = &*key;
+
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup. Concurrent updates from other CPUs can
+        // only blur counters and timestamps.
+        let ct = unsafe { &mut *entry };
+        let forward = run.src_is_hi == (ct.flags & CT_FLAG_INITIATOR_IS_HI != 0);
+        let (initiator, responder) = if forward {
+            (&run.src_endpoint, &run.dst_endpoint)
+        } else {
+            (&run.dst_endpoint, &run.src_endpoint)
+        };
+        let same_owners =
+            epoch_of(initiator) == ct.initiator_epoch && epoch_of(responder) == ct.responder_epoch;
+        let expired = run.now.wrapping_sub(ct.last_seen_ns)
+            > conntrack::timeout(config, packet.proto, ct.state);
+        let reopened = packet.proto == IPPROTO_TCP
+            && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && ct.state == CT_STATE_CLOSED;
+        if same_owners && !expired && !reopened {
+            established(ct, key, packet, run, forward);
+            if packet.fragment == Fragment::First {
+                remember_fragment(packet);
+            }
+            count(COUNTER_ALLOWED_ESTABLISHED);
+            return Ok(PASS);
+        }
+        if !same_owners {
+            // An address changed owner: the old owner's connection must not carry over.
+            count(COUNTER_CT_EPOCH_MISMATCH);
+        }
+        retire(key, ct, run);
+    }
+
+    Ok(new_flow(config, packet, key, new_entry, run))
+}
+
+/// Ends a stale entry (expired, reopened or of a previous owner) before its key is reused.
+#[inline(never)]
+fn retire(key: &CtKey, ct: &mut CtValue, run: &Run) {
+    if ct.flags & CT_FLAG_END_REPORTED == 0 {
+        ct.flags |= CT_FLAG_END_REPORTED;
+        emit::flow(key, ct, &EventMeta::of(run, EVENT_END, VERDICT_ALLOW));
+    }
+    let _ = CONNTRACK.remove(key);
+}
+
+/// Updates an entry for a packet of a known flow: counters, TCP state, end of flow.
+#[inline(always)]
+fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forward: bool) {
+    let direction = if forward { DIR_FORWARD } else { DIR_REPLY };
+    ct.last_seen_ns = run.now;
+    if run.counting {
+        if let Some(packets) = ct.packets.get_mut(direction) {
+            *packets += 1;
+        }
+        if let Some(total) = ct.bytes.get_mut(direction) {
+            *total += run.bytes;
+        }
+    }
+    if let Some(seen) = ct.tcp_flags.get_mut(direction) {
+        *seen |= packet.tcp_flags;
+    }
+    if packet.proto != IPPROTO_TCP {
+        return;
+    }
+    let flags = packet.tcp_flags;
+    let mut closed = false;
+    if flags & TCP_RST != 0 {
+        closed = true;
+    } else if flags & TCP_FIN != 0 {
+        ct.flags |= if forward {
+            CT_FLAG_FIN_INITIATOR
+        } else {
+            CT_FLAG_FIN_RESPONDER
+        };
+        let both = CT_FLAG_FIN_INITIATOR | CT_FLAG_FIN_RESPONDER;
+        if ct.flags & both == both {
+            closed = true;
+        } else {
+            ct.state = CT_STATE_CLOSING;
+        }
+    } else if ct.state == CT_STATE_SYN_SENT && !forward {
+        ct.state = CT_STATE_ESTABLISHED;
+    }
+    if closed {
+        ct.state = CT_STATE_CLOSED;
+        if ct.flags & CT_FLAG_END_REPORTED == 0 {
+            ct.flags |= CT_FLAG_END_REPORTED;
+            emit::flow(key, ct, &EventMeta::of(run, EVENT_END, VERDICT_ALLOW));
+        }
+    }
+}
+
+/// An ICMP error passes when it quotes a packet of a flow we track (in either direction).
+#[inline(never)]
+fn related_to_tracked_flow(ctx: &TcContext, packet: &Packet) -> bool {
+    let Some((src, dst, proto, src_port, dst_port)) = parse::quoted_flow(ctx, packet) else {
+        return false;
+    };
+    let mut key = CtKey::default();
+    conntrack::key_into(&mut key, &src, src_port, &dst, dst_port, proto);
+    CONNTRACK.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn fragment_key(packet: &Packet) -> FragmentKey {
+    FragmentKey {
+        src: packet.src,
+        dst: packet.dst,
+        id: packet.fragment_id,
+        proto: packet.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A later fragment takes the ports its first fragment recorded; false when there is none.
+#[inline(never)]
+fn later_fragment_ports(packet: &mut Packet) -> bool {
+    match FRAGMENTS.get_ptr(fragment_key(packet)) {
+        Some(ports) => {
+            // SAFETY: pointer from a successful lookup, read at once.
+            let ports = unsafe { *ports };
+            packet.src_port = ports.src_port;
+            packet.dst_port = ports.dst_port;
+            count(COUNTER_FRAGMENT_PASSED);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Records the ports of an allowed first fragment for the fragments that follow it.
+#[inline(never)]
+fn remember_fragment(packet: &Packet) {
+    let ports = FragmentValue {
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        _pad: 0,
+    };
+    let _ = FRAGMENTS.insert(fragment_key(packet), ports, 0);
+}
+
+/// Judges the first packet of a flow and, when allowed, starts tracking it.
+#[inline(never)]
+fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run) -> i32 {
+    let src = identity::resolve(&packet.src, run.src_endpoint);
+    let dst = identity::resolve(&packet.dst, run.dst_endpoint);
+    // The local end of this hook: the sender on FROM_POD, the receiver on TO_POD. An
+    // address there that is no known endpoint follows `--unknown-source`.
+    let unknown_src = run.hook == HOOK_FROM_POD && !src.endpoint;
+    let unknown_dst = run.hook == HOOK_TO_POD && !dst.endpoint;
+    let src_zone = if unknown_src { ZONE_UNKNOWN } else { src.zone };
+    let dst_zone = if unknown_dst { ZONE_UNKNOWN } else { dst.zone };
+
+    let mut audit = false;
+    let mut audit_rule = RULE_NONE;
+    let unknown = unknown_src || unknown_dst;
+    let (verdict, rule, counter) = if unknown {
+        if config.unknown_source == VERDICT_ALLOW {
+            (VERDICT_ALLOW, RULE_UNKNOWN_SOURCE, COUNTER_UNKNOWN_SOURCE_ALLOWED)
+        } else {
+            (VERDICT_DENY, RULE_UNKNOWN_SOURCE, COUNTER_UNKNOWN_SOURCE_DENIED)
+        }
+    } else if config.ready == 0 {
+        (VERDICT_DENY, RULE_NONE, COUNTER_NOT_READY_DROPPED)
+    } else {
+        let port = match packet.proto {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => packet.dst_port,
+            _ => 0,
+        };
+        let lookup = Key::new(
+            POLICY_PREFIX_FULL,
+            PolicyKey::new(config.active_slot, src_zone, dst_zone, packet.proto, port),
+        );
+        match POLICY.get(lookup) {
+            Some(value) => {
+                audit = value.audit != 0;
+                audit_rule = value.audit_rule;
+                if value.verdict == VERDICT_ALLOW {
+                    (VERDICT_ALLOW, value.rule, COUNTER_ALLOWED_NEW)
+                } else {
+                    (VERDICT_DENY, value.rule, COUNTER_DENIED_POLICY)
+                }
+            }
+            None if src_zone == dst_zone => (
+                VERDICT_ALLOW,
+                RULE_DEFAULT_INTRA_ALLOW,
+                COUNTER_ALLOWED_DEFAULT,
+            ),
+            None => (VERDICT_DENY, RULE_DEFAULT_INTER_DENY, COUNTER_DENIED_DEFAULT),
+        }
+    };
+    count(counter);
+
+    if verdict != VERDICT_ALLOW {
+        emit::deny(packet, run, config, ((src_zone as u64) << 32) | dst_zone as u64, rule);
+        return DROP;
+    }
+
+    let mut flags = 0u8;
+    if run.src_is_hi {
+        flags |= CT_FLAG_INITIATOR_IS_HI;
+    }
+    if audit {
+        flags |= CT_FLAG_AUDIT;
+        count(COUNTER_AUDIT_WOULD_DENY);
+    }
+    if unknown {
+        flags |= CT_FLAG_UNKNOWN;
+    }
+    ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        CT_STATE_SYN_SENT
+    } else {
+        // Anything else, TCP picked up mid-stream included (tracking lost): judged as new,
+        // then followed.
+        CT_STATE_ESTABLISHED
+    };
+    ct.flow_id = unsafe { ((bpf_get_prandom_u32() as u64) << 32) | bpf_get_prandom_u32() as u64 };
+    ct.start_ns = run.now;
+    ct.last_seen_ns = run.now;
+    ct.last_report_ns = run.now;
+    ct.packets = [run.counting as u64, 0];
+    ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
+    ct.initiator_epoch = src.epoch;
+    ct.responder_epoch = dst.epoch;
+    ct.initiator_zone = src_zone;
+    ct.responder_zone = dst_zone;
+    ct.rule = rule;
+    ct.audit_rule = audit_rule;
+    ct.generation = config.generation;
+    ct.flags = flags;
+    ct.tcp_flags = [packet.tcp_flags, 0];
+    if CONNTRACK.insert(key, &*ct, 0).is_err() {
+        count(COUNTER_CT_INSERT_FAILED);
+    }
+    let kind = if audit { EVENT_AUDIT } else { EVENT_START };
+    emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW));
+    if packet.fragment == Fragment::First {
+        remember_fragment(packet);
+    }
+    PASS
+}

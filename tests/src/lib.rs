@@ -1,0 +1,4 @@
+//! Helpers for zonewall's integration tests: network namespaces that play pods and nodes,
+//! traffic probes, and the reference evaluator of the policy semantics.
+
+pub mod topology;

@@ -1,0 +1,74 @@
+//! zonewall's developer commands, run as `cargo xtask <command>`:
+//! `setup` installs what building and testing need, `build` builds the agent (with its eBPF
+//! object), `test` runs every test of the workspace, `demo` shows the firewall at work on
+//! a simulated node.
+
+mod build;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+// The topology helpers of the integration tests, compiled into xtask as well: the demo
+// needs them, and xtask must build on a machine without the eBPF toolchain (it installs
+// it), so it cannot depend on the tests crate, which links the agent.
+#[allow(dead_code)]
+#[path = "../../tests/src/topology.rs"]
+mod topology;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "zonewall's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: Debian packages, the nightly's rust-src, bpf-linker.
+    Setup,
+    /// Setup, then build the agent in release mode (the eBPF object is embedded).
+    Build,
+    /// Setup, then run every test of the workspace (needs root for the network tests).
+    Test {
+        /// Passed to the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup and build, then run the agent on a simulated node and show its verdicts
+    /// (needs root).
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            let agent = build::release_agent()?;
+            println!("built {}", agent.display());
+            Ok(())
+        }
+        Command::Test { args } => {
+            setup::run()?;
+            test::run(&args)
+        }
+        Command::Demo => {
+            setup::run()?;
+            let agent = build::release_agent()?;
+            demo::run(&agent)
+        }
+    }
+}
+
+/// The workspace's root folder.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
