@@ -40,6 +40,8 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
 /// the entry being built live here because the BPF stack (512 bytes) cannot hold them.
 pub struct Scratch {
     pub packet: crate::parse::Packet,
+    /// The packet an ICMP error quotes.
+    pub quoted: crate::parse::Packet,
     pub key: CtKey,
     pub ct: CtValue,
     pub run: Run,

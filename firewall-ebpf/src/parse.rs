@@ -168,13 +168,11 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
         return Err(ParseError::Malformed);
     }
     let mut next_header = load_u8(ctx, offset + 6)?;
-    ctx.load_bytes(offset + 8, &mut packet.src)
-        .map_err(|_| ParseError::Malformed)?;
-    ctx.load_bytes(offset + 24, &mut packet.dst)
-        .map_err(|_| ParseError::Malformed)?;
     if (ctx.len() as usize) < offset + 40 {
         return Err(ParseError::Malformed);
     }
+    packet.src = ctx.load(offset + 8).map_err(|_| ParseError::Malformed)?;
+    packet.dst = ctx.load(offset + 24).map_err(|_| ParseError::Malformed)?;
     let mut l4 = offset + 40;
     let mut fragment = Fragment::None;
     let mut fragment_id = 0u32;
@@ -301,50 +299,69 @@ fn classify_icmp(proto: u8, icmp_type: u8) -> IcmpKind {
     }
 }
 
-/// The flow an ICMP error quotes, as (src, dst, proto, src_port, dst_port) of the quoted
-/// packet, which travelled in the opposite direction. Only quotes without IPv6 extension
-/// headers are followed; anything else is judged as plain ICMP.
+/// The quoted packet of an ICMP error, written into `quoted` (scratch memory): its
+/// addresses in `src`/`dst`, protocol and ports in the other fields. Returns false when the
+/// quote is not something we track; only quotes without IPv6 extension headers are
+/// followed, anything else is judged as plain ICMP.
 #[inline(always)]
-pub fn quoted_flow(ctx: &TcContext, packet: &Packet) -> Option<([u8; 16], [u8; 16], u8, u16, u16)> {
+pub fn quoted_flow(ctx: &TcContext, packet: &Packet, quoted: &mut Packet) -> bool {
     let inner = packet.l4_offset + 8;
-    let (src, dst, proto, l4) = if packet.ipv6 {
-        let first = ctx.load::<u8>(inner).ok()?;
+    let l4 = if packet.ipv6 {
+        let Ok(first) = ctx.load::<u8>(inner) else {
+            return false;
+        };
         if first >> 4 != 6 {
-            return None;
+            return false;
         }
-        let proto = ctx.load::<u8>(inner + 6).ok()?;
-        let src: [u8; 16] = ctx.load(inner + 8).ok()?;
-        let dst: [u8; 16] = ctx.load(inner + 24).ok()?;
-        (src, dst, proto, inner + 40)
+        let Ok(proto) = ctx.load::<u8>(inner + 6) else {
+            return false;
+        };
+        let (Ok(src), Ok(dst)) = (ctx.load(inner + 8), ctx.load(inner + 24)) else {
+            return false;
+        };
+        quoted.src = src;
+        quoted.dst = dst;
+        quoted.proto = proto;
+        inner + 40
     } else {
-        let version_ihl = ctx.load::<u8>(inner).ok()?;
+        let Ok(version_ihl) = ctx.load::<u8>(inner) else {
+            return false;
+        };
         if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
-            return None;
+            return false;
         }
-        let proto = ctx.load::<u8>(inner + 9).ok()?;
-        let src: [u8; 4] = ctx.load(inner + 12).ok()?;
-        let dst: [u8; 4] = ctx.load(inner + 16).ok()?;
-        (
-            ipv4_mapped(src),
-            ipv4_mapped(dst),
-            proto,
-            inner + ((version_ihl & 0x0f) as usize) * 4,
-        )
+        let Ok(proto) = ctx.load::<u8>(inner + 9) else {
+            return false;
+        };
+        let (Ok(src), Ok(dst)) = (ctx.load::<[u8; 4]>(inner + 12), ctx.load::<[u8; 4]>(inner + 16))
+        else {
+            return false;
+        };
+        quoted.src = ipv4_mapped(src);
+        quoted.dst = ipv4_mapped(dst);
+        quoted.proto = proto;
+        inner + ((version_ihl & 0x0f) as usize) * 4
     };
-    let (src_port, dst_port) = match proto {
+    match quoted.proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports = u32::from_be(ctx.load::<u32>(l4).ok()?);
-            ((ports >> 16) as u16, ports as u16)
+            let Ok(ports) = ctx.load::<u32>(l4) else {
+                return false;
+            };
+            let ports = u32::from_be(ports);
+            quoted.src_port = (ports >> 16) as u16;
+            quoted.dst_port = ports as u16;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp_type = ctx.load::<u8>(l4).ok()?;
-            if classify_icmp(proto, icmp_type) != IcmpKind::Echo {
-                return None;
+            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+                return false;
+            };
+            if classify_icmp(quoted.proto, icmp_type) != IcmpKind::Echo {
+                return false;
             }
-            let id = u16::from_be(ctx.load::<u16>(l4 + 4).ok()?);
-            (id, id)
+            quoted.src_port = u16::from_be(id);
+            quoted.dst_port = quoted.src_port;
         }
-        _ => return None,
-    };
-    Some((src, dst, proto, src_port, dst_port))
+        _ => return false,
+    }
+    true
 }

@@ -102,6 +102,7 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
 
     let Scratch {
         packet,
+        quoted,
         key,
         ct: new_entry,
         run,
@@ -122,7 +123,7 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
             None => true,
         };
 
-    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(ctx, packet) {
+    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(ctx, packet, quoted, key) {
         count(COUNTER_ALLOWED_ESTABLISHED);
         return Ok(PASS);
     }
@@ -231,13 +232,24 @@ fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forwar
 
 /// An ICMP error passes when it quotes a packet of a flow we track (in either direction).
 #[inline(never)]
-fn related_to_tracked_flow(ctx: &TcContext, packet: &Packet) -> bool {
-    let Some((src, dst, proto, src_port, dst_port)) = parse::quoted_flow(ctx, packet) else {
+fn related_to_tracked_flow(
+    ctx: &TcContext,
+    packet: &Packet,
+    quoted: &mut Packet,
+    key: &mut CtKey,
+) -> bool {
+    if !parse::quoted_flow(ctx, packet, quoted) {
         return false;
-    };
-    let mut key = CtKey::default();
-    conntrack::key_into(&mut key, &src, src_port, &dst, dst_port, proto);
-    CONNTRACK.get_ptr(&key).is_some()
+    }
+    conntrack::key_into(
+        key,
+        &quoted.src,
+        quoted.src_port,
+        &quoted.dst,
+        quoted.dst_port,
+        quoted.proto,
+    );
+    CONNTRACK.get_ptr(&*key).is_some()
 }
 
 #[inline(always)]

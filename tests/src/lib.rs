@@ -1,4 +1,6 @@
 //! Helpers for zonewall's integration tests: network namespaces that play pods and nodes,
 //! traffic probes, and the reference evaluator of the policy semantics.
 
+pub mod kernel;
+pub mod packet;
 pub mod topology;

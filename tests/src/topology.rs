@@ -23,9 +23,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -60,7 +58,9 @@ pub fn can_run(tools: &[&str]) -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        missing.push("root privileges (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".to_string());
+        missing.push(
+            "root privileges (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".to_string(),
+        );
     }
     for tool in std::iter::once(&"ip").chain(tools) {
         if find_on_path(tool).is_none() {
@@ -237,8 +237,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Err(error) = run_checked(Command::new("ip").args(["netns", "delete", &self.name]))
-        {
+        if let Err(error) = run_checked(Command::new("ip").args(["netns", "delete", &self.name])) {
             eprintln!("warning: {error:#}");
         }
     }
@@ -373,10 +372,24 @@ impl Topology {
             }
             Layout::Bridged => {
                 node.ip(&[
-                    "link", "add", BRIDGE, "type", "bridge", "mcast_snooping", "0",
+                    "link",
+                    "add",
+                    BRIDGE,
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
                 ])?;
                 node.ip(&["addr", "add", "198.18.2.1/24", "dev", BRIDGE])?;
-                node.ip(&["-6", "addr", "add", "2001:db8:2::1/64", "dev", BRIDGE, "nodad"])?;
+                node.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:2::1/64",
+                    "dev",
+                    BRIDGE,
+                    "nodad",
+                ])?;
                 node.ip(&["link", "set", BRIDGE, "up"])?;
             }
         }
@@ -424,8 +437,14 @@ impl Topology {
     pub fn add_pod(&mut self, name: &str) -> Result<&Pod> {
         let host = u8::try_from(10 + self.pods.len()).context("too many pods (at most 245)")?;
         let (ipv4, ipv6) = match self.layout {
-            Layout::Routed => (Ipv4Addr::new(198, 18, 1, host), mirrored_v6([0x2001, 0xdb8, 1], host)),
-            Layout::Bridged => (Ipv4Addr::new(198, 18, 2, host), mirrored_v6([0x2001, 0xdb8, 2], host)),
+            Layout::Routed => (
+                Ipv4Addr::new(198, 18, 1, host),
+                mirrored_v6([0x2001, 0xdb8, 1], host),
+            ),
+            Layout::Bridged => (
+                Ipv4Addr::new(198, 18, 2, host),
+                mirrored_v6([0x2001, 0xdb8, 2], host),
+            ),
         };
         self.add_pod_at(name, ipv4, ipv6)
     }
@@ -450,7 +469,15 @@ impl Topology {
         let netns = Netns::create(&format!("{}{name}", self.prefix))?;
         disable_dad(&netns)?;
         self.node.ip(&[
-            "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             netns.name(),
         ])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
@@ -458,21 +485,62 @@ impl Topology {
         match self.layout {
             Layout::Routed => {
                 netns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
-                netns.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"])?;
-                netns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink"])?;
-                netns.ip(&["-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"])?;
-                self.node.sysctl(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
+                netns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+                netns.ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                    "onlink",
+                ])?;
+                netns.ip(&[
+                    "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+                ])?;
                 self.node
-                    .ip(&["-6", "addr", "add", "fe80::1/64", "dev", &host_veth, "nodad"])?;
+                    .sysctl(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
+                self.node.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    "fe80::1/64",
+                    "dev",
+                    &host_veth,
+                    "nodad",
+                ])?;
                 self.node.ip(&["link", "set", &host_veth, "up"])?;
                 self.node
                     .ip(&["route", "add", &format!("{v4}/32"), "dev", &host_veth])?;
-                self.node
-                    .ip(&["-6", "route", "add", &format!("{v6}/128"), "dev", &host_veth])?;
+                self.node.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{v6}/128"),
+                    "dev",
+                    &host_veth,
+                ])?;
             }
             Layout::Bridged => {
                 netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-                netns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+                netns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
                 netns.ip(&["route", "add", "default", "via", "198.18.2.1"])?;
                 netns.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
                 self.node
@@ -506,20 +574,49 @@ impl Topology {
         let netns = Netns::create(&format!("{}{name}", self.prefix))?;
         disable_dad(&netns)?;
         self.node.ip(&[
-            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             netns.name(),
         ])?;
         self.node
             .ip(&["addr", "add", &format!("{gateway_v4}/24"), "dev", &uplink])?;
         self.node.ip(&[
-            "-6", "addr", "add", &format!("{gateway_v6}/64"), "dev", &uplink, "nodad",
+            "-6",
+            "addr",
+            "add",
+            &format!("{gateway_v6}/64"),
+            "dev",
+            &uplink,
+            "nodad",
         ])?;
         self.node.ip(&["link", "set", &uplink, "up"])?;
         netns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"])?;
-        netns.ip(&["-6", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+        netns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &gateway_v4.to_string()])?;
-        netns.ip(&["-6", "route", "add", "default", "via", &gateway_v6.to_string()])?;
+        netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway_v6.to_string(),
+        ])?;
         self.hosts.push(ExternalHost {
             name: name.to_string(),
             netns,
@@ -879,7 +976,11 @@ fn remaining(deadline: Instant) -> std::io::Result<Duration> {
 }
 
 /// Fails unless `condition` becomes true before `timeout`, checking every 20 ms.
-pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {

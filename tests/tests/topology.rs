@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use zonewall_tests::topology::{
-    Layout, Netns, TcpServer, Topology, UdpEchoServer, can_run, cleanup_stale, ping,
-    tcp_connect, udp_echo,
+    Layout, Netns, TcpServer, Topology, UdpEchoServer, can_run, cleanup_stale, ping, tcp_connect,
+    udp_echo,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,8 +50,12 @@ fn check_full_connectivity(layout: Layout) {
     let mut topology = Topology::new(layout).expect("build topology");
     topology.add_pod("web").expect("add pod web");
     topology.add_pod("db").expect("add pod db");
-    topology.add_internet_host("internet").expect("add internet host");
-    topology.add_internet_host("partner").expect("add second internet host");
+    topology
+        .add_internet_host("internet")
+        .expect("add internet host");
+    topology
+        .add_internet_host("partner")
+        .expect("add second internet host");
 
     let endpoints: Vec<(&Netns, IpAddr, IpAddr)> = topology
         .pods()
@@ -112,7 +116,10 @@ fn routed_pods_look_like_calico_pods() {
         routes.contains("default via 169.254.1.1 dev eth0 onlink"),
         "{routes}"
     );
-    let routes = pod.netns.ip(&["-6", "route", "show", "default"]).expect("pod v6 routes");
+    let routes = pod
+        .netns
+        .ip(&["-6", "route", "show", "default"])
+        .expect("pod v6 routes");
     assert!(routes.contains("default via fe80::1 dev eth0"), "{routes}");
     let node_routes = topology.node().ip(&["route", "show"]).expect("node routes");
     assert!(
@@ -142,7 +149,13 @@ fn probes_fail_within_their_timeout() {
         .expect("blackhole v4");
     topology
         .node()
-        .ip(&["-6", "route", "replace", "blackhole", &format!("{server_v6}/128")])
+        .ip(&[
+            "-6",
+            "route",
+            "replace",
+            "blackhole",
+            &format!("{server_v6}/128"),
+        ])
         .expect("blackhole v6");
     let _servers = serve(&topology.pod("server").netns);
     let client = &topology.pod("client").netns;
@@ -161,7 +174,12 @@ fn probes_fail_within_their_timeout() {
     // A closed port is refused at once.
     let started = Instant::now();
     let db = topology.pod("db");
-    assert!(!tcp_connect(client, db.ipv4.into(), 9, Duration::from_secs(5)));
+    assert!(!tcp_connect(
+        client,
+        db.ipv4.into(),
+        9,
+        Duration::from_secs(5)
+    ));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 

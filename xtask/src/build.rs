@@ -43,12 +43,12 @@ pub fn built_binary(profile_args: &[&str], name: &str) -> Result<PathBuf> {
 fn executable_of(messages: &str, name: &str) -> Option<PathBuf> {
     messages
         .lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| {
             message["reason"] == "compiler-artifact" && message["target"]["name"] == name
         })
-        .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .last()
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
 }
 
 #[cfg(test)]

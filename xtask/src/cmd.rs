@@ -7,7 +7,13 @@ use anyhow::{Context as _, Result, bail};
 /// The command as a shell line, for humans.
 pub fn display(command: &Command) -> String {
     let envs = command.get_envs().filter_map(|(key, value)| {
-        value.map(|value| format!("{}={}", key.to_string_lossy(), quote(&value.to_string_lossy())))
+        value.map(|value| {
+            format!(
+                "{}={}",
+                key.to_string_lossy(),
+                quote(&value.to_string_lossy())
+            )
+        })
     });
     let words = std::iter::once(command.get_program())
         .chain(command.get_args())
@@ -69,7 +75,14 @@ mod tests {
     #[test]
     fn displays_commands_as_shell_lines() {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", "zw-1-ab-node", "agent", "--interfaces", "veth*"]);
+        command.args([
+            "netns",
+            "exec",
+            "zw-1-ab-node",
+            "agent",
+            "--interfaces",
+            "veth*",
+        ]);
         command.env("RUST_LOG", "info");
         assert_eq!(
             display(&command),

@@ -114,11 +114,16 @@ fn bpf_linker() -> Result<()> {
     match installed_bpf_linker() {
         Some(path) => match linked_llvm_major(&path) {
             Linked::Major(major) if major == wanted => {
-                println!("setup: bpf-linker present ({}, LLVM {major})", path.display());
+                println!(
+                    "setup: bpf-linker present ({}, LLVM {major})",
+                    path.display()
+                );
                 return Ok(());
             }
             Linked::Major(major) => {
-                println!("setup: bpf-linker uses LLVM {major}, the {NIGHTLY} LLVM {wanted}: rebuilding");
+                println!(
+                    "setup: bpf-linker uses LLVM {major}, the {NIGHTLY} LLVM {wanted}: rebuilding"
+                );
             }
             Linked::Unknown => {
                 println!(
@@ -177,7 +182,7 @@ fn linked_llvm_major(bpf_linker: &Path) -> Linked {
 /// `22` from a `libLLVM.so.22.1-rust-…` (or `libLLVM-22.so`) line of `ldd`.
 fn llvm_major_of_ldd(libraries: &str) -> Option<u32> {
     libraries.lines().find_map(|line| {
-        let name = line.trim().split_whitespace().next()?;
+        let name = line.split_whitespace().next()?;
         let rest = name
             .strip_prefix("libLLVM.so.")
             .or_else(|| name.strip_prefix("libLLVM-"))?;
@@ -189,7 +194,8 @@ fn llvm_major_of_ldd(libraries: &str) -> Option<u32> {
 /// Builds bpf-linker against the nightly toolchain's libLLVM, through a private prefix
 /// that holds links to it (the binary gets an rpath to that prefix).
 fn build_bpf_linker(llvm_major: u32) -> Result<()> {
-    let sysroot = cmd::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let sysroot =
+        cmd::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     let library = std::fs::read_dir(&sysroot_lib)
         .with_context(|| format!("read {}", sysroot_lib.display()))?
@@ -200,7 +206,8 @@ fn build_bpf_linker(llvm_major: u32) -> Result<()> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     let prefix = Path::new(&home).join(".local/share/zonewall/llvm");
     let prefix_lib = prefix.join("lib");
-    std::fs::create_dir_all(&prefix_lib).with_context(|| format!("create {}", prefix_lib.display()))?;
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("create {}", prefix_lib.display()))?;
     for link in ["libLLVM.so", library.as_str()] {
         let link = prefix_lib.join(link);
         let _ = std::fs::remove_file(&link);
@@ -210,7 +217,13 @@ fn build_bpf_linker(llvm_major: u32) -> Result<()> {
     cmd::run(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{llvm_major}")]),
     )
 }
@@ -230,7 +243,10 @@ mod tests {
     fn reads_llvm_major_of_ldd() {
         let ldd = "\tlinux-vdso.so.1 (0x00007fd6e0b98000)\n\tlibLLVM.so.22.1-rust-1.97.0-nightly => /x/lib/libLLVM.so.22.1-rust-1.97.0-nightly (0x00007fd6d6000000)\n\tlibc.so.6 => /lib/libc.so.6\n";
         assert_eq!(llvm_major_of_ldd(ldd), Some(22));
-        assert_eq!(llvm_major_of_ldd("\tlibLLVM-19.so => /usr/lib/libLLVM-19.so\n"), Some(19));
+        assert_eq!(
+            llvm_major_of_ldd("\tlibLLVM-19.so => /usr/lib/libLLVM-19.so\n"),
+            Some(19)
+        );
         assert_eq!(llvm_major_of_ldd("\tlibc.so.6 => /lib/libc.so.6\n"), None);
     }
 

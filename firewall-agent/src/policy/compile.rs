@@ -40,6 +40,11 @@ pub fn zone_id(name: &str) -> u32 {
         hash ^= u32::from(byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
+    above_reserved(hash)
+}
+
+/// Moves a hash out of the reserved id range.
+fn above_reserved(hash: u32) -> u32 {
     if hash < FIRST_USER_ZONE_ID {
         hash + FIRST_USER_ZONE_ID
     } else {
@@ -65,17 +70,16 @@ pub fn compile(input: &PolicySet) -> Result<CompiledPolicy, PolicyError> {
             .zones
             .insert(zone.name.clone(), zone_info(&zone.name, zone_id(&zone.name), false));
     }
-    let zone_names: HashMap<u32, &str> = compiled
+    let zone_names: HashMap<u32, String> = compiled
         .zones
         .values()
-        .map(|zone| (zone.id, zone.name.as_str()))
+        .map(|zone| (zone.id, zone.name.clone()))
         .collect();
 
     let pod_zones = resolve_pods(input, &user_zones, &mut warnings);
     for (pod, zone) in input.pods.iter().zip(&pod_zones) {
         if let Some(zone) = zone {
-            let name = zone_names[zone];
-            if let Some(info) = compiled.zones.get_mut(name) {
+            if let Some(info) = compiled.zones.get_mut(&zone_names[zone]) {
                 info.members.push(format!("{}/{}", pod.namespace, pod.name));
             }
         }
@@ -217,7 +221,7 @@ struct Claim {
 fn resolve_endpoints(
     input: &PolicySet,
     pod_zones: &[Option<u32>],
-    zone_names: &HashMap<u32, &str>,
+    zone_names: &HashMap<u32, String>,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<IpAddr, Endpoint> {
     let mut claims = Vec::new();
@@ -290,7 +294,7 @@ fn resolve_endpoints(
 fn service_claims(
     input: &PolicySet,
     pod_zones: &[Option<u32>],
-    zone_names: &HashMap<u32, &str>,
+    zone_names: &HashMap<u32, String>,
     warnings: &mut Vec<String>,
 ) -> Vec<Claim> {
     let mut claims = Vec::new();
@@ -367,7 +371,7 @@ fn service_claims(
                 }
             }
             _ => {
-                let names: Vec<&str> = zones.iter().map(|zone| zone_names[zone]).collect();
+                let names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
                 warnings.push(format!(
                     "{label} selects pods of several zones ({}); its cluster IPs get no zone",
                     names.join(", ")

@@ -886,3 +886,425 @@ struct RawNodeAddress {
     kind: Option<String>,
     address: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::super::model::{Action, Mode, PortRule, Protocol, SelectorOperator};
+    use super::super::{Issue, parse};
+
+    fn issues_of(yaml: &str) -> Vec<Issue> {
+        match parse(yaml) {
+            Ok(set) => panic!("expected errors, parsed {set:?}"),
+            Err(error) => error.issues().to_vec(),
+        }
+    }
+
+    /// Exactly one issue for this object and field, whose reason contains `reason`.
+    fn assert_issue(issues: &[Issue], object: &str, field: &str, reason: &str) -> Issue {
+        let found: Vec<&Issue> = issues
+            .iter()
+            .filter(|issue| issue.object == object && issue.field == field)
+            .collect();
+        assert_eq!(found.len(), 1, "one issue for {object} {field} in {issues:#?}");
+        assert!(
+            found[0].reason.contains(reason),
+            "reason {:?} should contain {reason:?}",
+            found[0].reason
+        );
+        found[0].clone()
+    }
+
+    const ZONES: &str = "
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: dmz}
+spec: {podSelector: {matchLabels: {zone: dmz}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: db}
+spec: {podSelector: {matchLabels: {zone: db}}}
+";
+
+    fn with_zones(rest: &str) -> String {
+        format!("{ZONES}---\n{rest}")
+    }
+
+    fn policy(spec: &str) -> String {
+        with_zones(&format!(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: p}}\nspec:\n{spec}\n"
+        ))
+    }
+
+    #[test]
+    fn parses_every_kind_and_unpacks_lists() {
+        let yaml = with_zones(
+            r#"
+---
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata:
+  name: corp
+  labels: {owner: secops}
+  annotations: {note: ignored}
+spec:
+  networks: [10.0.0.0/8, "fd00::/8"]
+status: {conditions: []}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: ZonePolicy
+metadata: {name: web-to-db}
+spec:
+  from: [dmz, "*"]
+  to: [db]
+  action: Deny
+  mode: Audit
+  priority: -5
+  ports:
+    - {protocol: TCP, port: 5432}
+    - {port: 8080, endPort: 8090}
+    - {protocol: ICMPv6}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: ZonePolicy
+metadata: {name: defaults}
+spec: {from: [db], to: [world], action: Allow}
+---
+apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+  - apiVersion: v1
+    kind: Namespace
+    metadata:
+      name: shop
+      labels: {team: web}
+      creationTimestamp: "2024-01-01T00:00:00Z"
+    spec: {finalizers: [kubernetes]}
+    status: {phase: Active}
+  - apiVersion: v1
+    kind: Pod
+    metadata:
+      name: web-1
+      namespace: shop
+      uid: 1234-abcd
+      labels: {app: web, zone: dmz}
+      ownerReferences: [{kind: ReplicaSet, name: web}]
+    spec:
+      nodeName: node-a
+      containers: [{name: web, image: nginx}]
+    status:
+      phase: Running
+      podIP: 10.244.1.5
+      podIPs: [{ip: 10.244.1.5}, {ip: "fd00:244::5"}]
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: agent}
+    spec: {hostNetwork: true}
+    status: {podIP: 192.168.1.10}
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec:
+      type: ClusterIP
+      clusterIP: 10.96.0.10
+      clusterIPs: [10.96.0.10, "fd00:96::10"]
+      selector: {app: web}
+      ports: [{port: 80, targetPort: 8080}]
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: headless, namespace: shop}
+    spec: {clusterIP: None, clusterIPs: [None]}
+  - apiVersion: v1
+    kind: Node
+    metadata: {name: node-a}
+    status:
+      addresses:
+        - {type: InternalIP, address: 192.168.1.10}
+        - {type: ExternalIP, address: 203.0.113.7}
+        - {type: Hostname, address: node-a}
+"#,
+        );
+        let set = parse(&yaml).unwrap();
+        assert_eq!(set.zones.len(), 3);
+        let corp = &set.zones[2];
+        assert_eq!(corp.networks.len(), 2);
+        assert!(!corp.has_selectors());
+
+        let web = set.policies.iter().find(|policy| policy.name == "web-to-db").unwrap();
+        assert_eq!(web.from, ["dmz", "*"]);
+        assert_eq!(web.action, Action::Deny);
+        assert_eq!(web.mode, Mode::Audit);
+        assert_eq!(web.priority, -5);
+        assert_eq!(web.ports, [
+            PortRule { protocol: Protocol::Tcp, port: Some(5432), end_port: None },
+            PortRule { protocol: Protocol::Tcp, port: Some(8080), end_port: Some(8090) },
+            PortRule { protocol: Protocol::Icmpv6, port: None, end_port: None },
+        ]);
+        let defaults = set.policies.iter().find(|policy| policy.name == "defaults").unwrap();
+        assert_eq!(defaults.priority, super::super::model::DEFAULT_PRIORITY);
+        assert_eq!(defaults.mode, Mode::Enforce);
+        assert!(defaults.ports.is_empty());
+
+        assert_eq!(set.namespaces.len(), 1);
+        assert_eq!(set.namespaces[0].labels["team"], "web");
+        assert_eq!(set.pods.len(), 2);
+        let pod = &set.pods[0];
+        assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()), ("shop", "web-1", "1234-abcd"));
+        assert_eq!(pod.node_name.as_deref(), Some("node-a"));
+        assert_eq!(pod.ips, ["10.244.1.5".parse::<IpAddr>().unwrap(), "fd00:244::5".parse().unwrap()]);
+        assert_eq!(pod.phase.as_deref(), Some("Running"));
+        let agent = &set.pods[1];
+        assert_eq!(agent.namespace, "default");
+        assert!(agent.host_network);
+        assert_eq!(set.services.len(), 2);
+        assert_eq!(set.services[0].cluster_ips.len(), 2);
+        assert_eq!(set.services[0].selector["app"], "web");
+        assert!(set.services[1].cluster_ips.is_empty());
+        assert_eq!(set.nodes[0].addresses, [
+            "192.168.1.10".parse::<IpAddr>().unwrap(),
+            "203.0.113.7".parse().unwrap()
+        ]);
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_set() {
+        assert_eq!(parse("").unwrap(), Default::default());
+        assert_eq!(parse("---\n---\n# nothing\n").unwrap(), Default::default());
+    }
+
+    #[test]
+    fn selectors_are_decoded() {
+        let yaml = "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  namespaceSelector: {}\n  podSelector:\n    matchLabels: {app: db}\n    matchExpressions:\n      - {key: env, operator: NotIn, values: [dev]}\n";
+        let set = parse(yaml).unwrap();
+        let zone = &set.zones[0];
+        assert_eq!(zone.namespace_selector, Some(Default::default()));
+        let selector = zone.pod_selector.as_ref().unwrap();
+        assert_eq!(selector.match_labels["app"], "db");
+        assert_eq!(selector.match_expressions[0].operator, SelectorOperator::NotIn);
+        assert_eq!(selector.match_expressions[0].values, ["dev"]);
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_document_and_line() {
+        let yaml = "kind: Pod\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x\n";
+        let issues = issues_of(yaml);
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert_eq!(issues[0].object, "document 3");
+        assert!(issues[0].reason.starts_with("invalid YAML"), "{issues:?}");
+        assert!(issues[0].reason.contains("at line 7 column 11"), "{issues:?}");
+
+        let issues = issues_of("kind: Zone\n  bad: indentation\n");
+        assert_eq!(issues[0].object, "document 1");
+        assert!(issues[0].reason.contains("at line 2 column 6"), "{issues:?}");
+        assert_eq!(
+            issues[0].to_string(),
+            "document 1: invalid YAML: mapping values are not allowed in this context at line 2 \
+             column 6"
+        );
+    }
+
+    #[test]
+    fn duplicate_yaml_keys_are_rejected() {
+        let issues = issues_of("kind: Zone\nkind: Pod\n");
+        assert_eq!(issues[0].object, "document 1");
+        assert!(issues[0].reason.contains("duplicate"), "{issues:?}");
+    }
+
+    #[test]
+    fn document_that_is_not_an_object() {
+        let issues = issues_of("- a\n- b\n");
+        assert_issue(&issues, "document 1", "", "expected an object (a mapping with apiVersion, kind and metadata), found a list");
+    }
+
+    #[test]
+    fn missing_or_odd_kind() {
+        let issues = issues_of("apiVersion: v1\nmetadata: {name: x}\n---\nkind: 5\n");
+        assert_issue(&issues, "document 1", "kind", "missing; every object needs apiVersion and kind");
+        assert_issue(&issues, "document 2", "kind", "must be a string, found the number 5");
+    }
+
+    #[test]
+    fn unknown_kind_is_named() {
+        let issues = issues_of("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n");
+        let issue = assert_issue(&issues, "Deployment/web", "kind", "unknown kind \"Deployment\" (apiVersion apps/v1)");
+        assert_eq!(issue.location.as_deref(), Some("document 1"));
+        assert!(issue.to_string().starts_with("Deployment/web (document 1): kind: unknown kind"), "{issue}");
+    }
+
+    #[test]
+    fn list_items_must_be_a_list() {
+        let issues = issues_of("apiVersion: v1\nkind: List\nitems: {a: b}\n");
+        assert_issue(&issues, "document 1", "items", "a List's items must be a list of objects, found a mapping");
+        let issues = issues_of("apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Secret, metadata: {name: s}}\n");
+        let issue = assert_issue(&issues, "Secret/s", "kind", "unknown kind");
+        assert_eq!(issue.location.as_deref(), Some("document 1, items[0]"));
+    }
+
+    #[test]
+    fn api_versions() {
+        let issues = issues_of("kind: Zone\nmetadata: {name: a}\nspec: {podSelector: {}}\n---\napiVersion: zonewall.dev/v1\nkind: Zone\nmetadata: {name: b}\nspec: {podSelector: {}}\n---\napiVersion: v2\nkind: Pod\nmetadata: {name: c}\n");
+        assert_issue(&issues, "Zone/a", "apiVersion", "missing; use apiVersion: zonewall.dev/v1alpha1");
+        assert_issue(&issues, "Zone/b", "apiVersion", "\"zonewall.dev/v1\" is not supported; use zonewall.dev/v1alpha1");
+        assert_issue(&issues, "Pod/default/c", "apiVersion", "\"v2\" is not supported for this kind; use v1");
+        // Core kinds without apiVersion are accepted (hand-written files).
+        parse("kind: Pod\nmetadata: {name: x}\n").unwrap();
+    }
+
+    #[test]
+    fn names_are_required() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nspec: {podSelector: {}}\n---\nkind: Pod\nmetadata: {name: \"\"}\n---\nkind: Node\nmetadata: {name: [a]}\n---\nkind: Namespace\nmetadata: 5\n");
+        assert_issue(&issues, "document 1", "metadata.name", "missing; every Zone needs a name");
+        assert_issue(&issues, "document 2", "metadata.name", "empty; every Pod needs a name");
+        assert_issue(&issues, "document 3", "metadata.name", "must be a string, found a list");
+        assert_issue(&issues, "document 4", "metadata", "must be a mapping, found the number 5");
+    }
+
+    #[test]
+    fn zone_must_not_have_a_namespace() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z, namespace: prod}\nspec: {podSelector: {}}\n");
+        assert_issue(&issues, "Zone/z", "metadata.namespace", "a Zone is cluster scoped and has no namespace (found \"prod\")");
+    }
+
+    #[test]
+    fn unknown_fields_in_zonewall_kinds() {
+        let issues = issues_of(&with_zones(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: p}\nspce: {}\nspec:\n  from: [dmz]\n  to: [db]\n  action: Allow\n  prots: []\n  ports: [{protocol: TCP, prot: 80}]\n  zzzzzzzz: 1\n",
+        ));
+        assert_issue(&issues, "ZonePolicy/p", "spce", "unknown field `spce`; did you mean `spec`?");
+        assert_issue(&issues, "ZonePolicy/p", "spec.prots", "unknown field `prots`; did you mean `ports`? known fields are `from`, `to`, `ports`, `action`, `priority`, `mode`");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].prot", "unknown field `prot`; did you mean `port`?");
+        let far = assert_issue(&issues, "ZonePolicy/p", "spec.zzzzzzzz", "unknown field `zzzzzzzz`; known fields");
+        assert!(!far.reason.contains("did you mean"));
+
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podselector: {}\n  networks: []\n");
+        assert_issue(&issues, "Zone/z", "spec.podselector", "did you mean `podSelector`?");
+    }
+
+    #[test]
+    fn unknown_fields_in_selectors_have_full_paths() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchExpressions:\n      - {key: a, operater: In, values: [x]}\n  namespaceSelector: {matchLabel: {a: b}}\n");
+        assert_issue(&issues, "Zone/z", "spec.podSelector.matchExpressions[0].operater", "unknown field `operater`");
+        assert_issue(&issues, "Zone/z", "spec.namespaceSelector.matchLabel", "unknown field `matchLabel`");
+    }
+
+    #[test]
+    fn selector_type_errors_and_operators() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchLabels: {tier: 1}\n  namespaceSelector:\n    matchExpressions: [{key: a, operator: in, values: [x]}]\n");
+        assert_issue(&issues, "Zone/z", "spec.podSelector.matchLabels.tier", "invalid type: integer `1`, expected a string");
+        assert_issue(&issues, "Zone/z", "spec.namespaceSelector.matchExpressions[0].operator", "\"in\" is not one of In, NotIn, Exists, DoesNotExist");
+    }
+
+    #[test]
+    fn spec_must_be_present_and_a_mapping() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: b}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: c}\nspec: [1]\n");
+        assert_issue(&issues, "Zone/a", "spec", "missing; a Zone needs namespaceSelector/podSelector or networks");
+        assert_issue(&issues, "ZonePolicy/b", "spec", "missing; a ZonePolicy needs from, to and action");
+        assert_issue(&issues, "ZonePolicy/c", "spec", "must be a mapping, found a list");
+    }
+
+    #[test]
+    fn required_policy_fields() {
+        let issues = issues_of(&policy("  ports: []"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.from", "missing; list the source zones, or \"*\" for every zone");
+        assert_issue(&issues, "ZonePolicy/p", "spec.to", "missing; list the destination zones");
+        assert_issue(&issues, "ZonePolicy/p", "spec.action", "missing; every ZonePolicy needs action Allow or Deny");
+        assert_eq!(issues.len(), 3);
+    }
+
+    #[test]
+    fn enumerated_values() {
+        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: allow\n  mode: Dry\n  ports: [{protocol: tcp, port: 80}, {protocol: GRE}, {protocol: 6}]"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.action", "\"allow\" is not one of Allow, Deny (spelling is case-sensitive: write Allow)");
+        assert_issue(&issues, "ZonePolicy/p", "spec.mode", "\"Dry\" is not one of Enforce, Audit");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].protocol", "\"tcp\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6 (spelling is case-sensitive: write TCP)");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[1].protocol", "\"GRE\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[2].protocol", "must be one of TCP, UDP, SCTP, ICMP, ICMPv6, found the number 6");
+    }
+
+    #[test]
+    fn numeric_fields() {
+        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 1.5\n  ports: [{port: https}, {port: 8.5}, {port: 99999999999}, {port: 80, endPort: [1]}]"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.priority", "must be an integer, found the number 1.5");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].port", "must be a port number, found the string \"https\" (named ports are not supported)");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[1].port", "must be a port number, found the number 8.5");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[2].port", "port 99999999999 is out of range; ports are 1..=65535");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[3].endPort", "must be a port number, found a list");
+        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 3000000000"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.priority", "3000000000 is out of range; priority must be between");
+    }
+
+    #[test]
+    fn list_fields_with_wrong_types() {
+        let issues = issues_of(&policy("  from: dmz\n  to: [db, [x]]\n  action: Allow\n  ports: {protocol: TCP}"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.from", "invalid type: string \"dmz\", expected a sequence");
+        assert_issue(&issues, "ZonePolicy/p", "spec.to[1]", "invalid type: sequence, expected a string");
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports", "must be a list of {protocol, port, endPort} entries, found a mapping");
+        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  ports: [TCP]"));
+        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0]", "must be a mapping such as {protocol: TCP, port: 443}, found \"TCP\"");
+    }
+
+    #[test]
+    fn non_string_field_names() {
+        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  1: x"));
+        assert_issue(&issues, "ZonePolicy/p", "spec", "field names must be strings, found the number 1");
+    }
+
+    #[test]
+    fn networks_must_be_cidrs() {
+        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  networks: [10.0.0.0/33, 10.1.2.3, \"fd00::1\", corp]\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: y}\nspec: {networks: 10.0.0.0/8}\n");
+        assert_issue(&issues, "Zone/z", "spec.networks[0]", "\"10.0.0.0/33\" is not a CIDR; write address/prefix-length");
+        assert_issue(&issues, "Zone/z", "spec.networks[1]", "\"10.1.2.3\" is an address, not a CIDR; write 10.1.2.3/32 for a single address");
+        assert_issue(&issues, "Zone/z", "spec.networks[2]", "write fd00::1/128 for a single address");
+        assert_issue(&issues, "Zone/z", "spec.networks[3]", "\"corp\" is not a CIDR");
+        assert_issue(&issues, "Zone/y", "spec.networks", "invalid type: string \"10.0.0.0/8\", expected a sequence");
+    }
+
+    #[test]
+    fn addresses_must_be_ips() {
+        let issues = issues_of("kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.300, podIPs: [{ip: nope}]}\n---\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: x, clusterIPs: [y]}\n---\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: Hostname, address: n}, {type: InternalIP, address: bad}]}\n");
+        assert_issue(&issues, "Pod/x/a", "status.podIP", "\"10.0.0.300\" is not an IP address");
+        assert_issue(&issues, "Pod/x/a", "status.podIPs[0].ip", "\"nope\" is not an IP address");
+        assert_issue(&issues, "Service/default/s", "spec.clusterIP", "\"x\" is not an IP address");
+        assert_issue(&issues, "Service/default/s", "spec.clusterIPs[0]", "\"y\" is not an IP address");
+        assert_issue(&issues, "Node/n", "status.addresses[1].address", "\"bad\" is not an IP address");
+        assert_eq!(issues.len(), 5);
+    }
+
+    #[test]
+    fn core_kinds_type_errors_have_paths() {
+        let issues = issues_of("kind: Pod\nmetadata: {name: a, labels: {version: 2}}\nspec: {hostNetwork: maybe}\n");
+        // serde stops at the first type error of an object.
+        assert_issue(&issues, "Pod/default/a", "metadata.labels.version", "invalid type: integer `2`, expected a string");
+        let issues = issues_of("kind: Namespace\nmetadata: {name: ns, labels: [a]}\n");
+        assert_issue(&issues, "Namespace/ns", "metadata.labels", "invalid type: sequence, expected a map");
+    }
+
+    #[test]
+    fn every_error_of_the_input_is_reported() {
+        let yaml = with_zones(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: p}\nspec:\n  from: [dmz]\n  to: [dbz]\n  action: Allow\n  ports: [{protocol: TCP, port: 443, endPort: 80}]\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: world}\nspec: {podSelector: {}, netwrks: []}\n---\nkind: Deployment\nmetadata: {name: d}\n",
+        );
+        let error = parse(&yaml).unwrap_err();
+        let issues = error.issues();
+        assert_issue(issues, "ZonePolicy/p", "spec.to[0]", "does not exist; did you mean \"db\"?");
+        assert_issue(issues, "ZonePolicy/p", "spec.ports[0].endPort", "endPort 80 is lower than port 443; endPort must be >= port");
+        assert_issue(issues, "Zone/world", "spec.netwrks", "did you mean `networks`?");
+        assert_issue(issues, "Deployment/d", "kind", "unknown kind");
+        assert_eq!(issues.len(), 4, "{issues:#?}");
+        let text = error.to_string();
+        assert!(text.starts_with("invalid policy input (4 errors):\n  - "), "{text}");
+        assert!(text.contains("ZonePolicy/p: spec.ports[0].endPort: endPort 80 is lower than port 443"), "{text}");
+    }
+
+    #[test]
+    fn edit_distance_basics() {
+        assert_eq!(super::edit_distance("ports", "ports"), 0);
+        assert_eq!(super::edit_distance("prots", "ports"), 2);
+        assert_eq!(super::edit_distance("", "abc"), 3);
+        assert_eq!(super::edit_distance("endport", "endPort".to_lowercase().as_str()), 0);
+    }
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::compile::zone_id;
 use super::decode::edit_distance;
 use super::model::{
-    ANY_ZONE, LabelSelector, PolicySet, Protocol, RESERVED_ZONES, SelectorOperator, Zone,
+    ANY_ZONE, LabelSelector, PolicySet, RESERVED_ZONES, SelectorOperator, Zone,
     ZonePolicy, is_reserved_zone,
 };
 use super::{Issue, PolicyError};
@@ -377,7 +377,7 @@ pub(super) fn check_ids<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{Mode, PortRule};
+    use super::super::model::{Mode, PortRule, Protocol};
     use super::super::parse;
     use super::*;
 
@@ -543,7 +543,7 @@ mod tests {
     fn prefix_in_two_zones() {
         let yaml = zone("corp", "  networks: [10.0.0.0/8, 192.168.0.0/16]")
             + &zone("alpha", "  networks: [10.1.2.3/8]")
-            + &zone("beta", "  networks: [10.0.0.0/8, 10.0.0.0/8]");
+            + &zone("beta", "  networks: [10.0.0.0/8, 172.16.0.0/12, 172.16.0.0/12]");
         let issues = issues_of(&yaml);
         // alpha sorts first and keeps the prefix; host bits do not hide the duplicate.
         assert_issue(&issues, "Zone/beta", "spec.networks[0]", "10.0.0.0/8 is already in Zone/alpha");

@@ -36,8 +36,14 @@ impl Bpffs {
             rand::random::<u16>()
         ));
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        nix::mount::mount(Some("bpf"), &path, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mount a bpffs on {}", path.display()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            &path,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mount a bpffs on {}", path.display()))?;
         Ok(Self { path })
     }
 
@@ -95,7 +101,8 @@ impl Agent {
     /// Starts `firewall-agent` inside `node` on the pods' `veth*` interfaces, with its
     /// stdout and stderr in `files.log`.
     pub fn start(node: &Netns, binary: &Path, bpffs: &Bpffs, files: &Files) -> Result<Self> {
-        let log = File::create(files.log).with_context(|| format!("create {}", files.log.display()))?;
+        let log =
+            File::create(files.log).with_context(|| format!("create {}", files.log.display()))?;
         let mut command = node.command(binary);
         command
             .env("RUST_LOG", "info")
@@ -129,7 +136,10 @@ impl Agent {
                 return Ok(value);
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("the agent exited before it was ready ({status}):\n{}", self.log_tail(30));
+                bail!(
+                    "the agent exited before it was ready ({status}):\n{}",
+                    self.log_tail(30)
+                );
             }
             if Instant::now() >= deadline {
                 bail!(

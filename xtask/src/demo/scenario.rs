@@ -95,8 +95,20 @@ const fn expect(
 
 /// Every probe, grouped by source.
 pub const EXPECTATIONS: [Expectation; 14] = [
-    expect("partner", "web", Traffic::Tcp(8080), true, "internet-to-web"),
-    expect("internet", "web", Traffic::Tcp(8080), true, "internet-to-web"),
+    expect(
+        "partner",
+        "web",
+        Traffic::Tcp(8080),
+        true,
+        "internet-to-web",
+    ),
+    expect(
+        "internet",
+        "web",
+        Traffic::Tcp(8080),
+        true,
+        "internet-to-web",
+    ),
     expect("internet", "app", Traffic::Tcp(8080), false, "default"),
     expect("web", "app", Traffic::Tcp(8080), true, "web-to-app"),
     expect("web", "db", Traffic::Tcp(5432), false, "default"),
@@ -106,7 +118,13 @@ pub const EXPECTATIONS: [Expectation; 14] = [
     expect("app", "db", Traffic::Ping, false, "default"),
     Expectation {
         audit: Some("stage-cut-partner"),
-        ..expect("app", "partner", Traffic::Tcp(443), true, "app-to-partner-https")
+        ..expect(
+            "app",
+            "partner",
+            Traffic::Tcp(443),
+            true,
+            "app-to-partner-https",
+        )
     },
     expect("app", "internet", Traffic::Tcp(443), false, "default"),
     expect("db", "app", Traffic::Tcp(8080), false, "default"),
@@ -142,7 +160,10 @@ pub fn pods_of(yaml: &str) -> Result<Vec<YamlPod>> {
             .to_string();
         let status = &value["status"];
         let texts: Vec<&str> = match status["podIPs"].as_sequence() {
-            Some(entries) => entries.iter().filter_map(|entry| entry["ip"].as_str()).collect(),
+            Some(entries) => entries
+                .iter()
+                .filter_map(|entry| entry["ip"].as_str())
+                .collect(),
             None => status["podIP"].as_str().into_iter().collect(),
         };
         let mut ips = texts
@@ -176,7 +197,10 @@ pub fn addresses(pods: &[YamlPod], name: &str) -> Result<(std::net::Ipv4Addr, st
     });
     match (v4, v6) {
         (Some(v4), Some(v6)) => Ok((v4, v6)),
-        _ => bail!("Pod {}/{name} needs an IPv4 and an IPv6 address in status.podIPs", pod.namespace),
+        _ => bail!(
+            "Pod {}/{name} needs an IPv4 and an IPv6 address in status.podIPs",
+            pod.namespace
+        ),
     }
 }
 
@@ -186,8 +210,9 @@ mod tests {
 
     #[test]
     fn reads_the_pods_of_the_example() {
-        let yaml = std::fs::read_to_string(crate::workspace_root().join("deploy/examples/demo.yaml"))
-            .expect("read the example");
+        let yaml =
+            std::fs::read_to_string(crate::workspace_root().join("deploy/examples/demo.yaml"))
+                .expect("read the example");
         let pods = pods_of(&yaml).expect("parse the example");
         for (name, _) in PODS {
             let (v4, v6) = addresses(&pods, name).expect("both families");

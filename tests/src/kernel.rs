@@ -1,0 +1,111 @@
+//! The real eBPF programs loaded for a test: maps pinned in a private bpffs, policy
+//! written through the agent's own sync, verdicts through BPF_PROG_TEST_RUN.
+
+use std::path::PathBuf;
+
+use aya::programs::TestRun as _;
+use firewall_agent::datapath::{Datapath, MapSizes, Tuning};
+use firewall_agent::policy::{self, compiled::CompiledPolicy};
+
+/// What the programs return.
+pub const PASS: i32 = -1;
+pub const DROP: i32 = 2;
+
+/// True when this process may load BPF programs and create namespaces. Outside CI a test
+/// that cannot run says so and returns; under `CI=true` it fails instead.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true: failing instead of skipping");
+    }
+    eprintln!("{test}: skipped, needs root");
+    false
+}
+
+pub struct Kernel {
+    pub datapath: Datapath,
+    bpffs: PathBuf,
+    pub compiled: Option<CompiledPolicy>,
+}
+
+impl Kernel {
+    /// Loads the programs with a fresh set of maps.
+    pub fn load() -> Self {
+        let bpffs = PathBuf::from(format!(
+            "/run/zonewall-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let datapath = Datapath::load(&bpffs, MapSizes {
+            endpoints: 65_536,
+            networks: 16_384,
+            policy: 262_144,
+            conntrack: 65_536,
+        })
+        .unwrap_or_else(|error| panic!("loading the datapath: {error}"));
+        Self {
+            datapath,
+            bpffs,
+            compiled: None,
+        }
+    }
+
+    /// Compiles `yaml` and writes it into the maps; every endpoint counts as local.
+    pub fn apply(&mut self, yaml: &str) -> &CompiledPolicy {
+        let compiled = policy::load_str(yaml).unwrap_or_else(|error| panic!("policy: {error}"));
+        self.apply_compiled(compiled, &Tuning::default())
+    }
+
+    pub fn apply_compiled(&mut self, compiled: CompiledPolicy, tuning: &Tuning) -> &CompiledPolicy {
+        self.datapath
+            .sync(&compiled, tuning, |_| true)
+            .unwrap_or_else(|error| panic!("sync: {error}"));
+        self.compiled.insert(compiled)
+    }
+
+    /// Runs one frame through a program (`firewall_common::PROG_*`) and returns its verdict.
+    pub fn run(&mut self, program: &str, frame: &[u8]) -> i32 {
+        let program = self
+            .datapath
+            .program(program)
+            .unwrap_or_else(|| panic!("program {program} missing"));
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(aya::TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN: {error}"));
+        result.return_value as i32
+    }
+
+    /// Kernel duration of one run averaged over `repeat` runs.
+    pub fn time(&mut self, program: &str, frame: &[u8], repeat: u32) -> std::time::Duration {
+        let program = self.datapath.program(program).expect("program");
+        let mut out = vec![0u8; frame.len() + 256];
+        program
+            .test_run(aya::TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .duration
+    }
+
+    pub fn counter(&self, index: u32) -> u64 {
+        self.datapath.counters().expect("counters")[index as usize]
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let _ = firewall_agent::datapath::detach_all(&self.bpffs);
+        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}

@@ -1,0 +1,139 @@
+//! Verdicts of the real eBPF programs through BPF_PROG_TEST_RUN, with policy written by the
+//! agent's own compiler and sync.
+
+use std::net::IpAddr;
+
+use firewall_common::*;
+use zonewall_tests::kernel::{DROP, Kernel, PASS, privileged};
+use zonewall_tests::packet::{self, Spec, ACK, FIN, SYN};
+
+const POLICY: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: web, labels: {tier: dmz}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {tier: trusted}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: db, labels: {tier: restricted}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: web}
+status: {podIP: 198.18.0.10, podIPs: [{ip: 198.18.0.10}, {ip: "2001:db8::10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: web}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app-1, namespace: app}
+status: {podIP: 198.18.0.20, podIPs: [{ip: 198.18.0.20}, {ip: "2001:db8::20"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: db}
+status: {podIP: 198.18.0.30}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: dmz}
+spec: {namespaceSelector: {matchLabels: {tier: dmz}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: trusted}
+spec: {namespaceSelector: {matchLabels: {tier: trusted}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: restricted}
+spec: {namespaceSelector: {matchLabels: {tier: restricted}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {name: partners}
+spec: {networks: [203.0.113.0/24, "2001:db8:ffff::/48"]}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: ZonePolicy
+metadata: {name: dmz-to-trusted-http}
+spec:
+  from: [dmz]
+  to: [trusted]
+  ports: [{protocol: TCP, port: 8080}]
+  action: Allow
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: ZonePolicy
+metadata: {name: trusted-to-partners}
+spec:
+  from: [trusted]
+  to: [partners]
+  ports: [{protocol: TCP, port: 443}, {protocol: ICMP}, {protocol: ICMPv6}]
+  action: Allow
+"#;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn zone_verdicts_through_test_run() {
+    if !privileged("zone_verdicts_through_test_run") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    kernel.apply(POLICY);
+    let web = ip("198.18.0.10");
+    let web2 = ip("198.18.0.11");
+    let app = ip("198.18.0.20");
+    let db = ip("198.18.0.30");
+    let partner = ip("203.0.113.7");
+
+    // Intra-zone allowed by default.
+    let frame = Spec::tcp(web, web2, 40000, 80, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "dmz -> dmz");
+    // The allowed port, and only it.
+    let frame = Spec::tcp(web, app, 40001, 8080, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "dmz -> trusted:8080");
+    let frame = Spec::tcp(web, app, 40002, 8081, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "dmz -> trusted:8081");
+    // The reply of the allowed connection passes although trusted may not initiate to dmz.
+    let frame = Spec::tcp(app, web, 8080, 40001, SYN | ACK).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "reply trusted -> dmz");
+    let frame = Spec::tcp(app, web, 40003, 80, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> dmz new");
+    // Inter-zone default deny, world default deny, CIDR zone allowed on 443.
+    let frame = Spec::tcp(app, db, 40004, 5432, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> restricted");
+    let frame = Spec::tcp(app, ip("198.51.100.1"), 40005, 443, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> world");
+    let frame = Spec::tcp(app, partner, 40006, 443, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "trusted -> partners:443");
+    let frame = Spec::echo_request(app, partner, 7).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "trusted -> partners icmp");
+    let frame = Spec::echo_reply(partner, app, 7).frame();
+    assert_eq!(kernel.run(PROG_TO_POD, &frame), PASS, "icmp echo reply");
+    // IPv6.
+    let frame = Spec::tcp(ip("2001:db8::10"), ip("2001:db8::20"), 40007, 8080, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "v6 dmz -> trusted:8080");
+    let frame = Spec::tcp(ip("2001:db8::10"), ip("2001:db8::20"), 40008, 22, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "v6 dmz -> trusted:22");
+    let frame = Spec::tcp(ip("2001:db8::20"), ip("2001:db8:ffff::1"), 40009, 443, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "v6 trusted -> partners:443");
+    // Unknown source on a pod interface: denied by default.
+    let frame = Spec::tcp(ip("198.18.9.9"), web, 40010, 80, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "unknown source");
+    assert!(kernel.counter(COUNTER_UNKNOWN_SOURCE_DENIED) >= 1);
+    // TCP close: FIN both ways ends the flow.
+    let frame = Spec::tcp(web, app, 40001, 8080, FIN | ACK).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
+    let frame = packet::Spec::tcp(app, web, 8080, 40001, FIN | ACK).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
+}
