@@ -326,10 +326,14 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
             Some(value) => {
                 audit = value.audit != 0;
                 audit_rule = value.audit_rule;
-                if value.verdict == VERDICT_ALLOW {
-                    (VERDICT_ALLOW, value.rule, COUNTER_ALLOWED_NEW)
-                } else {
-                    (VERDICT_DENY, value.rule, COUNTER_DENIED_POLICY)
+                // The compiler writes the defaults into pairs it partitions; count them
+                // as defaults all the same.
+                let by_default = value.rule < FIRST_USER_RULE_ID;
+                match (value.verdict == VERDICT_ALLOW, by_default) {
+                    (true, false) => (VERDICT_ALLOW, value.rule, COUNTER_ALLOWED_NEW),
+                    (true, true) => (VERDICT_ALLOW, value.rule, COUNTER_ALLOWED_DEFAULT),
+                    (false, false) => (VERDICT_DENY, value.rule, COUNTER_DENIED_POLICY),
+                    (false, true) => (VERDICT_DENY, value.rule, COUNTER_DENIED_DEFAULT),
                 }
             }
             None if src_zone == dst_zone => (

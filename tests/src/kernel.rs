@@ -78,7 +78,7 @@ impl Kernel {
                 data_out: Some(&mut out),
                 ..Default::default()
             })
-            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN: {error}"));
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {} bytes: {error:?}", frame.len()));
         result.return_value as i32
     }
 
