@@ -74,3 +74,67 @@ spec:
   ports: [{protocol: TCP, port: 443}, {protocol: ICMP}, {protocol: ICMPv6}]
   action: Allow
 "#;
+
+/// Builds a standalone policy file for pods of a test topology: each pod lives in a
+/// namespace named after its zone (labelled `zone: <zone>`), each zone selects its
+/// namespace, and `extra` (Zones with networks, ZonePolicies) is appended as is.
+pub struct PolicyFile {
+    documents: Vec<String>,
+    zones: std::collections::BTreeSet<String>,
+}
+
+impl Default for PolicyFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyFile {
+    pub fn new() -> Self {
+        Self {
+            documents: Vec::new(),
+            zones: Default::default(),
+        }
+    }
+
+    /// A pod named `name` in zone `zone` with these addresses.
+    pub fn pod(mut self, name: &str, zone: &str, ips: &[std::net::IpAddr]) -> Self {
+        if self.zones.insert(zone.to_owned()) {
+            self.documents.push(format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {zone}\n  labels:\n    zone: {zone}\n"
+            ));
+            self.documents.push(format!(
+                "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: {zone}\nspec:\n  namespaceSelector:\n    matchLabels:\n      zone: {zone}\n"
+            ));
+        }
+        let pod_ips: Vec<String> = ips.iter().map(|ip| format!("    - ip: \"{ip}\"")).collect();
+        self.documents.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {zone}\n  uid: uid-{name}\n  labels:\n    app: {name}\nstatus:\n  podIP: \"{}\"\n  podIPs:\n{}\n",
+            ips[0],
+            pod_ips.join("\n")
+        ));
+        self
+    }
+
+    /// Appends raw YAML documents.
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.documents.push(yaml.trim().to_owned() + "\n");
+        self
+    }
+
+    pub fn build(&self) -> String {
+        self.documents.join("---\n")
+    }
+}
+
+/// A ZonePolicy document.
+pub fn zone_policy(name: &str, from: &str, to: &str, ports: &str, action: &str, extra: &str) -> String {
+    let ports = if ports.is_empty() {
+        String::new()
+    } else {
+        format!("  ports: {ports}\n")
+    };
+    format!(
+        "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata:\n  name: {name}\nspec:\n  from: [{from}]\n  to: [{to}]\n{ports}  action: {action}\n{extra}"
+    )
+}

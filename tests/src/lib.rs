@@ -1,6 +1,7 @@
 //! Helpers for zonewall's integration tests: network namespaces that play pods and nodes,
 //! traffic probes, and the reference evaluator of the policy semantics.
 
+pub mod agent;
 pub mod fixtures;
 pub mod kernel;
 pub mod packet;

@@ -509,6 +509,9 @@ impl Topology {
                 ])?;
                 self.node
                     .sysctl(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
+                // As Calico does: answer at once, not after a random delay of up to 0.8 s.
+                self.node
+                    .sysctl(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
                 self.node.ip(&[
                     "-6",
                     "addr",

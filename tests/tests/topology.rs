@@ -230,9 +230,14 @@ fn stale_namespaces_of_dead_processes_are_deleted() {
     let dead_pid = (1_000_000..)
         .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
         .expect("a free pid");
-    let name = format!("zw-{dead_pid}-0000-node");
-    let stale = Netns::create(&name).expect("create stale namespace");
-    std::mem::forget(stale);
+    let name = format!("zw-{dead_pid}-{:04x}-node", rand::random::<u16>());
+    // Created without a guard, as a killed run leaves it. (Another test process may
+    // clean it up first; that is fine.)
+    let status = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("run ip netns add");
+    assert!(status.success(), "create stale namespace {name}");
     // A namespace of this (live) process must survive the cleanup.
     let live = Topology::routed().expect("build topology");
     cleanup_stale();

@@ -1,6 +1,8 @@
 //! Attachments: one TCX link per direction on each pod interface, pinned under
 //! `<pin_dir>/links` so enforcement survives the agent. Pin files are named
-//! `<ifname>.<ifindex>.<direction>.<nonce>`: a new link is attached in front of the old one
+//! `<ifname>@<ifindex>@<direction>@<nonce>` with dots of the interface name written as
+//! colons (bpffs refuses names with dots; interface names never contain colons): a new
+//! link is attached in front of the old one
 //! and pinned under a new nonce before the old one is removed, so replacing a program (a
 //! restarted or upgraded agent) never leaves an interface without one.
 
@@ -34,13 +36,17 @@ struct PinName {
     direction: String,
 }
 
+fn pin_name(ifname: &str, ifindex: u32, direction: &str, nonce: u128) -> String {
+    format!("{}@{ifindex}@{direction}@{nonce}", ifname.replace('.', ":"))
+}
+
 fn parse_pin_name(file_name: &str) -> Option<PinName> {
-    // ifname may itself contain dots, so split from the right.
-    let mut parts = file_name.rsplitn(4, '.');
+    // An interface name may itself contain '@', so split from the right.
+    let mut parts = file_name.rsplitn(4, '@');
     let _nonce = parts.next()?;
     let direction = parts.next()?.to_owned();
     let ifindex = parts.next()?.parse().ok()?;
-    let ifname = parts.next()?.to_owned();
+    let ifname = parts.next()?.replace(':', ".");
     Some(PinName {
         ifname,
         ifindex,
@@ -132,9 +138,9 @@ impl Datapath {
             let link: FdLink = link
                 .try_into()
                 .map_err(|error| attach_error(format!("link {direction} is not a TCX link: {error}")))?;
-            let pin_path = links_dir.join(format!("{ifname}.{ifindex}.{direction}.{nonce}"));
+            let pin_path = links_dir.join(pin_name(ifname, ifindex, direction, nonce));
             link.pin(&pin_path)
-                .map_err(|error| attach_error(format!("pin {}: {error}", pin_path.display())))?;
+                .map_err(|error| attach_error(format!("pin {}: {error:?}", pin_path.display())))?;
             // The new link runs first; now the old ones of this hook can go.
             for (path, pin) in &existing {
                 if pin.ifname == ifname && pin.ifindex == ifindex && pin.direction == direction {
@@ -203,12 +209,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pin_names_parse_from_the_right() {
-        let pin = parse_pin_name("veth.a.b.12.ingress.99").unwrap();
-        assert_eq!(pin.ifname, "veth.a.b");
+    fn pin_names_round_trip_without_dots() {
+        let name = pin_name("veth.a@b", 12, "ingress", 99);
+        assert!(!name.contains('.'), "{name}");
+        let pin = parse_pin_name(&name).unwrap();
+        assert_eq!(pin.ifname, "veth.a@b");
         assert_eq!(pin.ifindex, 12);
         assert_eq!(pin.direction, "ingress");
         assert!(parse_pin_name("garbage").is_none());
-        assert!(parse_pin_name("veth0.notanumber.ingress.1").is_none());
+        assert!(parse_pin_name("veth0@notanumber@ingress@1").is_none());
     }
 }

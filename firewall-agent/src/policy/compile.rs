@@ -371,7 +371,8 @@ fn service_claims(
                 }
             }
             _ => {
-                let names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
+                let mut names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
+                names.sort_unstable();
                 warnings.push(format!(
                     "{label} selects pods of several zones ({}); its cluster IPs get no zone",
                     names.join(", ")

@@ -74,15 +74,19 @@ pub fn run(agent_binary: &Path) -> Result<()> {
             .find(|pod| pod.name == name)
             .map_or("?", |pod| pod.namespace.as_str());
         println!(
-            "  pod {name:<9} {namespace}/{name:<6} zone {zone:<11} {v4:<14} {v6:<20} host side {}",
+            "  pod  {name:<9} {:<20} zone {zone:<11} {v4:<14} {v6:<20} host side {}",
+            format!("{namespace}/{name}"),
             pod.host_veth
         );
     }
     for (name, zone) in INTERNET_HOSTS {
         let host = topology.add_internet_host(name)?;
         println!(
-            "  host {name:<8} {:<20} zone {zone:<11} {:<14} {:<20} via {}",
-            "", host.ipv4, host.ipv6, host.uplink
+            "  host {name:<9} {:<20} zone {zone:<11} {:<14} {:<20} via {}",
+            "",
+            host.ipv4.to_string(),
+            host.ipv6.to_string(),
+            host.uplink
         );
     }
     println!("  node namespace: {}", topology.node().name());

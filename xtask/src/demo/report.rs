@@ -37,7 +37,7 @@ pub fn print_verdicts(outcomes: &[Outcome]) {
     println!();
     println!("Verdicts: what the policy says, what the probes saw");
     println!(
-        "  {:<22} {:<22} {:<9} {:<48} {:<6} {:<6}",
+        "  {:<22} {:<22} {:<9} {:<52} {:<6} {:<6}",
         "from", "to", "traffic", "policy says", "IPv4", "IPv6"
     );
     for outcome in outcomes {
@@ -56,7 +56,7 @@ pub fn print_verdicts(outcomes: &[Outcome]) {
             "  <-- differs from the policy"
         };
         println!(
-            "  {:<22} {:<22} {:<9} {:<48} {:<6} {:<6}{flag}",
+            "  {:<22} {:<22} {:<9} {:<52} {:<6} {:<6}{flag}",
             endpoint(expectation.from),
             endpoint(expectation.to),
             expectation.traffic.to_string(),

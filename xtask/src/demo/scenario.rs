@@ -109,13 +109,37 @@ pub const EXPECTATIONS: [Expectation; 14] = [
         true,
         "internet-to-web",
     ),
-    expect("internet", "app", Traffic::Tcp(8080), false, "default"),
+    expect(
+        "internet",
+        "app",
+        Traffic::Tcp(8080),
+        false,
+        "default-deny-inter-zone",
+    ),
     expect("web", "app", Traffic::Tcp(8080), true, "web-to-app"),
-    expect("web", "db", Traffic::Tcp(5432), false, "default"),
-    expect("web", "partner", Traffic::Tcp(443), false, "default"),
+    expect(
+        "web",
+        "db",
+        Traffic::Tcp(5432),
+        false,
+        "default-deny-inter-zone",
+    ),
+    expect(
+        "web",
+        "partner",
+        Traffic::Tcp(443),
+        false,
+        "default-deny-inter-zone",
+    ),
     expect("app", "db", Traffic::Tcp(5432), true, "app-to-db"),
-    expect("app", "db", Traffic::Udp(5432), false, "default"),
-    expect("app", "db", Traffic::Ping, false, "default"),
+    expect(
+        "app",
+        "db",
+        Traffic::Udp(5432),
+        false,
+        "default-deny-inter-zone",
+    ),
+    expect("app", "db", Traffic::Ping, false, "default-deny-inter-zone"),
     Expectation {
         audit: Some("stage-cut-partner"),
         ..expect(
@@ -126,10 +150,28 @@ pub const EXPECTATIONS: [Expectation; 14] = [
             "app-to-partner-https",
         )
     },
-    expect("app", "internet", Traffic::Tcp(443), false, "default"),
-    expect("db", "app", Traffic::Tcp(8080), false, "default"),
-    expect("db", "partner", Traffic::Tcp(443), false, "default"),
-    expect("db", "web", Traffic::Ping, false, "default"),
+    expect(
+        "app",
+        "internet",
+        Traffic::Tcp(443),
+        false,
+        "default-deny-inter-zone",
+    ),
+    expect(
+        "db",
+        "app",
+        Traffic::Tcp(8080),
+        false,
+        "default-deny-inter-zone",
+    ),
+    expect(
+        "db",
+        "partner",
+        Traffic::Tcp(443),
+        false,
+        "default-deny-inter-zone",
+    ),
+    expect("db", "web", Traffic::Ping, false, "default-deny-inter-zone"),
 ];
 
 /// The zone the scenario puts `endpoint` (a pod or internet host name) in.

@@ -1,0 +1,221 @@
+//! The real `firewall-agent` binary, run the way the demo and a node run it: under
+//! `ip netns exec <node>`, with its policy file, flow log and ready file in a private
+//! folder and its pins in a bpffs the harness mounts in the root mount namespace (so pins
+//! survive the agent process and `ip netns exec`'s private mounts, see TOOLCHAIN.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::topology::Netns;
+
+/// Path of the agent binary built beside the test executable (target/<profile>/), or
+/// `ZONEWALL_AGENT_BIN`.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZONEWALL_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/firewall-agent
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("firewall-agent"))
+        .expect("test executable has no target folder");
+    assert!(
+        candidate.is_file(),
+        "{} not found: build it first (cargo build -p firewall-agent) or set ZONEWALL_AGENT_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+/// One agent process and its files. Dropping it kills the agent, detaches everything it
+/// pinned and unmounts the bpffs.
+pub struct Agent {
+    child: Option<Child>,
+    node: String,
+    dir: tempfile::TempDir,
+    pub bpffs: PathBuf,
+    pub config: PathBuf,
+    pub flow_log: PathBuf,
+    pub ready_file: PathBuf,
+    extra_args: Vec<String>,
+    starts: usize,
+}
+
+impl Agent {
+    /// Writes `policy` and starts the agent in `node`, enforcing on `veth*`; waits until it
+    /// reports a first policy generation.
+    pub fn start(node: &Netns, policy: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("zonewall-agent-")
+            .tempdir_in("/run")
+            .expect("temporary folder under /run");
+        let bpffs = dir.path().join("bpffs");
+        std::fs::create_dir_all(&bpffs).expect("bpffs folder");
+        nix::mount::mount(
+            Some("bpffs"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mounting a bpffs for the test");
+        let mut agent = Self {
+            child: None,
+            node: node.name().to_owned(),
+            config: dir.path().join("policy.yaml"),
+            flow_log: dir.path().join("flows.jsonl"),
+            ready_file: dir.path().join("ready.json"),
+            bpffs,
+            dir,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            starts: 0,
+        };
+        agent.write_policy(policy);
+        agent.spawn();
+        agent.wait_generation(1);
+        agent
+    }
+
+    fn log_path(&self, start: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{start}.log"))
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log file");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.node])
+            .arg(agent_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--interfaces", "veth*"])
+            .arg("--flow-log")
+            .arg(&self.flow_log)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--ready-file")
+            .arg(&self.ready_file)
+            .args(["--poll-ms", "100"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        self.child = Some(command.spawn().expect("starting firewall-agent"));
+    }
+
+    /// Starts the agent again after `kill`.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(&self.ready_file);
+        self.spawn();
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn kill(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // `ip netns exec` execs the agent, so the child pid is the agent's.
+        let _ = nix::sys::signal::kill(pid, signal);
+        child.wait().expect("waiting for the agent")
+    }
+
+    /// True while the agent process runs.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Replaces the policy file atomically (as an editor or a ConfigMap update would).
+    pub fn write_policy(&self, policy: &str) {
+        let temporary = self.config.with_extension("tmp");
+        std::fs::write(&temporary, policy).expect("writing policy");
+        std::fs::rename(&temporary, &self.config).expect("replacing policy");
+    }
+
+    /// The generation in the ready file, if any.
+    pub fn generation(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(&self.ready_file).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["generation"].as_u64()
+    }
+
+    /// Waits until the ready file reports at least `generation` (10 s deadline).
+    pub fn wait_generation(&mut self, generation: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.generation().is_some_and(|current| current >= generation) {
+                return;
+            }
+            if !self.running() {
+                panic!("the agent exited early:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no policy generation {generation} within 20 s:\n{}", self.logs());
+    }
+
+    /// Everything the agent logged, over all its starts.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|start| std::fs::read_to_string(self.log_path(start)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// Every flow record written so far.
+    pub fn flow_records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.flow_log).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|error| panic!("flow log line is not JSON ({error}): {line}"))
+            })
+            .collect()
+    }
+
+    /// Waits (10 s) for a flow record matching `predicate` and returns it.
+    pub fn wait_record(
+        &self,
+        what: &str,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(record) = self.flow_records().into_iter().find(|record| predicate(record)) {
+                return record;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no flow record {what} within 10 s; records:\n{}\nagent log:\n{}",
+                    std::fs::read_to_string(&self.flow_log).unwrap_or_default(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(agent_binary())
+            .arg("detach")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
