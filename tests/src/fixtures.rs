@@ -78,6 +78,7 @@ spec:
 /// Builds a standalone policy file for pods of a test topology: each pod lives in a
 /// namespace named after its zone (labelled `zone: <zone>`), each zone selects its
 /// namespace, and `extra` (Zones with networks, ZonePolicies) is appended as is.
+#[derive(Clone)]
 pub struct PolicyFile {
     documents: Vec<String>,
     zones: std::collections::BTreeSet<String>,
