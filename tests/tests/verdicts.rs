@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use firewall_common::*;
 use zonewall_tests::fixtures::THREE_ZONES as POLICY;
 use zonewall_tests::kernel::{DROP, Kernel, PASS, privileged};
-use zonewall_tests::packet::{self, Spec, ACK, FIN, SYN};
+use zonewall_tests::packet::{self, ACK, FIN, SYN, Spec};
 
 
 
@@ -67,4 +67,70 @@ fn zone_verdicts_through_test_run() {
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
     let frame = packet::Spec::tcp(app, web, 8080, 40001, FIN | ACK).frame();
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
+}
+
+/// Drains the ring buffer and returns the decoded events.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<FlowEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(firewall_agent::flows::decode(&item).expect("event of the right size"));
+    }
+    events
+}
+
+#[test]
+fn deny_events_are_rate_limited_per_source_and_counted() {
+    if !privileged("deny_events_are_rate_limited_per_source_and_counted") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    kernel.apply(POLICY);
+    let mut ring = kernel.datapath.take_flow_events().unwrap();
+    drain(&mut ring);
+    let (web, db) = (ip("198.18.0.10"), ip("198.18.0.30"));
+    for port in 0..100u16 {
+        let frame = Spec::tcp(web, db, 30000 + port, 5432, SYN).frame();
+        assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP);
+    }
+    // Another source is limited separately.
+    let frame = Spec::tcp(ip("198.18.0.11"), db, 30000, 5432, SYN).frame();
+    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP);
+    let events = drain(&mut ring);
+    let from_web: Vec<_> = events.iter().filter(|event| event.src_addr[12..] == [198, 18, 0, 10]).collect();
+    let from_web2 = events.iter().filter(|event| event.src_addr[12..] == [198, 18, 0, 11]).count();
+    assert_eq!(from_web.len(), 10, "default: 10 deny events per source and second");
+    assert!(from_web.iter().all(|event| event.kind == EVENT_DENY && event.rule == RULE_DEFAULT_INTER_DENY));
+    assert_eq!(from_web2, 1);
+    assert_eq!(kernel.counter(COUNTER_DENY_EVENTS_SUPPRESSED), 90);
+    assert_eq!(kernel.counter(COUNTER_DENIED_DEFAULT), 101, "every packet is counted, logged or not");
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_exactly() {
+    if !privileged("ring_buffer_overflow_is_counted_exactly") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    kernel.apply(POLICY);
+    let mut ring = kernel.datapath.take_flow_events().unwrap();
+    drain(&mut ring);
+    // Unknown sources, each one new: one deny event per packet, no rate limit applies.
+    // 8 MiB of ring holds ~61 000 events of 128 + 8 bytes; send more without draining.
+    let sent = 70_000u32;
+    let web = ip("198.18.0.10");
+    for index in 0..sent {
+        let source = IpAddr::from([198, 19, (index >> 8) as u8, index as u8]);
+        let source = if index >= 65_536 { IpAddr::from([198, 20, (index >> 8) as u8, index as u8]) } else { source };
+        let frame = Spec::tcp(source, web, 1000, 80, SYN).frame();
+        assert_eq!(kernel.run(PROG_TO_POD, &frame), DROP);
+    }
+    let delivered = drain(&mut ring).len() as u64;
+    let lost = kernel.counter(COUNTER_RINGBUF_FULL);
+    let suppressed = kernel.counter(COUNTER_DENY_EVENTS_SUPPRESSED);
+    assert!(lost > 0, "the ring buffer must have overflowed ({delivered} delivered)");
+    assert_eq!(
+        delivered + lost + suppressed,
+        sent as u64,
+        "every event is delivered or counted as lost: delivered {delivered}, lost {lost}, suppressed {suppressed}"
+    );
 }
