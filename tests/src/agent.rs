@@ -219,3 +219,50 @@ impl Drop for Agent {
         let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+impl Agent {
+    /// A datapath counter (`firewall_common::COUNTER_*`), summed over CPUs, read from the
+    /// map the agent pinned.
+    pub fn counter(&self, index: u32) -> u64 {
+        let path = self
+            .bpffs
+            .join(format!("v{}", firewall_common::SCHEMA_VERSION))
+            .join(firewall_common::MAP_COUNTERS);
+        let data = aya::maps::MapData::from_pin(&path).expect("pinned COUNTERS map");
+        let counters: aya::maps::PerCpuArray<_, u64> =
+            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+        counters.get(&index, 0).expect("counter").iter().sum()
+    }
+}
+
+/// Sends one raw Ethernet frame out of `interface` of the calling thread's namespace
+/// through a packet socket (used for frames the kernel's own stack would never build).
+pub fn send_raw_frame(interface: &str, frame: &[u8]) -> std::io::Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex(interface).map_err(std::io::Error::from)?;
+    // SAFETY: plain socket(2)/sendto(2) calls with a correctly sized sockaddr_ll.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut address: libc::sockaddr_ll = std::mem::zeroed();
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_ifindex = ifindex as i32;
+        address.sll_halen = 6;
+        address.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if sent < 0 {
+            return Err(error);
+        }
+    }
+    Ok(())
+}

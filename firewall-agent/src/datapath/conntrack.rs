@@ -71,3 +71,15 @@ impl Datapath {
         Ok(unreported)
     }
 }
+
+impl Datapath {
+    /// Forgets every tracked connection (their end is not reported). Used by tests and by
+    /// operators who want a policy change to apply to existing connections too.
+    pub fn flush_conntrack(&mut self) -> Result<usize, DatapathError> {
+        let keys: Vec<CtKey> = self.conntrack.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            let _ = self.conntrack.remove(key);
+        }
+        Ok(keys.len())
+    }
+}
