@@ -284,3 +284,38 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
     assert!(agent.logs().contains("adopting pinned state"), "{}", agent.logs());
     assert!(tcp_connect(web, app.ip(), 8080, T), "new allowed connections after the restart");
 }
+
+#[test]
+fn sigterm_leaves_enforcement_and_detach_removes_it() {
+    if !can_run(&[]) {
+        return;
+    }
+    let mut topology = Topology::routed().unwrap();
+    topology.add_pod("web").unwrap();
+    topology.add_pod("db").unwrap();
+    let _server = TcpServer::start(&topology.pod("db").netns, 5432).unwrap();
+    let policy = PolicyFile::new()
+        .pod("web", "dmz", &ips(&topology, "web"))
+        .pod("db", "restricted", &ips(&topology, "db"));
+    let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
+    let web = &topology.pod("web").netns;
+    let db = topology.pod("db").ipv4.into();
+    assert!(!tcp_connect(web, db, 5432, T));
+    let status = agent.kill(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", agent.logs());
+    assert!(!tcp_connect(web, db, 5432, T), "stopping the agent must not open the firewall");
+    let output = std::process::Command::new(zonewall_tests::agent::agent_binary())
+        .arg("detach")
+        .arg("--bpffs")
+        .arg(&agent.bpffs)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("4 links removed"), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(tcp_connect(web, db, 5432, T), "after detach nothing is enforced");
+    let pins: Vec<_> = std::fs::read_dir(&agent.bpffs).unwrap().flatten().map(|entry| entry.file_name()).collect();
+    assert!(
+        pins.iter().all(|name| name.to_string_lossy().ends_with(".debug")),
+        "detach leaves no pins: {pins:?}"
+    );
+}

@@ -37,6 +37,14 @@ pub fn prepare(root: &Path) -> Result<PathBuf, DatapathError> {
             ),
         })?;
         tracing::info!(path = %root.display(), "mounted bpffs");
+        if in_private_mount_namespace() {
+            tracing::warn!(
+                path = %root.display(),
+                "this bpffs was mounted in a private mount namespace (e.g. under `ip netns exec`): \
+                 its pins vanish when the agent exits and enforcement goes with them; mount a bpffs \
+                 there from the host's mount namespace first, or pass --bpffs to one"
+            );
+        }
     }
     let versioned = versioned(root);
     for dir in [versioned.clone(), versioned.join("links")] {
@@ -46,6 +54,18 @@ pub fn prepare(root: &Path) -> Result<PathBuf, DatapathError> {
         })?;
     }
     Ok(versioned)
+}
+
+/// Whether this process runs in another mount namespace than PID 1 (as under
+/// `ip netns exec`, which unshares it to remount /sys).
+fn in_private_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => false,
+    }
 }
 
 /// `<root>/v<SCHEMA_VERSION>`.
