@@ -42,6 +42,8 @@ struct Agent {
     sink: Option<FlowSink>,
     node_name: Option<String>,
     generation: u32,
+    /// Flow records the sink failed to take.
+    records_lost: u64,
 }
 
 fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
@@ -121,10 +123,15 @@ impl Agent {
             FileState::Changed(content) => content,
         };
         match policy::load_str(&content) {
-            Ok(compiled) => {
-                self.apply(&compiled)?;
-                Ok(true)
-            }
+            Ok(compiled) => match self.apply(&compiled) {
+                Ok(()) => Ok(true),
+                Err(error) => {
+                    // E.g. a map too small for the new policy: the switch to the new slot
+                    // never happened, so the previous policy is still the one enforced.
+                    tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
+                    Ok(false)
+                }
+            },
             Err(error) => {
                 tracing::error!(
                     file = %source.path().display(),
@@ -184,30 +191,54 @@ impl Agent {
                 tracing::warn!(size = item.len(), "flow event of unexpected size skipped");
                 continue;
             };
-            if let Some(sink) = self.sink.as_mut() {
-                sink.write(&self.enricher.event(&event))?;
-            }
+            let record = self.enricher.event(&event);
+            self.write_record(&record);
         }
         if drained > 0 {
-            if let Some(sink) = self.sink.as_mut() {
-                sink.flush()?;
-            }
+            self.flush_sink();
         }
         Ok(drained)
     }
 
     fn expire(&mut self) -> Result<(), AgentError> {
         let now = crate::datapath::monotonic_ns();
-        let ended = self.datapath.expire_conntrack(now)?;
-        if let Some(sink) = self.sink.as_mut() {
-            for (key, value) in &ended {
-                sink.write(&self.enricher.expired(key, value))?;
+        let ended = match self.datapath.expire_conntrack(now) {
+            Ok(ended) => ended,
+            Err(error) => {
+                tracing::warn!(%error, "conntrack ageing failed; retried next round");
+                return Ok(());
             }
-            if !ended.is_empty() {
-                sink.flush()?;
-            }
+        };
+        for (key, value) in &ended {
+            let record = self.enricher.expired(key, value);
+            self.write_record(&record);
+        }
+        if !ended.is_empty() {
+            self.flush_sink();
         }
         Ok(())
+    }
+
+    /// Writes one record; a failing sink is reported and counted, never fatal: the
+    /// datapath keeps enforcing whatever happens to the log.
+    fn write_record(&mut self, record: &crate::flows::FlowRecord) {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        if let Err(error) = sink.write(record) {
+            self.records_lost += 1;
+            if self.records_lost.is_power_of_two() {
+                tracing::error!(%error, lost = self.records_lost, "flow records lost");
+            }
+        }
+    }
+
+    fn flush_sink(&mut self) {
+        if let Some(sink) = self.sink.as_mut() {
+            if let Err(error) = sink.flush() {
+                tracing::error!(%error, "flushing the flow log failed");
+            }
+        }
     }
 }
 
@@ -245,6 +276,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         sink,
         node_name,
         generation: previous.generation,
+        records_lost: 0,
         args,
     };
     // Policy before interfaces: a newly attached interface is enforced from its first packet.
@@ -268,7 +300,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })?;
     let mut poll = tokio::time::interval(Duration::from_millis(agent.args.poll_ms));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    let mut expiry = tokio::time::interval(Duration::from_millis(agent.args.ct_gc_interval_ms));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_clock_sync = Instant::now();
     tracing::info!(

@@ -71,6 +71,9 @@ pub struct RunArgs {
     pub ct_udp_timeout: u64,
     #[arg(long, env = "ZONEWALL_CT_ICMP_TIMEOUT", default_value_t = 30)]
     pub ct_icmp_timeout: u64,
+    /// How often expired conntrack entries are removed (and their end reported), in ms.
+    #[arg(long, env = "ZONEWALL_CT_GC_INTERVAL_MS", default_value_t = 2000)]
+    pub ct_gc_interval_ms: u64,
     /// Deny events per source address and second; the rest are counted as suppressed.
     #[arg(long, env = "ZONEWALL_DENY_EVENTS_PER_SECOND", default_value_t = 10)]
     pub deny_events_per_second: u32,
@@ -100,6 +103,9 @@ impl RunArgs {
         }
         if self.poll_ms == 0 || self.poll_ms > 10_000 {
             return Err("--poll-ms must be between 1 and 10000".into());
+        }
+        if self.ct_gc_interval_ms < 100 {
+            return Err("--ct-gc-interval-ms must be at least 100".into());
         }
         if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
             return Err("conntrack timeouts must be at least 1 second".into());

@@ -161,6 +161,24 @@ fn resolve_pods(input: &PolicySet, user_zones: &[&Zone], warnings: &mut Vec<Stri
         })
         .collect();
 
+    // A zone whose podSelector has matchLabels can only select pods carrying its first
+    // pair: index zones by that pair so a pod is tested against few zones, not all.
+    let mut anchored: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let mut unanchored: Vec<usize> = Vec::new();
+    for (index, zone) in selector_zones.iter().enumerate() {
+        let anchor = zone
+            .pod_selector
+            .as_ref()
+            .and_then(|selector| selector.match_labels.iter().next());
+        match anchor {
+            Some((key, value)) => anchored
+                .entry((key.as_str(), value.as_str()))
+                .or_default()
+                .push(index),
+            None => unanchored.push(index),
+        }
+    }
+
     let mut order: Vec<usize> = (0..input.pods.len()).collect();
     order.sort_by(|left, right| {
         let (left, right) = (&input.pods[*left], &input.pods[*right]);
@@ -173,17 +191,25 @@ fn resolve_pods(input: &PolicySet, user_zones: &[&Zone], warnings: &mut Vec<Stri
             continue;
         }
         let passes = &namespace_passes[pod.namespace.as_str()];
-        let matching: Vec<&str> = selector_zones
-            .iter()
-            .zip(passes)
-            .filter(|(zone, passes)| {
-                **passes
-                    && zone
+        let mut candidates = unanchored.clone();
+        for (key, value) in &pod.labels {
+            if let Some(zones) = anchored.get(&(key.as_str(), value.as_str())) {
+                candidates.extend_from_slice(zones);
+            }
+        }
+        // Zone indices follow name order, so the first match is the name that sorts first.
+        candidates.sort_unstable();
+        candidates.dedup();
+        let matching: Vec<&str> = candidates
+            .into_iter()
+            .filter(|index| {
+                passes[*index]
+                    && selector_zones[*index]
                         .pod_selector
                         .as_ref()
                         .is_none_or(|selector| selector.matches(&pod.labels))
             })
-            .map(|(zone, _)| zone.name.as_str())
+            .map(|index| selector_zones[index].name.as_str())
             .collect();
         if matching.len() > 1 {
             warnings.push(format!(
@@ -210,12 +236,15 @@ fn resolve_pods(input: &PolicySet, user_zones: &[&Zone], warnings: &mut Vec<Stri
     zones
 }
 
-/// One object's claim on an IP. Lower `rank` wins, then the smaller `owner`.
-struct Claim {
-    ip: IpAddr,
-    rank: u8,
-    owner: String,
-    endpoint: Endpoint,
+/// Who wins an IP claimed twice: nodes, then pods, then services; then the owner name.
+fn claim_rank(endpoint: &Endpoint) -> (u8, String) {
+    match &endpoint.kind {
+        EndpointKind::Node { name } => (0, format!("Node/{name}")),
+        EndpointKind::Pod {
+            namespace, name, ..
+        } => (1, format!("Pod/{namespace}/{name}")),
+        EndpointKind::Service { namespace, name } => (2, format!("Service/{namespace}/{name}")),
+    }
 }
 
 fn resolve_endpoints(
@@ -224,18 +253,28 @@ fn resolve_endpoints(
     zone_names: &HashMap<u32, String>,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<IpAddr, Endpoint> {
-    let mut claims = Vec::new();
+    let mut endpoints: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
+    // IPs claimed more than once -> every claimant, resolved once all are known so the
+    // result does not depend on input order.
+    let mut contested: BTreeMap<IpAddr, Vec<Endpoint>> = BTreeMap::new();
+    let mut claim = |ip: IpAddr, endpoint: Endpoint| {
+        if let Some(existing) = endpoints.get(&ip) {
+            if existing.kind.owner_key() != endpoint.kind.owner_key() {
+                contested
+                    .entry(ip)
+                    .or_insert_with(|| vec![existing.clone()])
+                    .push(endpoint);
+            }
+        } else {
+            endpoints.insert(ip, endpoint);
+        }
+    };
     for node in &input.nodes {
         for ip in &node.addresses {
-            claims.push(Claim {
-                ip: *ip,
-                rank: 0,
-                owner: format!("Node/{}", node.name),
-                endpoint: Endpoint {
-                    zone: ZONE_HOST,
-                    kind: EndpointKind::Node {
-                        name: node.name.clone(),
-                    },
+            claim(*ip, Endpoint {
+                zone: ZONE_HOST,
+                kind: EndpointKind::Node {
+                    name: node.name.clone(),
                 },
             });
         }
@@ -246,57 +285,44 @@ fn resolve_endpoints(
             continue;
         };
         for ip in &pod.ips {
-            claims.push(Claim {
-                ip: *ip,
-                rank: 1,
-                owner: format!("Pod/{}/{}", pod.namespace, pod.name),
-                endpoint: Endpoint {
-                    zone,
-                    kind: EndpointKind::Pod {
-                        namespace: pod.namespace.clone(),
-                        name: pod.name.clone(),
-                        uid: pod.uid.clone(),
-                        labels: pod.labels.clone(),
-                        node: pod.node_name.clone(),
-                    },
+            claim(*ip, Endpoint {
+                zone,
+                kind: EndpointKind::Pod {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    uid: pod.uid.clone(),
+                    labels: pod.labels.clone(),
+                    node: pod.node_name.clone(),
                 },
             });
         }
     }
-    claims.extend(service_claims(input, pod_zones, zone_names, warnings));
+    for (ip, endpoint) in service_endpoints(input, pod_zones, zone_names, warnings) {
+        claim(ip, endpoint);
+    }
 
-    claims.sort_by(|left, right| {
-        (left.ip, left.rank, &left.owner).cmp(&(right.ip, right.rank, &right.owner))
-    });
-    let mut endpoints = BTreeMap::new();
-    let mut winner: Option<(IpAddr, String)> = None;
-    for claim in claims {
-        match &winner {
-            Some((ip, owner)) if *ip == claim.ip => {
-                if *owner != claim.owner {
-                    warnings.push(format!(
-                        "IP {} is claimed by {owner} and {}; {owner} keeps it (nodes win over \
-                         pods, pods over services, then the name that sorts first)",
-                        claim.ip, claim.owner
-                    ));
-                }
-            }
-            _ => {
-                winner = Some((claim.ip, claim.owner));
-                endpoints.insert(claim.ip, claim.endpoint);
-            }
+    for (ip, mut claimants) in contested {
+        claimants.sort_by_cached_key(claim_rank);
+        let (_, winner) = claim_rank(&claimants[0]);
+        for loser in &claimants[1..] {
+            let (_, loser) = claim_rank(loser);
+            warnings.push(format!(
+                "IP {ip} is claimed by {winner} and {loser}; {winner} keeps it (nodes win over \
+                 pods, pods over services, then the name that sorts first)"
+            ));
         }
+        endpoints.insert(ip, claimants.swap_remove(0));
     }
     endpoints
 }
 
 /// A Service's cluster IPs take the zone of the pods it selects, when that is one zone.
-fn service_claims(
+fn service_endpoints(
     input: &PolicySet,
     pod_zones: &[Option<u32>],
     zone_names: &HashMap<u32, String>,
     warnings: &mut Vec<String>,
-) -> Vec<Claim> {
+) -> Vec<(IpAddr, Endpoint)> {
     let mut claims = Vec::new();
     if input.services.is_empty() {
         return claims;
@@ -356,18 +382,13 @@ fn service_claims(
             1 => {
                 let zone = *zones.first().unwrap_or(&ZONE_UNZONED);
                 for ip in &service.cluster_ips {
-                    claims.push(Claim {
-                        ip: *ip,
-                        rank: 2,
-                        owner: format!("Service/{}/{}", service.namespace, service.name),
-                        endpoint: Endpoint {
-                            zone,
-                            kind: EndpointKind::Service {
-                                namespace: service.namespace.clone(),
-                                name: service.name.clone(),
-                            },
+                    claims.push((*ip, Endpoint {
+                        zone,
+                        kind: EndpointKind::Service {
+                            namespace: service.namespace.clone(),
+                            name: service.name.clone(),
                         },
-                    });
+                    }));
                 }
             }
             _ => {

@@ -3,7 +3,7 @@
 //! zones, network prefixes claimed twice and zone-id collisions. Every problem is
 //! reported, each with its object, field path and what to do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::compile::zone_id;
 use super::decode::edit_distance;
@@ -30,7 +30,7 @@ pub(super) fn validate_into(set: &PolicySet, broken_zones: &BTreeSet<String>, is
     for zone in &set.zones {
         check_zone(zone, issues);
     }
-    check_unique("Zone", set.zones.iter().map(|zone| zone.name.clone()), issues);
+    check_unique("Zone", set.zones.iter().map(|zone| ("", zone.name.as_str())), issues);
     check_networks_unique(set, issues);
     check_zone_ids(set, issues);
 
@@ -45,30 +45,32 @@ pub(super) fn validate_into(set: &PolicySet, broken_zones: &BTreeSet<String>, is
     }
     check_unique(
         "ZonePolicy",
-        set.policies.iter().map(|policy| policy.name.clone()),
+        set.policies.iter().map(|policy| ("", policy.name.as_str())),
         issues,
     );
 
     check_unique(
         "Namespace",
-        set.namespaces.iter().map(|namespace| namespace.name.clone()),
+        set.namespaces
+            .iter()
+            .map(|namespace| ("", namespace.name.as_str())),
         issues,
     );
     check_unique(
         "Pod",
         set.pods
             .iter()
-            .map(|pod| format!("{}/{}", pod.namespace, pod.name)),
+            .map(|pod| (pod.namespace.as_str(), pod.name.as_str())),
         issues,
     );
     check_unique(
         "Service",
         set.services
             .iter()
-            .map(|service| format!("{}/{}", service.namespace, service.name)),
+            .map(|service| (service.namespace.as_str(), service.name.as_str())),
         issues,
     );
-    check_unique("Node", set.nodes.iter().map(|node| node.name.clone()), issues);
+    check_unique("Node", set.nodes.iter().map(|node| ("", node.name.as_str())), issues);
 }
 
 /// The reason for a port number outside 1..=65535 (shared with the decoder, which sees
@@ -293,23 +295,34 @@ fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut V
     }
 }
 
-/// One error per extra object of `kind` sharing a name with an earlier one.
-fn check_unique(kind: &str, names: impl Iterator<Item = String>, issues: &mut Vec<Issue>) {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+/// One error per name of `kind` used more than once. Names are (namespace, name), the
+/// namespace empty for cluster-scoped kinds.
+fn check_unique<'a>(
+    kind: &str,
+    names: impl Iterator<Item = (&'a str, &'a str)>,
+    issues: &mut Vec<Issue>,
+) {
+    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
     for name in names {
         *counts.entry(name).or_default() += 1;
     }
-    for (name, count) in counts {
-        if count > 1 {
-            issues.push(issue(
-                format!("{kind}/{name}"),
-                "metadata.name",
-                format!(
-                    "defined {count} times; each {kind} must appear once (remove or rename the \
-                     copies)"
-                ),
-            ));
-        }
+    let mut repeated: Vec<((&str, &str), usize)> =
+        counts.into_iter().filter(|(_, count)| *count > 1).collect();
+    repeated.sort_unstable();
+    for ((namespace, name), count) in repeated {
+        let object = if namespace.is_empty() {
+            format!("{kind}/{name}")
+        } else {
+            format!("{kind}/{namespace}/{name}")
+        };
+        issues.push(issue(
+            object,
+            "metadata.name",
+            format!(
+                "defined {count} times; each {kind} must appear once (remove or rename the \
+                 copies)"
+            ),
+        ));
     }
 }
 

@@ -833,3 +833,4 @@ fn compiles_at_scale() {
     );
     assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
 }
+
