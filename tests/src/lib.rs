@@ -5,4 +5,5 @@ pub mod agent;
 pub mod fixtures;
 pub mod kernel;
 pub mod packet;
+pub mod reference;
 pub mod topology;

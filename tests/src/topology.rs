@@ -1,7 +1,7 @@
 //! Network namespaces that play a Kubernetes node and its pods, plus the traffic servers and
 //! probes the integration tests and the demo use on them.
 //!
-//! Every namespace is named `zw-<pid>-<random>-<role>` and is owned by an RAII guard
+//! Every namespace is named `zw-<pid>-<unique>-<role>` and is owned by an RAII guard
 //! ([`Netns`]): dropping the guard (also while a test panics) deletes the namespace, and
 //! with it every interface inside. Host-side interfaces live in the node namespace, never in
 //! the namespace the tests run in, and no namespace gets a route to the machine's real
@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -107,13 +107,14 @@ fn run_checked(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A fresh prefix `zw-<pid>-<random>-` for the namespaces of one topology.
+/// A fresh prefix `zw-<pid>-<unique>-` for the namespaces of one topology: a counter
+/// keeps the prefixes of one process apart, a random part those of an earlier process
+/// that had the same pid.
 pub fn unique_prefix() -> String {
-    format!(
-        "{NAME_PREFIX}{}-{:04x}-",
-        std::process::id(),
-        rand::random::<u16>()
-    )
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let count = NEXT.fetch_add(1, Ordering::Relaxed);
+    let random = rand::random::<u16>() & 0xfff;
+    format!("{NAME_PREFIX}{}-{count:x}{random:03x}-", std::process::id())
 }
 
 /// Deletes namespaces named `zw-<pid>-…` whose creating process no longer exists (left
@@ -407,7 +408,7 @@ impl Topology {
         self.layout
     }
 
-    /// The prefix of every namespace of this topology (`zw-<pid>-<random>-`).
+    /// The prefix of every namespace of this topology (`zw-<pid>-<unique>-`).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

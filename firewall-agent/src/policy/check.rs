@@ -46,11 +46,16 @@ pub fn render_check(compiled: &CompiledPolicy) -> String {
 fn ordered_zones(compiled: &CompiledPolicy) -> Vec<&ZoneInfo> {
     let mut zones: Vec<&ZoneInfo> = compiled.zones.values().collect();
     zones.sort_by(|left, right| {
-        (!left.reserved, if left.reserved { left.id } else { 0 }, &left.name).cmp(&(
-            !right.reserved,
-            if right.reserved { right.id } else { 0 },
-            &right.name,
-        ))
+        (
+            !left.reserved,
+            if left.reserved { left.id } else { 0 },
+            &left.name,
+        )
+            .cmp(&(
+                !right.reserved,
+                if right.reserved { right.id } else { 0 },
+                &right.name,
+            ))
     });
     zones
 }
@@ -95,9 +100,23 @@ fn render_zones(compiled: &CompiledPolicy, zones: &[&ZoneInfo], out: &mut String
         })
         .collect();
     let _ = writeln!(out, "Zones ({})", zones.len());
-    let name_width = rows.iter().map(|row| row[0].len()).max().unwrap_or(0).max(4);
-    let id_width = rows.iter().map(|row| row[1].len()).max().unwrap_or(0).max(2);
-    let _ = writeln!(out, "  {:name_width$}  {:>id_width$}  MEMBERS", "NAME", "ID");
+    let name_width = rows
+        .iter()
+        .map(|row| row[0].len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let id_width = rows
+        .iter()
+        .map(|row| row[1].len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let _ = writeln!(
+        out,
+        "  {:name_width$}  {:>id_width$}  MEMBERS",
+        "NAME", "ID"
+    );
     for [name, id, members] in rows {
         let _ = writeln!(out, "  {name:name_width$}  {id:>id_width$}  {members}");
     }
@@ -130,12 +149,15 @@ fn render_warnings(compiled: &CompiledPolicy, out: &mut String) {
     }
 }
 
+/// Ports `start..=end` and what they get.
+type Segment = (u32, u32, PolicyValue);
+
 /// What a pair's entries decide, per protocol, as the kernel's lookup sees it.
 struct PairView {
     /// The pair-level entry: every protocol without entries of its own.
     other: PolicyValue,
     /// Protocols with entries: (protocol number, sorted segments covering 0..=65535).
-    protocols: Vec<(u8, Vec<(u32, u32, PolicyValue)>)>,
+    protocols: Vec<(u8, Vec<Segment>)>,
 }
 
 impl PairView {
@@ -151,11 +173,32 @@ impl PairView {
                 by_protocol.entry(entry.proto).or_default().push(entry);
             }
         }
-        let protocols = by_protocol
+        let mut protocols: Vec<(u8, Vec<Segment>)> = by_protocol
             .into_iter()
             .map(|(protocol, entries)| (protocol, segments(&entries, other)))
             .collect();
+        // The order policies are written in: TCP, UDP, SCTP, ICMP, ICMPv6, then others.
+        protocols.sort_by_key(|(number, _)| {
+            let position = Protocol::ALL
+                .iter()
+                .position(|protocol| protocol.number() == *number);
+            (position.unwrap_or(Protocol::ALL.len()), *number)
+        });
         PairView { other, protocols }
+    }
+
+    /// Whether the defaults decide all of the pair's traffic (the policies covering it
+    /// change nothing), so it reads like a pair no policy covers.
+    fn only_defaults(&self) -> bool {
+        let is_default = |value: &PolicyValue| {
+            value.audit == 0
+                && (value.rule == RULE_DEFAULT_INTRA_ALLOW || value.rule == RULE_DEFAULT_INTER_DENY)
+        };
+        is_default(&self.other)
+            && self
+                .protocols
+                .iter()
+                .all(|(_, segments)| segments.iter().all(|segment| is_default(&segment.2)))
     }
 
     /// Whether any traffic of the pair is allowed with the audit flag.
@@ -177,7 +220,7 @@ fn entry_range(entry: &PolicyEntry) -> (u32, u32) {
 }
 
 /// Evaluates a protocol's entries by longest prefix over its whole port space.
-fn segments(entries: &[&PolicyEntry], other: PolicyValue) -> Vec<(u32, u32, PolicyValue)> {
+fn segments(entries: &[&PolicyEntry], other: PolicyValue) -> Vec<Segment> {
     let mut starts: Vec<u32> = vec![0];
     for entry in entries {
         let (start, end) = entry_range(entry);
@@ -188,7 +231,7 @@ fn segments(entries: &[&PolicyEntry], other: PolicyValue) -> Vec<(u32, u32, Poli
     }
     starts.sort_unstable();
     starts.dedup();
-    let mut result: Vec<(u32, u32, PolicyValue)> = Vec::new();
+    let mut result: Vec<Segment> = Vec::new();
     for (index, start) in starts.iter().enumerate() {
         let end = starts.get(index + 1).map_or(65_535, |next| next - 1);
         let value = entries
@@ -309,8 +352,8 @@ fn render_matrix(zones: &[&ZoneInfo], views: &BTreeMap<(u32, u32), PairView>, ou
         let mut row = vec![source.name.clone()];
         for destination in zones {
             let cell = match views.get(&(source.id, destination.id)) {
-                Some(view) => summarize(view),
-                None => format!("[{}]", default_verdict(source.id, destination.id)),
+                Some(view) if !view.only_defaults() => summarize(view),
+                _ => format!("[{}]", default_verdict(source.id, destination.id)),
             };
             row.push(shorten(&cell));
         }
@@ -347,8 +390,8 @@ fn render_matrix(zones: &[&ZoneInfo], views: &BTreeMap<(u32, u32), PairView>, ou
         out,
         "\n  allow / deny: all traffic; \"allow tcp/443 udp/53\": only that is allowed; \
          \"allow except tcp/22\": all but that is allowed;\n  \"(audit: would deny ...)\": \
-         allowed, but an Audit policy would deny it; [allow] / [deny]: no policy covers the \
-         pair, the default applies."
+         allowed, but an Audit policy would deny it; [allow] / [deny]: the default decides \
+         all of the pair's traffic."
     );
 }
 
@@ -394,7 +437,15 @@ fn render_pairs(
     views: &BTreeMap<(u32, u32), PairView>,
     out: &mut String,
 ) {
-    let _ = writeln!(out, "\nDecisions by zone pair (pairs no policy covers use the defaults)");
+    let _ = writeln!(
+        out,
+        "\nDecisions by zone pair (other pairs follow the defaults: allow within a zone, deny \
+         between zones)"
+    );
+    let views: BTreeMap<&(u32, u32), &PairView> = views
+        .iter()
+        .filter(|(_, view)| !view.only_defaults())
+        .collect();
     if views.is_empty() {
         let _ = writeln!(out, "  none");
     }
@@ -408,7 +459,7 @@ fn render_pairs(
             .get(&id)
             .map_or_else(|| format!("zone {id}"), |index| zones[*index].name.clone())
     };
-    let mut pairs: Vec<&(u32, u32)> = views.keys().collect();
+    let mut pairs: Vec<&(u32, u32)> = views.keys().copied().collect();
     pairs.sort_by_key(|(source, destination)| {
         (
             position.get(source).copied().unwrap_or(usize::MAX),
@@ -416,7 +467,7 @@ fn render_pairs(
         )
     });
     for pair in pairs {
-        let view = &views[pair];
+        let view = views[pair];
         let _ = writeln!(out, "  {} -> {}", name(pair.0), name(pair.1));
         let mut lines: Vec<(String, String)> = Vec::new();
         for (protocol, segments) in &view.protocols {
@@ -431,8 +482,15 @@ fn render_pairs(
                 lines.push((traffic, describe_value(compiled, value)));
             }
         }
-        lines.push(("everything else".to_string(), describe_value(compiled, &view.other)));
-        let width = lines.iter().map(|(traffic, _)| traffic.len()).max().unwrap_or(0);
+        lines.push((
+            "everything else".to_string(),
+            describe_value(compiled, &view.other),
+        ));
+        let width = lines
+            .iter()
+            .map(|(traffic, _)| traffic.len())
+            .max()
+            .unwrap_or(0);
         for (traffic, decision) in lines {
             let _ = writeln!(out, "    {traffic:width$}  {decision}");
         }
@@ -512,11 +570,17 @@ status: {addresses: [{type: InternalIP, address: 192.168.1.10}]}
         assert!(text.contains("tcp/443"), "{text}");
         assert!(text.contains("policy dmz-to-db"), "{text}");
         assert!(text.contains("default default-deny-inter-zone"), "{text}");
-        assert!(text.contains("(audit: stage-block-ssh would deny)"), "{text}");
+        assert!(
+            text.contains("(audit: stage-block-ssh would deny)"),
+            "{text}"
+        );
         // Reserved zones lead the matrix.
         let matrix = text.split("Zone matrix").nth(1).unwrap();
         let header = matrix.lines().nth(1).unwrap();
-        assert!(header.find("world").unwrap() < header.find("dmz").unwrap(), "{header}");
+        assert!(
+            header.find("world").unwrap() < header.find("dmz").unwrap(),
+            "{header}"
+        );
     }
 
     #[test]
@@ -548,7 +612,10 @@ status: {addresses: [{type: InternalIP, address: 192.168.1.10}]}
         assert_eq!(summarize(&view), "allow (audit: would deny)");
         let view = PairView {
             other: deny,
-            protocols: vec![(1, vec![(0, 65_535, allow)]), (17, vec![(0, 65_535, allow)])],
+            protocols: vec![
+                (1, vec![(0, 65_535, allow)]),
+                (17, vec![(0, 65_535, allow)]),
+            ],
         };
         assert_eq!(summarize(&view), "allow icmp udp");
         assert_eq!(shorten(&"x".repeat(100)).chars().count(), CELL_WIDTH);

@@ -20,9 +20,7 @@ use firewall_common::{
     RULE_UNKNOWN_SOURCE, VERDICT_ALLOW, VERDICT_DENY, ZONE_HOST, ZONE_UNZONED,
 };
 
-use super::compiled::{
-    CompiledPolicy, Endpoint, EndpointKind, PolicyEntry, RuleInfo, ZoneInfo,
-};
+use super::compiled::{CompiledPolicy, Endpoint, EndpointKind, PolicyEntry, RuleInfo, ZoneInfo};
 use super::model::{
     ANY_ZONE, Action, Mode, NAMESPACE_NAME_LABEL, PolicySet, Protocol, RESERVED_ZONES, Zone,
     ZonePolicy,
@@ -66,9 +64,10 @@ pub fn compile(input: &PolicySet) -> Result<CompiledPolicy, PolicyError> {
             .insert(name.to_string(), zone_info(name, id, true));
     }
     for zone in &user_zones {
-        compiled
-            .zones
-            .insert(zone.name.clone(), zone_info(&zone.name, zone_id(&zone.name), false));
+        compiled.zones.insert(
+            zone.name.clone(),
+            zone_info(&zone.name, zone_id(&zone.name), false),
+        );
     }
     let zone_names: HashMap<u32, String> = compiled
         .zones
@@ -78,10 +77,10 @@ pub fn compile(input: &PolicySet) -> Result<CompiledPolicy, PolicyError> {
 
     let pod_zones = resolve_pods(input, &user_zones, &mut warnings);
     for (pod, zone) in input.pods.iter().zip(&pod_zones) {
-        if let Some(zone) = zone {
-            if let Some(info) = compiled.zones.get_mut(&zone_names[zone]) {
-                info.members.push(format!("{}/{}", pod.namespace, pod.name));
-            }
+        if let Some(zone) = zone
+            && let Some(info) = compiled.zones.get_mut(&zone_names[zone])
+        {
+            info.members.push(format!("{}/{}", pod.namespace, pod.name));
         }
     }
     for info in compiled.zones.values_mut() {
@@ -128,7 +127,11 @@ fn zone_info(name: &str, id: u32, reserved: bool) -> ZoneInfo {
 /// The zone whose traffic each pod sends (indexed like `input.pods`): its selector zone
 /// (the first by name when several match), `host` for host-network pods, `unzoned` when
 /// no zone selects it, `None` for finished pods.
-fn resolve_pods(input: &PolicySet, user_zones: &[&Zone], warnings: &mut Vec<String>) -> Vec<Option<u32>> {
+fn resolve_pods(
+    input: &PolicySet,
+    user_zones: &[&Zone],
+    warnings: &mut Vec<String>,
+) -> Vec<Option<u32>> {
     let selector_zones: Vec<&Zone> = user_zones
         .iter()
         .copied()
@@ -271,12 +274,15 @@ fn resolve_endpoints(
     };
     for node in &input.nodes {
         for ip in &node.addresses {
-            claim(*ip, Endpoint {
-                zone: ZONE_HOST,
-                kind: EndpointKind::Node {
-                    name: node.name.clone(),
+            claim(
+                *ip,
+                Endpoint {
+                    zone: ZONE_HOST,
+                    kind: EndpointKind::Node {
+                        name: node.name.clone(),
+                    },
                 },
-            });
+            );
         }
     }
     for (pod, zone) in input.pods.iter().zip(pod_zones) {
@@ -285,16 +291,19 @@ fn resolve_endpoints(
             continue;
         };
         for ip in &pod.ips {
-            claim(*ip, Endpoint {
-                zone,
-                kind: EndpointKind::Pod {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    uid: pod.uid.clone(),
-                    labels: pod.labels.clone(),
-                    node: pod.node_name.clone(),
+            claim(
+                *ip,
+                Endpoint {
+                    zone,
+                    kind: EndpointKind::Pod {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                        uid: pod.uid.clone(),
+                        labels: pod.labels.clone(),
+                        node: pod.node_name.clone(),
+                    },
                 },
-            });
+            );
         }
     }
     for (ip, endpoint) in service_endpoints(input, pod_zones, zone_names, warnings) {
@@ -342,7 +351,8 @@ fn service_endpoints(
         }
     }
     let mut services: Vec<_> = input.services.iter().collect();
-    services.sort_by(|left, right| (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name)));
+    services
+        .sort_by(|left, right| (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name)));
     for service in services {
         if service.cluster_ips.is_empty() {
             continue;
@@ -382,17 +392,21 @@ fn service_endpoints(
             1 => {
                 let zone = *zones.first().unwrap_or(&ZONE_UNZONED);
                 for ip in &service.cluster_ips {
-                    claims.push((*ip, Endpoint {
-                        zone,
-                        kind: EndpointKind::Service {
-                            namespace: service.namespace.clone(),
-                            name: service.name.clone(),
+                    claims.push((
+                        *ip,
+                        Endpoint {
+                            zone,
+                            kind: EndpointKind::Service {
+                                namespace: service.namespace.clone(),
+                                name: service.name.clone(),
+                            },
                         },
-                    }));
+                    ));
                 }
             }
             _ => {
-                let mut names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
+                let mut names: Vec<&str> =
+                    zones.iter().map(|zone| zone_names[zone].as_str()).collect();
                 names.sort_unstable();
                 warnings.push(format!(
                     "{label} selects pods of several zones ({}); its cluster IPs get no zone",
@@ -474,18 +488,25 @@ fn prepare_policies(
     rules: &mut BTreeMap<u32, RuleInfo>,
 ) -> Vec<Prepared> {
     for (id, name, action) in [
-        (RULE_DEFAULT_INTRA_ALLOW, "default-allow-intra-zone", "Allow"),
+        (
+            RULE_DEFAULT_INTRA_ALLOW,
+            "default-allow-intra-zone",
+            "Allow",
+        ),
         (RULE_DEFAULT_INTER_DENY, "default-deny-inter-zone", "Deny"),
         (RULE_UNKNOWN_SOURCE, "unknown-source", "Configured"),
         (RULE_FRAGMENT, "fragment", "Deny"),
     ] {
-        rules.insert(id, RuleInfo {
-            name: name.to_string(),
-            action: action.to_string(),
-            mode: Mode::Enforce.as_str().to_string(),
-            // Defaults apply after every policy.
-            priority: i64::MAX,
-        });
+        rules.insert(
+            id,
+            RuleInfo {
+                name: name.to_string(),
+                action: action.to_string(),
+                mode: Mode::Enforce.as_str().to_string(),
+                // Defaults apply after every policy.
+                priority: i64::MAX,
+            },
+        );
     }
 
     let mut by_name: Vec<&ZonePolicy> = input.policies.iter().collect();
@@ -505,15 +526,22 @@ fn prepare_policies(
     let mut prepared = Vec::with_capacity(by_name.len());
     for (index, policy) in by_name.iter().enumerate() {
         let rule = FIRST_USER_RULE_ID + index as u32;
-        rules.insert(rule, RuleInfo {
-            name: policy.name.clone(),
-            action: policy.action.as_str().to_string(),
-            mode: policy.mode.as_str().to_string(),
-            priority: i64::from(policy.priority),
-        });
+        rules.insert(
+            rule,
+            RuleInfo {
+                name: policy.name.clone(),
+                action: policy.action.as_str().to_string(),
+                mode: policy.mode.as_str().to_string(),
+                priority: i64::from(policy.priority),
+            },
+        );
         let mut ranges: [Vec<(u32, u32)>; 5] = Default::default();
         for port_rule in &policy.ports {
-            let range = match (port_rule.protocol.has_ports(), port_rule.port, port_rule.end_port) {
+            let range = match (
+                port_rule.protocol.has_ports(),
+                port_rule.port,
+                port_rule.end_port,
+            ) {
                 (true, Some(port), end) => (port as u32, end.unwrap_or(port) as u32),
                 _ => (0, PORT_SPACE_END),
             };
@@ -805,7 +833,12 @@ impl<'a> PairCompiler<'a> {
         }
     }
 
-    fn value(&self, enforced: Option<usize>, audited: Option<usize>, default: (u8, u32)) -> PolicyValue {
+    fn value(
+        &self,
+        enforced: Option<usize>,
+        audited: Option<usize>,
+        default: (u8, u32),
+    ) -> PolicyValue {
         let (verdict, rule) = enforced.map_or(default, |rank| {
             (self.policies[rank].verdict, self.policies[rank].rule)
         });
@@ -825,7 +858,13 @@ impl<'a> PairCompiler<'a> {
         value
     }
 
-    fn emit(mut self, source: u32, destination: u32, decided: &mut [bool], entries: &mut Vec<PolicyEntry>) {
+    fn emit(
+        mut self,
+        source: u32,
+        destination: u32,
+        decided: &mut [bool],
+        entries: &mut Vec<PolicyEntry>,
+    ) {
         for rank in &self.winners {
             decided[*rank] = true;
         }
@@ -902,7 +941,11 @@ fn overlay(
 fn aligned_blocks(mut start: u32, end: u32) -> Vec<(u32, u32)> {
     let mut blocks = Vec::new();
     while start <= end {
-        let mut bits = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        let mut bits = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
         while start + (1 << bits) - 1 > end {
             bits -= 1;
         }

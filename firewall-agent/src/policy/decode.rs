@@ -17,8 +17,8 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::Issue;
 use super::model::{
-    API_VERSION, Action, LabelSelector, Mode, Namespace, Node, Pod, PolicySet, PortRule,
-    Protocol, SelectorOperator, SelectorRequirement, Service, Zone, ZonePolicy,
+    API_VERSION, Action, LabelSelector, Mode, Namespace, Node, Pod, PolicySet, PortRule, Protocol,
+    SelectorOperator, SelectorRequirement, Service, Zone, ZonePolicy,
 };
 
 const KNOWN_KINDS: &str = "Zone, ZonePolicy, Namespace, Pod, Service, Node and List";
@@ -350,17 +350,21 @@ impl Decoder {
                 "to" => to = self.typed::<Vec<String>>(target, &path, value.clone()),
                 "ports" => ports = self.ports(target, &path, value),
                 "action" => {
-                    action = self.word(target, &path, value, &[
-                        ("Allow", Action::Allow),
-                        ("Deny", Action::Deny),
-                    ]);
+                    action = self.word(
+                        target,
+                        &path,
+                        value,
+                        &[("Allow", Action::Allow), ("Deny", Action::Deny)],
+                    );
                 }
                 "priority" => priority = self.priority(target, &path, value),
                 "mode" => {
-                    mode = self.word(target, &path, value, &[
-                        ("Enforce", Mode::Enforce),
-                        ("Audit", Mode::Audit),
-                    ]);
+                    mode = self.word(
+                        target,
+                        &path,
+                        value,
+                        &[("Enforce", Mode::Enforce), ("Audit", Mode::Audit)],
+                    );
                 }
                 _ => self
                     .issues
@@ -381,9 +385,10 @@ impl Decoder {
             }
         }
         if action.is_none() && spec.get("action").is_none() {
-            self.issues.push(
-                target.issue("spec.action", "missing; every ZonePolicy needs action Allow or Deny"),
-            );
+            self.issues.push(target.issue(
+                "spec.action",
+                "missing; every ZonePolicy needs action Allow or Deny",
+            ));
         }
         Some(ZonePolicy {
             name,
@@ -409,7 +414,12 @@ impl Decoder {
     }
 
     /// Deserialises `value` with serde, reporting the first error with its full path.
-    fn typed<T: DeserializeOwned>(&mut self, target: &Target, base: &str, value: Value) -> Option<T> {
+    fn typed<T: DeserializeOwned>(
+        &mut self,
+        target: &Target,
+        base: &str,
+        value: Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(typed) => Some(typed),
             Err(error) => {
@@ -476,12 +486,19 @@ impl Decoder {
             match_labels: raw.match_labels.unwrap_or_default(),
             match_expressions: Vec::new(),
         };
-        for (index, expression) in raw.match_expressions.unwrap_or_default().into_iter().enumerate() {
+        for (index, expression) in raw
+            .match_expressions
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let operator = SelectorOperator::ALL
                 .into_iter()
                 .find(|operator| operator.as_str() == expression.operator);
             let Some(operator) = operator else {
-                let expected = SelectorOperator::ALL.map(SelectorOperator::as_str).join(", ");
+                let expected = SelectorOperator::ALL
+                    .map(SelectorOperator::as_str)
+                    .join(", ");
                 self.issues.push(target.issue(
                     format!("{path}.matchExpressions[{index}].operator"),
                     format!("\"{}\" is not one of {expected}", expression.operator),
@@ -610,7 +627,14 @@ impl Decoder {
     }
 
     /// `Namespace`, `Pod`, `Service`, `Node`: lenient, only the fields used are read.
-    fn core_kind(&mut self, target: &Target, kind: &str, name: String, value: Value, before: usize) {
+    fn core_kind(
+        &mut self,
+        target: &Target,
+        kind: &str,
+        name: String,
+        value: Value,
+        before: usize,
+    ) {
         match kind {
             "Namespace" => {
                 let Some(raw) = self.typed::<RawNamespace>(target, "", value) else {
@@ -635,7 +659,12 @@ impl Decoder {
                 }
                 for (index, entry) in status.pod_ips.unwrap_or_default().iter().enumerate() {
                     if let Some(text) = entry.ip.as_deref() {
-                        self.ip(target, &format!("status.podIPs[{index}].ip"), text, &mut ips);
+                        self.ip(
+                            target,
+                            &format!("status.podIPs[{index}].ip"),
+                            text,
+                            &mut ips,
+                        );
                     }
                 }
                 if self.issues.len() == before {
@@ -664,7 +693,12 @@ impl Decoder {
                 }
                 for (index, text) in spec.cluster_ips.unwrap_or_default().iter().enumerate() {
                     if text != "None" {
-                        self.ip(target, &format!("spec.clusterIPs[{index}]"), text, &mut cluster_ips);
+                        self.ip(
+                            target,
+                            &format!("spec.clusterIPs[{index}]"),
+                            text,
+                            &mut cluster_ips,
+                        );
                     }
                 }
                 if self.issues.len() == before {
@@ -738,7 +772,9 @@ fn join_path(base: &str, inner: &str) -> String {
 /// An integer, or a description of what was found instead.
 fn integer(value: &Value) -> Result<i64, String> {
     match value {
-        Value::Number(number) => number.as_i64().ok_or_else(|| format!("the number {number}")),
+        Value::Number(number) => number
+            .as_i64()
+            .ok_or_else(|| format!("the number {number}")),
         other => Err(describe(other)),
     }
 }
@@ -760,7 +796,12 @@ fn describe(value: &Value) -> String {
 fn unknown_field(key: &str, known: &[&str]) -> String {
     let closest = known
         .iter()
-        .map(|candidate| (edit_distance(&key.to_ascii_lowercase(), &candidate.to_ascii_lowercase()), *candidate))
+        .map(|candidate| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &candidate.to_ascii_lowercase()),
+                *candidate,
+            )
+        })
         .min();
     let hint = match closest {
         Some((distance, candidate)) if distance <= 2 => format!("did you mean `{candidate}`? "),
@@ -907,7 +948,11 @@ mod tests {
             .iter()
             .filter(|issue| issue.object == object && issue.field == field)
             .collect();
-        assert_eq!(found.len(), 1, "one issue for {object} {field} in {issues:#?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "one issue for {object} {field} in {issues:#?}"
+        );
         assert!(
             found[0].reason.contains(reason),
             "reason {:?} should contain {reason:?}",
@@ -1034,17 +1079,40 @@ items:
         assert_eq!(corp.networks.len(), 2);
         assert!(!corp.has_selectors());
 
-        let web = set.policies.iter().find(|policy| policy.name == "web-to-db").unwrap();
+        let web = set
+            .policies
+            .iter()
+            .find(|policy| policy.name == "web-to-db")
+            .unwrap();
         assert_eq!(web.from, ["dmz", "*"]);
         assert_eq!(web.action, Action::Deny);
         assert_eq!(web.mode, Mode::Audit);
         assert_eq!(web.priority, -5);
-        assert_eq!(web.ports, [
-            PortRule { protocol: Protocol::Tcp, port: Some(5432), end_port: None },
-            PortRule { protocol: Protocol::Tcp, port: Some(8080), end_port: Some(8090) },
-            PortRule { protocol: Protocol::Icmpv6, port: None, end_port: None },
-        ]);
-        let defaults = set.policies.iter().find(|policy| policy.name == "defaults").unwrap();
+        assert_eq!(
+            web.ports,
+            [
+                PortRule {
+                    protocol: Protocol::Tcp,
+                    port: Some(5432),
+                    end_port: None
+                },
+                PortRule {
+                    protocol: Protocol::Tcp,
+                    port: Some(8080),
+                    end_port: Some(8090)
+                },
+                PortRule {
+                    protocol: Protocol::Icmpv6,
+                    port: None,
+                    end_port: None
+                },
+            ]
+        );
+        let defaults = set
+            .policies
+            .iter()
+            .find(|policy| policy.name == "defaults")
+            .unwrap();
         assert_eq!(defaults.priority, super::super::model::DEFAULT_PRIORITY);
         assert_eq!(defaults.mode, Mode::Enforce);
         assert!(defaults.ports.is_empty());
@@ -1053,9 +1121,18 @@ items:
         assert_eq!(set.namespaces[0].labels["team"], "web");
         assert_eq!(set.pods.len(), 2);
         let pod = &set.pods[0];
-        assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()), ("shop", "web-1", "1234-abcd"));
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str(), pod.uid.as_str()),
+            ("shop", "web-1", "1234-abcd")
+        );
         assert_eq!(pod.node_name.as_deref(), Some("node-a"));
-        assert_eq!(pod.ips, ["10.244.1.5".parse::<IpAddr>().unwrap(), "fd00:244::5".parse().unwrap()]);
+        assert_eq!(
+            pod.ips,
+            [
+                "10.244.1.5".parse::<IpAddr>().unwrap(),
+                "fd00:244::5".parse().unwrap()
+            ]
+        );
         assert_eq!(pod.phase.as_deref(), Some("Running"));
         let agent = &set.pods[1];
         assert_eq!(agent.namespace, "default");
@@ -1064,10 +1141,13 @@ items:
         assert_eq!(set.services[0].cluster_ips.len(), 2);
         assert_eq!(set.services[0].selector["app"], "web");
         assert!(set.services[1].cluster_ips.is_empty());
-        assert_eq!(set.nodes[0].addresses, [
-            "192.168.1.10".parse::<IpAddr>().unwrap(),
-            "203.0.113.7".parse().unwrap()
-        ]);
+        assert_eq!(
+            set.nodes[0].addresses,
+            [
+                "192.168.1.10".parse::<IpAddr>().unwrap(),
+                "203.0.113.7".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -1084,7 +1164,10 @@ items:
         assert_eq!(zone.namespace_selector, Some(Default::default()));
         let selector = zone.pod_selector.as_ref().unwrap();
         assert_eq!(selector.match_labels["app"], "db");
-        assert_eq!(selector.match_expressions[0].operator, SelectorOperator::NotIn);
+        assert_eq!(
+            selector.match_expressions[0].operator,
+            SelectorOperator::NotIn
+        );
         assert_eq!(selector.match_expressions[0].values, ["dev"]);
     }
 
@@ -1095,11 +1178,17 @@ items:
         assert_eq!(issues.len(), 1, "{issues:#?}");
         assert_eq!(issues[0].object, "document 3");
         assert!(issues[0].reason.starts_with("invalid YAML"), "{issues:?}");
-        assert!(issues[0].reason.contains("at line 7 column 11"), "{issues:?}");
+        assert!(
+            issues[0].reason.contains("at line 7 column 11"),
+            "{issues:?}"
+        );
 
         let issues = issues_of("kind: Zone\n  bad: indentation\n");
         assert_eq!(issues[0].object, "document 1");
-        assert!(issues[0].reason.contains("at line 2 column 6"), "{issues:?}");
+        assert!(
+            issues[0].reason.contains("at line 2 column 6"),
+            "{issues:?}"
+        );
         assert_eq!(
             issues[0].to_string(),
             "document 1: invalid YAML: mapping values are not allowed in this context at line 2 \
@@ -1117,56 +1206,134 @@ items:
     #[test]
     fn document_that_is_not_an_object() {
         let issues = issues_of("- a\n- b\n");
-        assert_issue(&issues, "document 1", "", "expected an object (a mapping with apiVersion, kind and metadata), found a list");
+        assert_issue(
+            &issues,
+            "document 1",
+            "",
+            "expected an object (a mapping with apiVersion, kind and metadata), found a list",
+        );
     }
 
     #[test]
     fn missing_or_odd_kind() {
         let issues = issues_of("apiVersion: v1\nmetadata: {name: x}\n---\nkind: 5\n");
-        assert_issue(&issues, "document 1", "kind", "missing; every object needs apiVersion and kind");
-        assert_issue(&issues, "document 2", "kind", "must be a string, found the number 5");
+        assert_issue(
+            &issues,
+            "document 1",
+            "kind",
+            "missing; every object needs apiVersion and kind",
+        );
+        assert_issue(
+            &issues,
+            "document 2",
+            "kind",
+            "must be a string, found the number 5",
+        );
     }
 
     #[test]
     fn unknown_kind_is_named() {
         let issues = issues_of("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n");
-        let issue = assert_issue(&issues, "Deployment/web", "kind", "unknown kind \"Deployment\" (apiVersion apps/v1)");
+        let issue = assert_issue(
+            &issues,
+            "Deployment/web",
+            "kind",
+            "unknown kind \"Deployment\" (apiVersion apps/v1)",
+        );
         assert_eq!(issue.location.as_deref(), Some("document 1"));
-        assert!(issue.to_string().starts_with("Deployment/web (document 1): kind: unknown kind"), "{issue}");
+        assert!(
+            issue
+                .to_string()
+                .starts_with("Deployment/web (document 1): kind: unknown kind"),
+            "{issue}"
+        );
     }
 
     #[test]
     fn list_items_must_be_a_list() {
         let issues = issues_of("apiVersion: v1\nkind: List\nitems: {a: b}\n");
-        assert_issue(&issues, "document 1", "items", "a List's items must be a list of objects, found a mapping");
-        let issues = issues_of("apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Secret, metadata: {name: s}}\n");
+        assert_issue(
+            &issues,
+            "document 1",
+            "items",
+            "a List's items must be a list of objects, found a mapping",
+        );
+        let issues = issues_of(
+            "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Secret, metadata: {name: s}}\n",
+        );
         let issue = assert_issue(&issues, "Secret/s", "kind", "unknown kind");
         assert_eq!(issue.location.as_deref(), Some("document 1, items[0]"));
     }
 
     #[test]
     fn api_versions() {
-        let issues = issues_of("kind: Zone\nmetadata: {name: a}\nspec: {podSelector: {}}\n---\napiVersion: zonewall.dev/v1\nkind: Zone\nmetadata: {name: b}\nspec: {podSelector: {}}\n---\napiVersion: v2\nkind: Pod\nmetadata: {name: c}\n");
-        assert_issue(&issues, "Zone/a", "apiVersion", "missing; use apiVersion: zonewall.dev/v1alpha1");
-        assert_issue(&issues, "Zone/b", "apiVersion", "\"zonewall.dev/v1\" is not supported; use zonewall.dev/v1alpha1");
-        assert_issue(&issues, "Pod/default/c", "apiVersion", "\"v2\" is not supported for this kind; use v1");
+        let issues = issues_of(
+            "kind: Zone\nmetadata: {name: a}\nspec: {podSelector: {}}\n---\napiVersion: zonewall.dev/v1\nkind: Zone\nmetadata: {name: b}\nspec: {podSelector: {}}\n---\napiVersion: v2\nkind: Pod\nmetadata: {name: c}\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/a",
+            "apiVersion",
+            "missing; use apiVersion: zonewall.dev/v1alpha1",
+        );
+        assert_issue(
+            &issues,
+            "Zone/b",
+            "apiVersion",
+            "\"zonewall.dev/v1\" is not supported; use zonewall.dev/v1alpha1",
+        );
+        assert_issue(
+            &issues,
+            "Pod/default/c",
+            "apiVersion",
+            "\"v2\" is not supported for this kind; use v1",
+        );
         // Core kinds without apiVersion are accepted (hand-written files).
         parse("kind: Pod\nmetadata: {name: x}\n").unwrap();
     }
 
     #[test]
     fn names_are_required() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nspec: {podSelector: {}}\n---\nkind: Pod\nmetadata: {name: \"\"}\n---\nkind: Node\nmetadata: {name: [a]}\n---\nkind: Namespace\nmetadata: 5\n");
-        assert_issue(&issues, "document 1", "metadata.name", "missing; every Zone needs a name");
-        assert_issue(&issues, "document 2", "metadata.name", "empty; every Pod needs a name");
-        assert_issue(&issues, "document 3", "metadata.name", "must be a string, found a list");
-        assert_issue(&issues, "document 4", "metadata", "must be a mapping, found the number 5");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nspec: {podSelector: {}}\n---\nkind: Pod\nmetadata: {name: \"\"}\n---\nkind: Node\nmetadata: {name: [a]}\n---\nkind: Namespace\nmetadata: 5\n",
+        );
+        assert_issue(
+            &issues,
+            "document 1",
+            "metadata.name",
+            "missing; every Zone needs a name",
+        );
+        assert_issue(
+            &issues,
+            "document 2",
+            "metadata.name",
+            "empty; every Pod needs a name",
+        );
+        assert_issue(
+            &issues,
+            "document 3",
+            "metadata.name",
+            "must be a string, found a list",
+        );
+        assert_issue(
+            &issues,
+            "document 4",
+            "metadata",
+            "must be a mapping, found the number 5",
+        );
     }
 
     #[test]
     fn zone_must_not_have_a_namespace() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z, namespace: prod}\nspec: {podSelector: {}}\n");
-        assert_issue(&issues, "Zone/z", "metadata.namespace", "a Zone is cluster scoped and has no namespace (found \"prod\")");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z, namespace: prod}\nspec: {podSelector: {}}\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "metadata.namespace",
+            "a Zone is cluster scoped and has no namespace (found \"prod\")",
+        );
     }
 
     #[test]
@@ -1174,113 +1341,354 @@ items:
         let issues = issues_of(&with_zones(
             "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: p}\nspce: {}\nspec:\n  from: [dmz]\n  to: [db]\n  action: Allow\n  prots: []\n  ports: [{protocol: TCP, prot: 80}]\n  zzzzzzzz: 1\n",
         ));
-        assert_issue(&issues, "ZonePolicy/p", "spce", "unknown field `spce`; did you mean `spec`?");
-        assert_issue(&issues, "ZonePolicy/p", "spec.prots", "unknown field `prots`; did you mean `ports`? known fields are `from`, `to`, `ports`, `action`, `priority`, `mode`");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].prot", "unknown field `prot`; did you mean `port`?");
-        let far = assert_issue(&issues, "ZonePolicy/p", "spec.zzzzzzzz", "unknown field `zzzzzzzz`; known fields");
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spce",
+            "unknown field `spce`; did you mean `spec`?",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.prots",
+            "unknown field `prots`; did you mean `ports`? known fields are `from`, `to`, `ports`, `action`, `priority`, `mode`",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[0].prot",
+            "unknown field `prot`; did you mean `port`?",
+        );
+        let far = assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.zzzzzzzz",
+            "unknown field `zzzzzzzz`; known fields",
+        );
         assert!(!far.reason.contains("did you mean"));
 
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podselector: {}\n  networks: []\n");
-        assert_issue(&issues, "Zone/z", "spec.podselector", "did you mean `podSelector`?");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podselector: {}\n  networks: []\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.podselector",
+            "did you mean `podSelector`?",
+        );
     }
 
     #[test]
     fn unknown_fields_in_selectors_have_full_paths() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchExpressions:\n      - {key: a, operater: In, values: [x]}\n  namespaceSelector: {matchLabel: {a: b}}\n");
-        assert_issue(&issues, "Zone/z", "spec.podSelector.matchExpressions[0].operater", "unknown field `operater`");
-        assert_issue(&issues, "Zone/z", "spec.namespaceSelector.matchLabel", "unknown field `matchLabel`");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchExpressions:\n      - {key: a, operater: In, values: [x]}\n  namespaceSelector: {matchLabel: {a: b}}\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.podSelector.matchExpressions[0].operater",
+            "unknown field `operater`",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.namespaceSelector.matchLabel",
+            "unknown field `matchLabel`",
+        );
     }
 
     #[test]
     fn selector_type_errors_and_operators() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchLabels: {tier: 1}\n  namespaceSelector:\n    matchExpressions: [{key: a, operator: in, values: [x]}]\n");
-        assert_issue(&issues, "Zone/z", "spec.podSelector.matchLabels.tier", "invalid type: integer `1`, expected a string");
-        assert_issue(&issues, "Zone/z", "spec.namespaceSelector.matchExpressions[0].operator", "\"in\" is not one of In, NotIn, Exists, DoesNotExist");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  podSelector:\n    matchLabels: {tier: 1}\n  namespaceSelector:\n    matchExpressions: [{key: a, operator: in, values: [x]}]\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.podSelector.matchLabels.tier",
+            "invalid type: integer `1`, expected a string",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.namespaceSelector.matchExpressions[0].operator",
+            "\"in\" is not one of In, NotIn, Exists, DoesNotExist",
+        );
     }
 
     #[test]
     fn spec_must_be_present_and_a_mapping() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: b}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: c}\nspec: [1]\n");
-        assert_issue(&issues, "Zone/a", "spec", "missing; a Zone needs namespaceSelector/podSelector or networks");
-        assert_issue(&issues, "ZonePolicy/b", "spec", "missing; a ZonePolicy needs from, to and action");
-        assert_issue(&issues, "ZonePolicy/c", "spec", "must be a mapping, found a list");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: b}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: c}\nspec: [1]\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/a",
+            "spec",
+            "missing; a Zone needs namespaceSelector/podSelector or networks",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/b",
+            "spec",
+            "missing; a ZonePolicy needs from, to and action",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/c",
+            "spec",
+            "must be a mapping, found a list",
+        );
     }
 
     #[test]
     fn required_policy_fields() {
         let issues = issues_of(&policy("  ports: []"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.from", "missing; list the source zones, or \"*\" for every zone");
-        assert_issue(&issues, "ZonePolicy/p", "spec.to", "missing; list the destination zones");
-        assert_issue(&issues, "ZonePolicy/p", "spec.action", "missing; every ZonePolicy needs action Allow or Deny");
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.from",
+            "missing; list the source zones, or \"*\" for every zone",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.to",
+            "missing; list the destination zones",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.action",
+            "missing; every ZonePolicy needs action Allow or Deny",
+        );
         assert_eq!(issues.len(), 3);
     }
 
     #[test]
     fn enumerated_values() {
-        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: allow\n  mode: Dry\n  ports: [{protocol: tcp, port: 80}, {protocol: GRE}, {protocol: 6}]"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.action", "\"allow\" is not one of Allow, Deny (spelling is case-sensitive: write Allow)");
-        assert_issue(&issues, "ZonePolicy/p", "spec.mode", "\"Dry\" is not one of Enforce, Audit");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].protocol", "\"tcp\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6 (spelling is case-sensitive: write TCP)");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[1].protocol", "\"GRE\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[2].protocol", "must be one of TCP, UDP, SCTP, ICMP, ICMPv6, found the number 6");
+        let issues = issues_of(&policy(
+            "  from: [dmz]\n  to: [db]\n  action: allow\n  mode: Dry\n  ports: [{protocol: tcp, port: 80}, {protocol: GRE}, {protocol: 6}]",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.action",
+            "\"allow\" is not one of Allow, Deny (spelling is case-sensitive: write Allow)",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.mode",
+            "\"Dry\" is not one of Enforce, Audit",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[0].protocol",
+            "\"tcp\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6 (spelling is case-sensitive: write TCP)",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[1].protocol",
+            "\"GRE\" is not one of TCP, UDP, SCTP, ICMP, ICMPv6",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[2].protocol",
+            "must be one of TCP, UDP, SCTP, ICMP, ICMPv6, found the number 6",
+        );
     }
 
     #[test]
     fn numeric_fields() {
-        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 1.5\n  ports: [{port: https}, {port: 8.5}, {port: 99999999999}, {port: 80, endPort: [1]}]"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.priority", "must be an integer, found the number 1.5");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0].port", "must be a port number, found the string \"https\" (named ports are not supported)");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[1].port", "must be a port number, found the number 8.5");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[2].port", "port 99999999999 is out of range; ports are 1..=65535");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[3].endPort", "must be a port number, found a list");
-        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 3000000000"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.priority", "3000000000 is out of range; priority must be between");
+        let issues = issues_of(&policy(
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 1.5\n  ports: [{port: https}, {port: 8.5}, {port: 99999999999}, {port: 80, endPort: [1]}]",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.priority",
+            "must be an integer, found the number 1.5",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[0].port",
+            "must be a port number, found the string \"https\" (named ports are not supported)",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[1].port",
+            "must be a port number, found the number 8.5",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[2].port",
+            "port 99999999999 is out of range; ports are 1..=65535",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[3].endPort",
+            "must be a port number, found a list",
+        );
+        let issues = issues_of(&policy(
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 3000000000",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.priority",
+            "3000000000 is out of range; priority must be between",
+        );
     }
 
     #[test]
     fn list_fields_with_wrong_types() {
-        let issues = issues_of(&policy("  from: dmz\n  to: [db, [x]]\n  action: Allow\n  ports: {protocol: TCP}"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.from", "invalid type: string \"dmz\", expected a sequence");
-        assert_issue(&issues, "ZonePolicy/p", "spec.to[1]", "invalid type: sequence, expected a string");
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports", "must be a list of {protocol, port, endPort} entries, found a mapping");
-        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  ports: [TCP]"));
-        assert_issue(&issues, "ZonePolicy/p", "spec.ports[0]", "must be a mapping such as {protocol: TCP, port: 443}, found \"TCP\"");
+        let issues = issues_of(&policy(
+            "  from: dmz\n  to: [db, [x]]\n  action: Allow\n  ports: {protocol: TCP}",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.from",
+            "invalid type: string \"dmz\", expected a sequence",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.to[1]",
+            "invalid type: sequence, expected a string",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports",
+            "must be a list of {protocol, port, endPort} entries, found a mapping",
+        );
+        let issues = issues_of(&policy(
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  ports: [TCP]",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.ports[0]",
+            "must be a mapping such as {protocol: TCP, port: 443}, found \"TCP\"",
+        );
     }
 
     #[test]
     fn non_string_field_names() {
-        let issues = issues_of(&policy("  from: [dmz]\n  to: [db]\n  action: Allow\n  1: x"));
-        assert_issue(&issues, "ZonePolicy/p", "spec", "field names must be strings, found the number 1");
+        let issues = issues_of(&policy(
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  1: x",
+        ));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec",
+            "field names must be strings, found the number 1",
+        );
     }
 
     #[test]
     fn networks_must_be_cidrs() {
-        let issues = issues_of("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  networks: [10.0.0.0/33, 10.1.2.3, \"fd00::1\", corp]\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: y}\nspec: {networks: 10.0.0.0/8}\n");
-        assert_issue(&issues, "Zone/z", "spec.networks[0]", "\"10.0.0.0/33\" is not a CIDR; write address/prefix-length");
-        assert_issue(&issues, "Zone/z", "spec.networks[1]", "\"10.1.2.3\" is an address, not a CIDR; write 10.1.2.3/32 for a single address");
-        assert_issue(&issues, "Zone/z", "spec.networks[2]", "write fd00::1/128 for a single address");
-        assert_issue(&issues, "Zone/z", "spec.networks[3]", "\"corp\" is not a CIDR");
-        assert_issue(&issues, "Zone/y", "spec.networks", "invalid type: string \"10.0.0.0/8\", expected a sequence");
+        let issues = issues_of(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: z}\nspec:\n  networks: [10.0.0.0/33, 10.1.2.3, \"fd00::1\", corp]\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: y}\nspec: {networks: 10.0.0.0/8}\n",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.networks[0]",
+            "\"10.0.0.0/33\" is not a CIDR; write address/prefix-length",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.networks[1]",
+            "\"10.1.2.3\" is an address, not a CIDR; write 10.1.2.3/32 for a single address",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.networks[2]",
+            "write fd00::1/128 for a single address",
+        );
+        assert_issue(
+            &issues,
+            "Zone/z",
+            "spec.networks[3]",
+            "\"corp\" is not a CIDR",
+        );
+        assert_issue(
+            &issues,
+            "Zone/y",
+            "spec.networks",
+            "invalid type: string \"10.0.0.0/8\", expected a sequence",
+        );
     }
 
     #[test]
     fn addresses_must_be_ips() {
-        let issues = issues_of("kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.300, podIPs: [{ip: nope}]}\n---\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: x, clusterIPs: [y]}\n---\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: Hostname, address: n}, {type: InternalIP, address: bad}]}\n");
-        assert_issue(&issues, "Pod/x/a", "status.podIP", "\"10.0.0.300\" is not an IP address");
-        assert_issue(&issues, "Pod/x/a", "status.podIPs[0].ip", "\"nope\" is not an IP address");
-        assert_issue(&issues, "Service/default/s", "spec.clusterIP", "\"x\" is not an IP address");
-        assert_issue(&issues, "Service/default/s", "spec.clusterIPs[0]", "\"y\" is not an IP address");
-        assert_issue(&issues, "Node/n", "status.addresses[1].address", "\"bad\" is not an IP address");
+        let issues = issues_of(
+            "kind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.300, podIPs: [{ip: nope}]}\n---\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: x, clusterIPs: [y]}\n---\nkind: Node\nmetadata: {name: n}\nstatus: {addresses: [{type: Hostname, address: n}, {type: InternalIP, address: bad}]}\n",
+        );
+        assert_issue(
+            &issues,
+            "Pod/x/a",
+            "status.podIP",
+            "\"10.0.0.300\" is not an IP address",
+        );
+        assert_issue(
+            &issues,
+            "Pod/x/a",
+            "status.podIPs[0].ip",
+            "\"nope\" is not an IP address",
+        );
+        assert_issue(
+            &issues,
+            "Service/default/s",
+            "spec.clusterIP",
+            "\"x\" is not an IP address",
+        );
+        assert_issue(
+            &issues,
+            "Service/default/s",
+            "spec.clusterIPs[0]",
+            "\"y\" is not an IP address",
+        );
+        assert_issue(
+            &issues,
+            "Node/n",
+            "status.addresses[1].address",
+            "\"bad\" is not an IP address",
+        );
         assert_eq!(issues.len(), 5);
     }
 
     #[test]
     fn core_kinds_type_errors_have_paths() {
-        let issues = issues_of("kind: Pod\nmetadata: {name: a, labels: {version: 2}}\nspec: {hostNetwork: maybe}\n");
+        let issues = issues_of(
+            "kind: Pod\nmetadata: {name: a, labels: {version: 2}}\nspec: {hostNetwork: maybe}\n",
+        );
         // serde stops at the first type error of an object.
-        assert_issue(&issues, "Pod/default/a", "metadata.labels.version", "invalid type: integer `2`, expected a string");
+        assert_issue(
+            &issues,
+            "Pod/default/a",
+            "metadata.labels.version",
+            "invalid type: integer `2`, expected a string",
+        );
         let issues = issues_of("kind: Namespace\nmetadata: {name: ns, labels: [a]}\n");
-        assert_issue(&issues, "Namespace/ns", "metadata.labels", "invalid type: sequence, expected a map");
+        assert_issue(
+            &issues,
+            "Namespace/ns",
+            "metadata.labels",
+            "invalid type: sequence, expected a map",
+        );
     }
 
     #[test]
@@ -1290,14 +1698,35 @@ items:
         );
         let error = parse(&yaml).unwrap_err();
         let issues = error.issues();
-        assert_issue(issues, "ZonePolicy/p", "spec.to[0]", "does not exist; did you mean \"db\"?");
-        assert_issue(issues, "ZonePolicy/p", "spec.ports[0].endPort", "endPort 80 is lower than port 443; endPort must be >= port");
-        assert_issue(issues, "Zone/world", "spec.netwrks", "did you mean `networks`?");
+        assert_issue(
+            issues,
+            "ZonePolicy/p",
+            "spec.to[0]",
+            "does not exist; did you mean \"db\"?",
+        );
+        assert_issue(
+            issues,
+            "ZonePolicy/p",
+            "spec.ports[0].endPort",
+            "endPort 80 is lower than port 443; endPort must be >= port",
+        );
+        assert_issue(
+            issues,
+            "Zone/world",
+            "spec.netwrks",
+            "did you mean `networks`?",
+        );
         assert_issue(issues, "Deployment/d", "kind", "unknown kind");
         assert_eq!(issues.len(), 4, "{issues:#?}");
         let text = error.to_string();
-        assert!(text.starts_with("invalid policy input (4 errors):\n  - "), "{text}");
-        assert!(text.contains("ZonePolicy/p: spec.ports[0].endPort: endPort 80 is lower than port 443"), "{text}");
+        assert!(
+            text.starts_with("invalid policy input (4 errors):\n  - "),
+            "{text}"
+        );
+        assert!(
+            text.contains("ZonePolicy/p: spec.ports[0].endPort: endPort 80 is lower than port 443"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1305,6 +1734,9 @@ items:
         assert_eq!(super::edit_distance("ports", "ports"), 0);
         assert_eq!(super::edit_distance("prots", "ports"), 2);
         assert_eq!(super::edit_distance("", "abc"), 3);
-        assert_eq!(super::edit_distance("endport", "endPort".to_lowercase().as_str()), 0);
+        assert_eq!(
+            super::edit_distance("endport", "endPort".to_lowercase().as_str()),
+            0
+        );
     }
 }

@@ -381,7 +381,10 @@ mod tests {
 
         let not_within = requirement("env", SelectorOperator::NotIn, &["prod"]);
         assert!(not_within.matches(&labels(&[("env", "dev")])));
-        assert!(not_within.matches(&labels(&[])), "absent label satisfies NotIn");
+        assert!(
+            not_within.matches(&labels(&[])),
+            "absent label satisfies NotIn"
+        );
         assert!(!not_within.matches(&labels(&[("env", "prod")])));
 
         let exists = requirement("env", SelectorOperator::Exists, &[]);

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::compile::zone_id;
 use super::decode::edit_distance;
 use super::model::{
-    ANY_ZONE, LabelSelector, PolicySet, RESERVED_ZONES, SelectorOperator, Zone,
-    ZonePolicy, is_reserved_zone,
+    ANY_ZONE, LabelSelector, PolicySet, RESERVED_ZONES, SelectorOperator, Zone, ZonePolicy,
+    is_reserved_zone,
 };
 use super::{Issue, PolicyError};
 
@@ -26,11 +26,19 @@ pub fn validate(set: &PolicySet) -> Result<(), PolicyError> {
 
 /// Appends the problems of `set` to `issues`. `broken_zones` are zones that exist in the
 /// input but failed to decode: references to them are not reported again.
-pub(super) fn validate_into(set: &PolicySet, broken_zones: &BTreeSet<String>, issues: &mut Vec<Issue>) {
+pub(super) fn validate_into(
+    set: &PolicySet,
+    broken_zones: &BTreeSet<String>,
+    issues: &mut Vec<Issue>,
+) {
     for zone in &set.zones {
         check_zone(zone, issues);
     }
-    check_unique("Zone", set.zones.iter().map(|zone| ("", zone.name.as_str())), issues);
+    check_unique(
+        "Zone",
+        set.zones.iter().map(|zone| ("", zone.name.as_str())),
+        issues,
+    );
     check_networks_unique(set, issues);
     check_zone_ids(set, issues);
 
@@ -70,7 +78,11 @@ pub(super) fn validate_into(set: &PolicySet, broken_zones: &BTreeSet<String>, is
             .map(|service| (service.namespace.as_str(), service.name.as_str())),
         issues,
     );
-    check_unique("Node", set.nodes.iter().map(|node| ("", node.name.as_str())), issues);
+    check_unique(
+        "Node",
+        set.nodes.iter().map(|node| ("", node.name.as_str())),
+        issues,
+    );
 }
 
 /// The reason for a port number outside 1..=65535 (shared with the decoder, which sees
@@ -409,7 +421,11 @@ mod tests {
             .iter()
             .filter(|issue| issue.object == object && issue.field == field)
             .collect();
-        assert_eq!(found.len(), 1, "one issue for {object} {field} in {issues:#?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "one issue for {object} {field} in {issues:#?}"
+        );
         assert!(
             found[0].reason.contains(reason),
             "reason {:?} should contain {reason:?}",
@@ -435,18 +451,33 @@ mod tests {
     #[test]
     fn invalid_name() {
         let issues = issues_of(&zone("Bad_Name", "  podSelector: {}"));
-        assert_issue(&issues, "Zone/Bad_Name", "metadata.name", "is not a valid name");
+        assert_issue(
+            &issues,
+            "Zone/Bad_Name",
+            "metadata.name",
+            "is not a valid name",
+        );
         let issues = issues_of(
             &(base_zones() + &policy("-x", "  from: [dmz]\n  to: [db]\n  action: Allow")),
         );
-        assert_issue(&issues, "ZonePolicy/-x", "metadata.name", "is not a valid name");
+        assert_issue(
+            &issues,
+            "ZonePolicy/-x",
+            "metadata.name",
+            "is not a valid name",
+        );
     }
 
     #[test]
     fn reserved_zone_name() {
         for name in ["world", "unzoned", "host"] {
             let issues = issues_of(&zone(name, "  podSelector: {}"));
-            assert_issue(&issues, &format!("Zone/{name}"), "metadata.name", "is a reserved zone");
+            assert_issue(
+                &issues,
+                &format!("Zone/{name}"),
+                "metadata.name",
+                "is a reserved zone",
+            );
         }
     }
 
@@ -462,9 +493,19 @@ mod tests {
     #[test]
     fn zone_with_nothing() {
         let issues = issues_of(&zone("empty", "  networks: []"));
-        assert_issue(&issues, "Zone/empty", "spec", "needs namespaceSelector and/or podSelector");
+        assert_issue(
+            &issues,
+            "Zone/empty",
+            "spec",
+            "needs namespaceSelector and/or podSelector",
+        );
         let issues = issues_of(&zone("null-selector", "  podSelector:"));
-        assert_issue(&issues, "Zone/null-selector", "spec", "needs namespaceSelector");
+        assert_issue(
+            &issues,
+            "Zone/null-selector",
+            "spec",
+            "needs namespaceSelector",
+        );
     }
 
     #[test]
@@ -476,39 +517,100 @@ mod tests {
                     matchLabels: {'': x}";
         let issues = issues_of(&zone("sel", spec));
         let base = "spec.podSelector.matchExpressions";
-        assert_issue(&issues, "Zone/sel", &format!("{base}[0].values"), "operator In needs at least one value");
-        assert_issue(&issues, "Zone/sel", &format!("{base}[1].values"), "operator NotIn needs at least one value");
-        assert_issue(&issues, "Zone/sel", &format!("{base}[2].values"), "operator Exists takes no values");
-        assert_issue(&issues, "Zone/sel", &format!("{base}[3].values"), "operator DoesNotExist takes no values");
-        assert_issue(&issues, "Zone/sel", &format!("{base}[4].key"), "must not be empty");
-        assert_issue(&issues, "Zone/sel", "spec.namespaceSelector.matchLabels", "label key must not be empty");
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            &format!("{base}[0].values"),
+            "operator In needs at least one value",
+        );
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            &format!("{base}[1].values"),
+            "operator NotIn needs at least one value",
+        );
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            &format!("{base}[2].values"),
+            "operator Exists takes no values",
+        );
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            &format!("{base}[3].values"),
+            "operator DoesNotExist takes no values",
+        );
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            &format!("{base}[4].key"),
+            "must not be empty",
+        );
+        assert_issue(
+            &issues,
+            "Zone/sel",
+            "spec.namespaceSelector.matchLabels",
+            "label key must not be empty",
+        );
         assert_eq!(issues.len(), 6, "{issues:#?}");
     }
 
     #[test]
     fn empty_from_and_to() {
-        let issues = issues_of(&(base_zones() + &policy("p", "  from: []\n  to: []\n  action: Deny")));
-        assert_issue(&issues, "ZonePolicy/p", "spec.from", "is empty, so the policy would match nothing");
-        assert_issue(&issues, "ZonePolicy/p", "spec.to", "list the destination zones");
+        let issues =
+            issues_of(&(base_zones() + &policy("p", "  from: []\n  to: []\n  action: Deny")));
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.from",
+            "is empty, so the policy would match nothing",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.to",
+            "list the destination zones",
+        );
     }
 
     #[test]
     fn unknown_zone_reference_with_hint() {
         let issues = issues_of(
-            &(base_zones() + &policy("p", "  from: [dmz, \"*\", world]\n  to: [db, dbz, nowhere-at-all]\n  action: Allow")),
+            &(base_zones()
+                + &policy(
+                    "p",
+                    "  from: [dmz, \"*\", world]\n  to: [db, dbz, nowhere-at-all]\n  action: Allow",
+                )),
         );
-        assert_issue(&issues, "ZonePolicy/p", "spec.to[1]", "zone \"dbz\" does not exist; did you mean \"db\"?");
-        assert_issue(&issues, "ZonePolicy/p", "spec.to[2]", "zone \"nowhere-at-all\" does not exist; define a Zone");
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.to[1]",
+            "zone \"dbz\" does not exist; did you mean \"db\"?",
+        );
+        assert_issue(
+            &issues,
+            "ZonePolicy/p",
+            "spec.to[2]",
+            "zone \"nowhere-at-all\" does not exist; define a Zone",
+        );
         assert_eq!(issues.len(), 2);
     }
 
     #[test]
     fn reference_to_a_broken_zone_is_not_repeated() {
-        let yaml = zone("dmz", "  podSelectr: {}") + &zone("db", "  podSelector: {}")
+        let yaml = zone("dmz", "  podSelectr: {}")
+            + &zone("db", "  podSelector: {}")
             + &policy("p", "  from: [dmz]\n  to: [db]\n  action: Allow");
         let issues = issues_of(&yaml);
         assert_eq!(issues.len(), 1, "{issues:#?}");
-        assert_issue(&issues, "Zone/dmz", "spec.podSelectr", "did you mean `podSelector`?");
+        assert_issue(
+            &issues,
+            "Zone/dmz",
+            "spec.podSelectr",
+            "did you mean `podSelector`?",
+        );
     }
 
     #[test]
@@ -516,15 +618,59 @@ mod tests {
         let spec = "  from: [dmz]\n  to: [db]\n  action: Allow\n  ports:\n    - {protocol: TCP, port: 443, endPort: 80}\n    - {protocol: TCP, port: 0}\n    - {protocol: UDP, port: 70000}\n    - {protocol: TCP, port: 80, endPort: 65536}\n    - {protocol: SCTP, endPort: 90}\n    - {protocol: ICMP, port: 8}\n    - {protocol: ICMPv6, endPort: 9}\n    - {protocol: TCP, port: -1, endPort: 5}\n    - {protocol: UDP, port: 53, endPort: 53}\n    - {protocol: TCP, port: 1, endPort: 65535}";
         let issues = issues_of(&(base_zones() + &policy("p", spec)));
         let object = "ZonePolicy/p";
-        assert_issue(&issues, object, "spec.ports[0].endPort", "endPort 80 is lower than port 443; endPort must be >= port");
-        assert_issue(&issues, object, "spec.ports[1].port", "port 0 is out of range; ports are 1..=65535");
-        assert_issue(&issues, object, "spec.ports[2].port", "port 70000 is out of range");
-        assert_issue(&issues, object, "spec.ports[3].endPort", "endPort 65536 is out of range; ports are 1..=65535");
-        assert_issue(&issues, object, "spec.ports[4].endPort", "endPort 90 needs port");
-        assert_issue(&issues, object, "spec.ports[5].port", "ICMP has no ports; remove port");
-        assert_issue(&issues, object, "spec.ports[6].endPort", "ICMPv6 has no ports; remove endPort");
-        assert_issue(&issues, object, "spec.ports[7].port", "port -1 is out of range");
-        assert_eq!(issues.len(), 8, "only the port of entry 7 is reported: {issues:#?}");
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[0].endPort",
+            "endPort 80 is lower than port 443; endPort must be >= port",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[1].port",
+            "port 0 is out of range; ports are 1..=65535",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[2].port",
+            "port 70000 is out of range",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[3].endPort",
+            "endPort 65536 is out of range; ports are 1..=65535",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[4].endPort",
+            "endPort 90 needs port",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[5].port",
+            "ICMP has no ports; remove port",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[6].endPort",
+            "ICMPv6 has no ports; remove endPort",
+        );
+        assert_issue(
+            &issues,
+            object,
+            "spec.ports[7].port",
+            "port -1 is out of range",
+        );
+        assert_eq!(
+            issues.len(),
+            8,
+            "only the port of entry 7 is reported: {issues:#?}"
+        );
     }
 
     #[test]
@@ -543,10 +689,25 @@ mod tests {
             + "---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n"
             + "---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n";
         let issues = issues_of(&yaml);
-        assert_issue(&issues, "Zone/dmz", "metadata.name", "defined 2 times; each Zone must appear once");
+        assert_issue(
+            &issues,
+            "Zone/dmz",
+            "metadata.name",
+            "defined 2 times; each Zone must appear once",
+        );
         assert_issue(&issues, "ZonePolicy/p", "metadata.name", "defined 2 times");
-        assert_issue(&issues, "Pod/x/a", "metadata.name", "defined 2 times; each Pod must appear once");
-        assert_issue(&issues, "Service/default/s", "metadata.name", "defined 2 times");
+        assert_issue(
+            &issues,
+            "Pod/x/a",
+            "metadata.name",
+            "defined 2 times; each Pod must appear once",
+        );
+        assert_issue(
+            &issues,
+            "Service/default/s",
+            "metadata.name",
+            "defined 2 times",
+        );
         assert_issue(&issues, "Namespace/x", "metadata.name", "defined 2 times");
         assert_issue(&issues, "Node/n", "metadata.name", "defined 2 times");
         assert_eq!(issues.len(), 6, "{issues:#?}");
@@ -556,12 +717,29 @@ mod tests {
     fn prefix_in_two_zones() {
         let yaml = zone("corp", "  networks: [10.0.0.0/8, 192.168.0.0/16]")
             + &zone("alpha", "  networks: [10.1.2.3/8]")
-            + &zone("beta", "  networks: [10.0.0.0/8, 172.16.0.0/12, 172.16.0.0/12]");
+            + &zone(
+                "beta",
+                "  networks: [10.0.0.0/8, 172.16.0.0/12, 172.16.0.0/12]",
+            );
         let issues = issues_of(&yaml);
         // alpha sorts first and keeps the prefix; host bits do not hide the duplicate.
-        assert_issue(&issues, "Zone/beta", "spec.networks[0]", "10.0.0.0/8 is already in Zone/alpha");
-        assert_issue(&issues, "Zone/corp", "spec.networks[0]", "10.0.0.0/8 is already in Zone/alpha; a prefix can belong to one zone only");
-        assert_eq!(issues.len(), 2, "a repeat inside one zone is not an error: {issues:#?}");
+        assert_issue(
+            &issues,
+            "Zone/beta",
+            "spec.networks[0]",
+            "10.0.0.0/8 is already in Zone/alpha",
+        );
+        assert_issue(
+            &issues,
+            "Zone/corp",
+            "spec.networks[0]",
+            "10.0.0.0/8 is already in Zone/alpha; a prefix can belong to one zone only",
+        );
+        assert_eq!(
+            issues.len(),
+            2,
+            "a repeat inside one zone is not an error: {issues:#?}"
+        );
     }
 
     #[test]
@@ -580,7 +758,11 @@ mod tests {
         let yaml = zone(&first, "  podSelector: {}") + &zone(&second, "  podSelector: {}");
         let issues = issues_of(&yaml);
         assert_eq!(issues.len(), 1, "{issues:#?}");
-        let (early, late) = if first < second { (&first, &second) } else { (&second, &first) };
+        let (early, late) = if first < second {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
         assert_issue(
             &issues,
             &format!("Zone/{late}"),
@@ -592,7 +774,11 @@ mod tests {
     #[test]
     fn zone_id_collision_with_injected_hash() {
         let mut issues = Vec::new();
-        check_ids(["a", "b", "c"], |name| if name == "c" { 7 } else { 300 }, &mut issues);
+        check_ids(
+            ["a", "b", "c"],
+            |name| if name == "c" { 7 } else { 300 },
+            &mut issues,
+        );
         assert_eq!(issues.len(), 1);
         assert_issue(&issues, "Zone/b", "metadata.name", "zone id 300");
     }
@@ -624,7 +810,12 @@ mod tests {
         let mut broken = set.clone();
         broken.policies[0].to = vec!["nowhere".into()];
         let error = validate(&broken).unwrap_err();
-        assert_issue(error.issues(), "ZonePolicy/p", "spec.to[0]", "zone \"nowhere\" does not exist");
+        assert_issue(
+            error.issues(),
+            "ZonePolicy/p",
+            "spec.to[0]",
+            "zone \"nowhere\" does not exist",
+        );
     }
 
     #[test]

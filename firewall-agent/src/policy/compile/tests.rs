@@ -33,25 +33,44 @@ fn key_bytes(key: &PolicyKey) -> [u8; 16] {
 }
 
 fn prefix_matches(entry: &[u8; 16], key: &[u8; 16], bits: u32) -> bool {
-    let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u128::MAX << (128 - bits)
+    };
     u128::from_be_bytes(*entry) & mask == u128::from_be_bytes(*key) & mask
 }
 
 /// What the kernel's LPM map answers (slot 0), or the kernel default for unknown pairs.
-fn lookup(compiled: &CompiledPolicy, source: u32, destination: u32, proto: u8, port: u16) -> PolicyValue {
+fn lookup(
+    compiled: &CompiledPolicy,
+    source: u32,
+    destination: u32,
+    proto: u8,
+    port: u16,
+) -> PolicyValue {
     Lpm::new(compiled).lookup(source, destination, proto, port)
 }
 
+/// A stored key, its prefix length and its value.
+type Stored = ([u8; 16], u32, PolicyValue);
+
 /// The entries as an LPM map, grouped by pair only to keep the tests fast.
 struct Lpm {
-    by_pair: BTreeMap<(u32, u32), Vec<([u8; 16], u32, PolicyValue)>>,
+    by_pair: BTreeMap<(u32, u32), Vec<Stored>>,
 }
 
 impl Lpm {
     fn new(compiled: &CompiledPolicy) -> Self {
         let mut by_pair: BTreeMap<(u32, u32), Vec<_>> = BTreeMap::new();
         for entry in &compiled.entries {
-            let stored = key_bytes(&PolicyKey::new(0, entry.src_zone, entry.dst_zone, entry.proto, entry.port));
+            let stored = key_bytes(&PolicyKey::new(
+                0,
+                entry.src_zone,
+                entry.dst_zone,
+                entry.proto,
+                entry.port,
+            ));
             by_pair
                 .entry((entry.src_zone, entry.dst_zone))
                 .or_default()
@@ -102,11 +121,19 @@ fn audited(rule: u32, audit_rule: u32) -> PolicyValue {
 }
 
 /// The decision by ranking every policy for this one packet.
-fn naive(set: &PolicySet, source: &str, destination: &str, proto: u8, port: u16) -> (u8, String, Option<String>) {
+fn naive(
+    set: &PolicySet,
+    source: &str,
+    destination: &str,
+    proto: u8,
+    port: u16,
+) -> (u8, String, Option<String>) {
     let mut ranked: Vec<&ZonePolicy> = set.policies.iter().collect();
     ranked.sort_by(|left, right| (left.priority, &left.name).cmp(&(right.priority, &right.name)));
     let covers = |policy: &&&ZonePolicy| {
-        let side = |zones: &[String], zone: &str| zones.iter().any(|name| name == ANY_ZONE || name == zone);
+        let side = |zones: &[String], zone: &str| {
+            zones.iter().any(|name| name == ANY_ZONE || name == zone)
+        };
         side(&policy.from, source)
             && side(&policy.to, destination)
             && (policy.ports.is_empty()
@@ -121,7 +148,10 @@ fn naive(set: &PolicySet, source: &str, destination: &str, proto: u8, port: u16)
                             })
                 }))
     };
-    let enforced = ranked.iter().filter(|policy| policy.mode == Mode::Enforce).find(covers);
+    let enforced = ranked
+        .iter()
+        .filter(|policy| policy.mode == Mode::Enforce)
+        .find(covers);
     let any = ranked.iter().find(covers);
     let verdict = |policy: &ZonePolicy| match policy.action {
         Action::Allow => VERDICT_ALLOW,
@@ -154,11 +184,19 @@ fn assert_agrees(set: &PolicySet, compiled: &CompiledPolicy, ports: &[u16]) {
         for destination in &zones {
             for proto in [6u8, 17, 132, 1, 58, 47] {
                 for port in ports {
-                    let value = lpm.lookup(id(compiled, source), id(compiled, destination), proto, *port);
+                    let value = lpm.lookup(
+                        id(compiled, source),
+                        id(compiled, destination),
+                        proto,
+                        *port,
+                    );
                     let expected = naive(set, source, destination, proto, *port);
                     let audit = (value.audit == 1).then(|| rule_name(compiled, value.audit_rule));
                     let got = (value.verdict, rule_name(compiled, value.rule), audit);
-                    assert_eq!(got, expected, "{source} -> {destination} proto {proto} port {port}");
+                    assert_eq!(
+                        got, expected,
+                        "{source} -> {destination} proto {proto} port {port}"
+                    );
                     if value.audit == 0 {
                         assert_eq!(value.audit_rule, RULE_NONE);
                     }
@@ -173,13 +211,23 @@ fn assert_unique_keys(compiled: &CompiledPolicy) {
     let mut keys = std::collections::BTreeSet::new();
     for entry in &compiled.entries {
         assert!(
-            keys.insert((entry.src_zone, entry.dst_zone, entry.prefix_len, entry.proto, entry.port)),
+            keys.insert((
+                entry.src_zone,
+                entry.dst_zone,
+                entry.prefix_len,
+                entry.proto,
+                entry.port
+            )),
             "duplicate entry {entry:?}"
         );
         let bits = entry.prefix_len.saturating_sub(POLICY_PREFIX_PROTO);
         if entry.prefix_len > POLICY_PREFIX_PROTO {
             let low_mask = (1u32 << (16 - bits)) - 1;
-            assert_eq!(u32::from(entry.port) & low_mask, 0, "host bits in {entry:?}");
+            assert_eq!(
+                u32::from(entry.port) & low_mask,
+                0,
+                "host bits in {entry:?}"
+            );
         }
     }
 }
@@ -196,14 +244,19 @@ fn yaml_zones(names: &[&str]) -> String {
 }
 
 fn yaml_policy(name: &str, spec: &str) -> String {
-    format!("---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}\n")
+    format!(
+        "---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}\n"
+    )
 }
 
 fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], ips: &[&str]) -> Pod {
     Pod {
         namespace: namespace.into(),
         name: name.into(),
-        labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
         ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
         ..Pod::default()
     }
@@ -249,15 +302,34 @@ fn zone_ids_are_fnv1a_above_the_reserved_range() {
 #[test]
 fn rules_hold_reserved_ids_and_policies_in_name_order() {
     let yaml = yaml_zones(&["a"])
-        + &yaml_policy("zeta", "  from: [a]\n  to: [world]\n  action: Allow\n  priority: 1")
-        + &yaml_policy("alpha", "  from: [a]\n  to: [world]\n  action: Deny\n  mode: Audit");
+        + &yaml_policy(
+            "zeta",
+            "  from: [a]\n  to: [world]\n  action: Allow\n  priority: 1",
+        )
+        + &yaml_policy(
+            "alpha",
+            "  from: [a]\n  to: [world]\n  action: Deny\n  mode: Audit",
+        );
     let compiled = load_str(&yaml).unwrap();
-    assert_eq!(compiled.rules[&RULE_DEFAULT_INTRA_ALLOW].name, "default-allow-intra-zone");
-    assert_eq!(compiled.rules[&RULE_DEFAULT_INTER_DENY].name, "default-deny-inter-zone");
+    assert_eq!(
+        compiled.rules[&RULE_DEFAULT_INTRA_ALLOW].name,
+        "default-allow-intra-zone"
+    );
+    assert_eq!(
+        compiled.rules[&RULE_DEFAULT_INTER_DENY].name,
+        "default-deny-inter-zone"
+    );
     assert_eq!(compiled.rules[&RULE_UNKNOWN_SOURCE].name, "unknown-source");
     assert_eq!(compiled.rules[&RULE_FRAGMENT].name, "fragment");
     let alpha = &compiled.rules[&FIRST_USER_RULE_ID];
-    assert_eq!((alpha.name.as_str(), alpha.action.as_str(), alpha.mode.as_str()), ("alpha", "Deny", "Audit"));
+    assert_eq!(
+        (
+            alpha.name.as_str(),
+            alpha.action.as_str(),
+            alpha.mode.as_str()
+        ),
+        ("alpha", "Deny", "Audit")
+    );
     assert_eq!(alpha.priority, 1000);
     let zeta = &compiled.rules[&(FIRST_USER_RULE_ID + 1)];
     assert_eq!((zeta.name.as_str(), zeta.priority), ("zeta", 1));
@@ -313,7 +385,10 @@ metadata: {name: shop, labels: {env: prod}}
     assert_eq!(compiled.zones["payments"].members, ["pay/api"]);
     assert_eq!(compiled.zones["unzoned"].members, ["other/api", "pay/cron"]);
     assert_eq!(compiled.endpoints[&ip("10.0.0.1")].zone, zone_id("prod"));
-    assert_eq!(compiled.endpoints[&ip("10.0.0.2")].zone, zone_id("payments"));
+    assert_eq!(
+        compiled.endpoints[&ip("10.0.0.2")].zone,
+        zone_id("payments")
+    );
     assert_eq!(compiled.endpoints[&ip("10.0.0.3")].zone, ZONE_UNZONED);
     assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
 }
@@ -356,7 +431,12 @@ fn overlap_resolution_does_not_depend_on_input_order() {
             selector_zone("c-zone", "team", "x"),
         ],
         pods: vec![
-            pod("ns", "p1", &[("tier", "x"), ("app", "x"), ("team", "x")], &["10.0.0.1"]),
+            pod(
+                "ns",
+                "p1",
+                &[("tier", "x"), ("app", "x"), ("team", "x")],
+                &["10.0.0.1"],
+            ),
             pod("ns", "p2", &[("tier", "x"), ("team", "x")], &["10.0.0.2"]),
             pod("ns", "p3", &[("team", "x")], &["10.0.0.3"]),
         ],
@@ -370,12 +450,15 @@ fn overlap_resolution_does_not_depend_on_input_order() {
     assert_eq!(first.endpoints[&ip("10.0.0.1")].zone, zone_id("a-zone"));
     assert_eq!(first.endpoints[&ip("10.0.0.2")].zone, zone_id("b-zone"));
     assert_eq!(first.endpoints[&ip("10.0.0.3")].zone, zone_id("c-zone"));
-    assert_eq!(first.warnings, [
-        "Pod ns/p1 matches zones a-zone, b-zone, c-zone; it is placed in zone a-zone (the name \
+    assert_eq!(
+        first.warnings,
+        [
+            "Pod ns/p1 matches zones a-zone, b-zone, c-zone; it is placed in zone a-zone (the name \
          that sorts first)",
-        "Pod ns/p2 matches zones b-zone, c-zone; it is placed in zone b-zone (the name that sorts \
+            "Pod ns/p2 matches zones b-zone, c-zone; it is placed in zone b-zone (the name that sorts \
          first)",
-    ]);
+        ]
+    );
 }
 
 #[test]
@@ -394,11 +477,14 @@ fn host_network_and_finished_pods() {
     assert_eq!(compiled.zones["host"].members, ["kube-system/proxy"]);
     assert_eq!(compiled.endpoints[&ip("10.0.0.9")].zone, ZONE_UNZONED);
     assert!(compiled.zones["web"].members.is_empty());
-    assert_eq!(compiled.warnings, [
-        "Pod kube-system/proxy uses the host network: its traffic leaves from the node's address \
+    assert_eq!(
+        compiled.warnings,
+        [
+            "Pod kube-system/proxy uses the host network: its traffic leaves from the node's address \
          and is identified as zone host, not zone web",
-        "Zone/web selects no pod",
-    ]);
+            "Zone/web selects no pod",
+        ]
+    );
 }
 
 #[test]
@@ -418,12 +504,15 @@ fn endpoints_of_pods_nodes_and_their_conflicts() {
     assert_eq!(shared.zone, ZONE_UNZONED);
     assert_eq!(shared.kind.owner_key(), "pod/b/x/u2");
     assert_eq!(compiled.endpoints[&ip("fd00::5")].zone, ZONE_UNZONED);
-    assert_eq!(compiled.warnings, [
-        "IP 10.0.0.5 is claimed by Pod/b/x and Pod/b/y; Pod/b/x keeps it (nodes win over pods, \
+    assert_eq!(
+        compiled.warnings,
+        [
+            "IP 10.0.0.5 is claimed by Pod/b/x and Pod/b/y; Pod/b/x keeps it (nodes win over pods, \
          pods over services, then the name that sorts first)",
-        "IP 192.168.1.1 is claimed by Node/n1 and Pod/a/squatter; Node/n1 keeps it (nodes win \
+            "IP 192.168.1.1 is claimed by Node/n1 and Pod/a/squatter; Node/n1 keeps it (nodes win \
          over pods, pods over services, then the name that sorts first)",
-    ]);
+        ]
+    );
     assert_eq!(compiled.endpoints.len(), 4);
     let EndpointKind::Pod { node, labels, .. } = &compiled.endpoints[&ip("fd00::5")].kind else {
         panic!("a pod");
@@ -447,15 +536,24 @@ fn service_ips_take_the_zone_of_their_pods() {
     let compiled = load_str(&yaml).unwrap();
     let service = &compiled.endpoints[&ip("10.96.0.1")];
     assert_eq!(service.zone, zone_id("web"));
-    assert_eq!(service.kind, EndpointKind::Service { namespace: "shop".into(), name: "web".into() });
+    assert_eq!(
+        service.kind,
+        EndpointKind::Service {
+            namespace: "shop".into(),
+            name: "web".into()
+        }
+    );
     for missing in ["10.96.0.2", "10.96.0.3", "10.96.0.4"] {
         assert!(!compiled.endpoints.contains_key(&ip(missing)), "{missing}");
     }
-    assert_eq!(compiled.warnings, [
-        "Service shop/lonely selects no pod; its cluster IPs get no zone",
-        "Service shop/manual has no selector; its cluster IPs get no zone",
-        "Service shop/mixed selects pods of several zones (db, web); its cluster IPs get no zone",
-    ]);
+    assert_eq!(
+        compiled.warnings,
+        [
+            "Service shop/lonely selects no pod; its cluster IPs get no zone",
+            "Service shop/manual has no selector; its cluster IPs get no zone",
+            "Service shop/mixed selects pods of several zones (db, web); its cluster IPs get no zone",
+        ]
+    );
 }
 
 #[test]
@@ -472,10 +570,13 @@ fn networks_are_normalised_and_sorted() {
     ];
     assert_eq!(compiled.networks, expected);
     assert_eq!(compiled.zones["corp"].networks.len(), 3);
-    assert_eq!(compiled.warnings, [
-        "Zone/corp: spec.networks[0] 10.1.2.3/8 has host bits set; using 10.0.0.0/8",
-        "Zone/corp: spec.networks[2] 10.0.0.0/8 is listed more than once",
-    ]);
+    assert_eq!(
+        compiled.warnings,
+        [
+            "Zone/corp: spec.networks[0] 10.1.2.3/8 has host bits set; using 10.0.0.0/8",
+            "Zone/corp: spec.networks[2] 10.0.0.0/8 is listed more than once",
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,7 +587,10 @@ fn networks_are_normalised_and_sorted() {
 fn aligned_blocks_cover_exactly() {
     assert_eq!(aligned_blocks(0, 65_535), [(0, 16)]);
     assert_eq!(aligned_blocks(443, 443), [(443, 0)]);
-    assert_eq!(aligned_blocks(8080, 8090), [(8080, 3), (8088, 1), (8090, 0)]);
+    assert_eq!(
+        aligned_blocks(8080, 8090),
+        [(8080, 3), (8088, 1), (8090, 0)]
+    );
     assert_eq!(aligned_blocks(1, 65_535).len(), 16);
     let mut seed = 0x1234_5678u32;
     for _ in 0..2000 {
@@ -515,25 +619,42 @@ fn painter_gives_each_port_to_the_first_policy() {
     assert!(!painter.paint(120, 180, 2));
     assert!(painter.paint(0, 65_535, 3));
     assert!(painter.is_full());
-    assert_eq!(painter.finish(), [
-        (0, 99, Some(3)),
-        (100, 200, Some(0)),
-        (201, 300, Some(1)),
-        (301, 65_535, Some(3)),
-    ]);
+    assert_eq!(
+        painter.finish(),
+        [
+            (0, 99, Some(3)),
+            (100, 200, Some(0)),
+            (201, 300, Some(1)),
+            (301, 65_535, Some(3)),
+        ]
+    );
     let mut painter = Painter::new();
     painter.paint(5, 5, 0);
-    assert_eq!(painter.finish(), [(0, 4, None), (5, 5, Some(0)), (6, 65_535, None)]);
+    assert_eq!(
+        painter.finish(),
+        [(0, 4, None), (5, 5, Some(0)), (6, 65_535, None)]
+    );
 }
 
-const EDGE_PORTS: [u16; 17] = [0, 1, 2, 52, 53, 54, 79, 80, 81, 442, 443, 444, 8079, 8080, 8090, 8091, 65_535];
+const EDGE_PORTS: [u16; 17] = [
+    0, 1, 2, 52, 53, 54, 79, 80, 81, 442, 443, 444, 8079, 8080, 8090, 8091, 65_535,
+];
 
 #[test]
 fn port_ranges_and_protocols_follow_priority() {
     let yaml = yaml_zones(&["dmz", "db"])
-        + &yaml_policy("web", "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 10\n  ports:\n    - {protocol: TCP, port: 443}\n    - {protocol: TCP, port: 8080, endPort: 8090}\n    - {protocol: UDP, port: 53}\n    - {protocol: ICMP}")
-        + &yaml_policy("no-8085", "  from: [dmz]\n  to: [db]\n  action: Deny\n  priority: 5\n  ports: [{protocol: TCP, port: 8085}]")
-        + &yaml_policy("sctp-all", "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 20\n  ports: [{protocol: SCTP}]");
+        + &yaml_policy(
+            "web",
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 10\n  ports:\n    - {protocol: TCP, port: 443}\n    - {protocol: TCP, port: 8080, endPort: 8090}\n    - {protocol: UDP, port: 53}\n    - {protocol: ICMP}",
+        )
+        + &yaml_policy(
+            "no-8085",
+            "  from: [dmz]\n  to: [db]\n  action: Deny\n  priority: 5\n  ports: [{protocol: TCP, port: 8085}]",
+        )
+        + &yaml_policy(
+            "sctp-all",
+            "  from: [dmz]\n  to: [db]\n  action: Allow\n  priority: 20\n  ports: [{protocol: SCTP}]",
+        );
     let set = parse(&yaml).unwrap();
     let compiled = compile(&set).unwrap();
     assert_unique_keys(&compiled);
@@ -547,15 +668,34 @@ fn port_ranges_and_protocols_follow_priority() {
     assert_eq!(lookup(&compiled, dmz, db, 6, 443), allow(web));
     assert_eq!(lookup(&compiled, dmz, db, 6, 8085), deny(no_8085));
     assert_eq!(lookup(&compiled, dmz, db, 6, 8090), allow(web));
-    assert_eq!(lookup(&compiled, dmz, db, 6, 8091), deny(RULE_DEFAULT_INTER_DENY));
+    assert_eq!(
+        lookup(&compiled, dmz, db, 6, 8091),
+        deny(RULE_DEFAULT_INTER_DENY)
+    );
     assert_eq!(lookup(&compiled, dmz, db, 17, 53), allow(web));
     assert_eq!(lookup(&compiled, dmz, db, 1, 0), allow(web));
-    assert_eq!(lookup(&compiled, dmz, db, 58, 0), deny(RULE_DEFAULT_INTER_DENY));
-    assert_eq!(lookup(&compiled, dmz, db, 132, 0), allow(FIRST_USER_RULE_ID + 1));
-    assert_eq!(lookup(&compiled, db, dmz, 6, 443), deny(RULE_DEFAULT_INTER_DENY));
+    assert_eq!(
+        lookup(&compiled, dmz, db, 58, 0),
+        deny(RULE_DEFAULT_INTER_DENY)
+    );
+    assert_eq!(
+        lookup(&compiled, dmz, db, 132, 0),
+        allow(FIRST_USER_RULE_ID + 1)
+    );
+    assert_eq!(
+        lookup(&compiled, db, dmz, 6, 443),
+        deny(RULE_DEFAULT_INTER_DENY)
+    );
 
-    let pair: Vec<&PolicyEntry> = compiled.entries.iter().filter(|entry| entry.src_zone == dmz && entry.dst_zone == db).collect();
-    let pair_level: Vec<_> = pair.iter().filter(|entry| entry.prefix_len == POLICY_PREFIX_PAIR).collect();
+    let pair: Vec<&PolicyEntry> = compiled
+        .entries
+        .iter()
+        .filter(|entry| entry.src_zone == dmz && entry.dst_zone == db)
+        .collect();
+    let pair_level: Vec<_> = pair
+        .iter()
+        .filter(|entry| entry.prefix_len == POLICY_PREFIX_PAIR)
+        .collect();
     assert_eq!(pair_level.len(), 1);
     assert_eq!(pair_level[0].value, deny(RULE_DEFAULT_INTER_DENY));
     let icmp: Vec<_> = pair.iter().filter(|entry| entry.proto == 1).collect();
@@ -565,16 +705,33 @@ fn port_ranges_and_protocols_follow_priority() {
     assert_eq!(sctp.len(), 1, "a constant protocol is one /112 entry");
     assert_eq!(pair.iter().filter(|entry| entry.proto == 58).count(), 0);
     // Only the pair some policy covers has entries.
-    assert!(compiled.entries.iter().all(|entry| entry.src_zone == dmz && entry.dst_zone == db));
+    assert!(
+        compiled
+            .entries
+            .iter()
+            .all(|entry| entry.src_zone == dmz && entry.dst_zone == db)
+    );
 }
 
 #[test]
 fn every_port_of_a_partition_matches_the_ranking() {
     let yaml = yaml_zones(&["a", "b"])
-        + &yaml_policy("p1", "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 3\n  ports: [{protocol: TCP, port: 1000, endPort: 2000}, {protocol: TCP, port: 3}]")
-        + &yaml_policy("p2", "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 2\n  ports: [{protocol: TCP, port: 1500, endPort: 1501}]")
-        + &yaml_policy("p3", "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 4\n  mode: Audit\n  ports: [{protocol: TCP, port: 1, endPort: 65535}]")
-        + &yaml_policy("p4", "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 4\n  mode: Audit\n  ports: [{protocol: TCP, port: 1999, endPort: 2001}]");
+        + &yaml_policy(
+            "p1",
+            "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 3\n  ports: [{protocol: TCP, port: 1000, endPort: 2000}, {protocol: TCP, port: 3}]",
+        )
+        + &yaml_policy(
+            "p2",
+            "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 2\n  ports: [{protocol: TCP, port: 1500, endPort: 1501}]",
+        )
+        + &yaml_policy(
+            "p3",
+            "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 4\n  mode: Audit\n  ports: [{protocol: TCP, port: 1, endPort: 65535}]",
+        )
+        + &yaml_policy(
+            "p4",
+            "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 4\n  mode: Audit\n  ports: [{protocol: TCP, port: 1999, endPort: 2001}]",
+        );
     let set = parse(&yaml).unwrap();
     let compiled = compile(&set).unwrap();
     assert_unique_keys(&compiled);
@@ -583,24 +740,44 @@ fn every_port_of_a_partition_matches_the_ranking() {
     for port in 0..=65_535u16 {
         let value = lpm.lookup(a, b, 6, port);
         let (verdict, rule, audit) = naive(&set, "a", "b", 6, port);
-        assert_eq!((value.verdict, rule_name(&compiled, value.rule)), (verdict, rule), "port {port}");
-        assert_eq!((value.audit == 1).then(|| rule_name(&compiled, value.audit_rule)), audit);
+        assert_eq!(
+            (value.verdict, rule_name(&compiled, value.rule)),
+            (verdict, rule),
+            "port {port}"
+        );
+        assert_eq!(
+            (value.audit == 1).then(|| rule_name(&compiled, value.audit_rule)),
+            audit
+        );
     }
-    assert_eq!(lookup(&compiled, a, b, 6, 0), deny(RULE_DEFAULT_INTER_DENY), "port 0 is outside 1..=65535");
+    assert_eq!(
+        lookup(&compiled, a, b, 6, 0),
+        deny(RULE_DEFAULT_INTER_DENY),
+        "port 0 is outside 1..=65535"
+    );
 }
 
 #[test]
 fn protocols_equal_to_the_pair_entry_are_skipped() {
     let yaml = yaml_zones(&["a", "b"])
-        + &yaml_policy("all", "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 1")
-        + &yaml_policy("shadowed", "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 2\n  ports: [{protocol: TCP, port: 22}, {protocol: ICMP}]");
+        + &yaml_policy(
+            "all",
+            "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 1",
+        )
+        + &yaml_policy(
+            "shadowed",
+            "  from: [a]\n  to: [b]\n  action: Deny\n  priority: 2\n  ports: [{protocol: TCP, port: 22}, {protocol: ICMP}]",
+        );
     let compiled = load_str(&yaml).unwrap();
     assert_eq!(compiled.entries.len(), 1, "{:?}", compiled.entries);
     assert_eq!(compiled.entries[0].value, allow(FIRST_USER_RULE_ID));
-    assert_eq!(compiled.warnings, [
-        "ZonePolicy/shadowed never decides any traffic: policies ranked before it (lower \
+    assert_eq!(
+        compiled.warnings,
+        [
+            "ZonePolicy/shadowed never decides any traffic: policies ranked before it (lower \
          priority, or equal priority and a smaller name) cover everything it matches",
-    ]);
+        ]
+    );
 }
 
 #[test]
@@ -608,7 +785,10 @@ fn priority_ties_are_broken_by_name() {
     let yaml = yaml_zones(&["a", "b"])
         + &yaml_policy("b-allow", "  from: [a]\n  to: [b]\n  action: Allow")
         + &yaml_policy("a-deny", "  from: [a]\n  to: [b]\n  action: Deny")
-        + &yaml_policy("c-allow", "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 999");
+        + &yaml_policy(
+            "c-allow",
+            "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 999",
+        );
     let compiled = load_str(&yaml).unwrap();
     let (a, b) = (id(&compiled, "a"), id(&compiled, "b"));
     let value = lookup(&compiled, a, b, 6, 80);
@@ -625,24 +805,52 @@ fn priority_ties_are_broken_by_name() {
 #[test]
 fn intra_zone_defaults_and_overrides() {
     let yaml = yaml_zones(&["a"])
-        + &yaml_policy("lock-a", "  from: [a]\n  to: [a]\n  action: Deny\n  ports: [{protocol: TCP, port: 22}]");
+        + &yaml_policy(
+            "lock-a",
+            "  from: [a]\n  to: [a]\n  action: Deny\n  ports: [{protocol: TCP, port: 22}]",
+        );
     let compiled = load_str(&yaml).unwrap();
     let a = id(&compiled, "a");
     assert_eq!(lookup(&compiled, a, a, 6, 22), deny(FIRST_USER_RULE_ID));
-    assert_eq!(lookup(&compiled, a, a, 6, 23), allow(RULE_DEFAULT_INTRA_ALLOW));
-    assert_eq!(lookup(&compiled, a, a, 17, 22), allow(RULE_DEFAULT_INTRA_ALLOW));
-    let pair_entry = compiled.entries.iter().find(|entry| entry.prefix_len == POLICY_PREFIX_PAIR).unwrap();
+    assert_eq!(
+        lookup(&compiled, a, a, 6, 23),
+        allow(RULE_DEFAULT_INTRA_ALLOW)
+    );
+    assert_eq!(
+        lookup(&compiled, a, a, 17, 22),
+        allow(RULE_DEFAULT_INTRA_ALLOW)
+    );
+    let pair_entry = compiled
+        .entries
+        .iter()
+        .find(|entry| entry.prefix_len == POLICY_PREFIX_PAIR)
+        .unwrap();
     assert_eq!(pair_entry.value, allow(RULE_DEFAULT_INTRA_ALLOW));
 }
 
 #[test]
 fn audit_marks_without_changing_the_enforced_verdict() {
     let yaml = yaml_zones(&["a", "b"])
-        + &yaml_policy("allow-all", "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 100")
-        + &yaml_policy("stage-deny-ssh", "  from: [a]\n  to: [b]\n  action: Deny\n  mode: Audit\n  priority: 50\n  ports: [{protocol: TCP, port: 22}]")
-        + &yaml_policy("stage-deny-late", "  from: [a]\n  to: [b]\n  action: Deny\n  mode: Audit\n  priority: 200\n  ports: [{protocol: TCP, port: 80}]")
-        + &yaml_policy("stage-allow", "  from: [b]\n  to: [a]\n  action: Allow\n  mode: Audit")
-        + &yaml_policy("stage-deny-b", "  from: [b]\n  to: [b]\n  action: Deny\n  mode: Audit");
+        + &yaml_policy(
+            "allow-all",
+            "  from: [a]\n  to: [b]\n  action: Allow\n  priority: 100",
+        )
+        + &yaml_policy(
+            "stage-deny-ssh",
+            "  from: [a]\n  to: [b]\n  action: Deny\n  mode: Audit\n  priority: 50\n  ports: [{protocol: TCP, port: 22}]",
+        )
+        + &yaml_policy(
+            "stage-deny-late",
+            "  from: [a]\n  to: [b]\n  action: Deny\n  mode: Audit\n  priority: 200\n  ports: [{protocol: TCP, port: 80}]",
+        )
+        + &yaml_policy(
+            "stage-allow",
+            "  from: [b]\n  to: [a]\n  action: Allow\n  mode: Audit",
+        )
+        + &yaml_policy(
+            "stage-deny-b",
+            "  from: [b]\n  to: [b]\n  action: Deny\n  mode: Audit",
+        );
     let set = parse(&yaml).unwrap();
     let compiled = compile(&set).unwrap();
     assert_agrees(&set, &compiled, &[0, 21, 22, 23, 80, 443]);
@@ -651,23 +859,52 @@ fn audit_marks_without_changing_the_enforced_verdict() {
     let stage_deny_b = FIRST_USER_RULE_ID + 2;
     let stage_deny_ssh = FIRST_USER_RULE_ID + 4;
     // Audit deny ranked before the enforced allow: marked.
-    assert_eq!(lookup(&compiled, a, b, 6, 22), audited(allow_all, stage_deny_ssh));
+    assert_eq!(
+        lookup(&compiled, a, b, 6, 22),
+        audited(allow_all, stage_deny_ssh)
+    );
     // Audit deny ranked after the enforced allow: the allow decides both ways.
     assert_eq!(lookup(&compiled, a, b, 6, 80), allow(allow_all));
     assert_eq!(lookup(&compiled, a, b, 17, 22), allow(allow_all));
     // An Audit allow never opens anything.
-    assert_eq!(lookup(&compiled, b, a, 6, 22), deny(RULE_DEFAULT_INTER_DENY));
+    assert_eq!(
+        lookup(&compiled, b, a, 6, 22),
+        deny(RULE_DEFAULT_INTER_DENY)
+    );
     // Audit deny over the intra-zone default allow.
-    assert_eq!(lookup(&compiled, b, b, 17, 53), audited(RULE_DEFAULT_INTRA_ALLOW, stage_deny_b));
-    assert!(compiled.warnings.iter().any(|warning| warning.contains("stage-deny-late never decides")), "{:?}", compiled.warnings);
-    assert!(!compiled.warnings.iter().any(|warning| warning.contains("stage-allow ")), "{:?}", compiled.warnings);
+    assert_eq!(
+        lookup(&compiled, b, b, 17, 53),
+        audited(RULE_DEFAULT_INTRA_ALLOW, stage_deny_b)
+    );
+    assert!(
+        compiled
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("stage-deny-late never decides")),
+        "{:?}",
+        compiled.warnings
+    );
+    assert!(
+        !compiled
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("stage-allow ")),
+        "{:?}",
+        compiled.warnings
+    );
 }
 
 #[test]
 fn wildcards_expand_to_every_zone_including_reserved() {
     let yaml = yaml_zones(&["a", "b"])
-        + &yaml_policy("to-b", "  from: [\"*\"]\n  to: [b]\n  action: Allow\n  ports: [{protocol: TCP, port: 443}]")
-        + &yaml_policy("a-out", "  from: [a]\n  to: [\"*\", world]\n  action: Allow\n  ports: [{protocol: UDP, port: 53}]");
+        + &yaml_policy(
+            "to-b",
+            "  from: [\"*\"]\n  to: [b]\n  action: Allow\n  ports: [{protocol: TCP, port: 443}]",
+        )
+        + &yaml_policy(
+            "a-out",
+            "  from: [a]\n  to: [\"*\", world]\n  action: Allow\n  ports: [{protocol: UDP, port: 53}]",
+        );
     let set = parse(&yaml).unwrap();
     let compiled = compile(&set).unwrap();
     assert_unique_keys(&compiled);
@@ -676,19 +913,46 @@ fn wildcards_expand_to_every_zone_including_reserved() {
     let a = id(&compiled, "a");
     for source in ["world", "unzoned", "host", "a", "b"] {
         let source = id(&compiled, source);
-        assert_eq!(lookup(&compiled, source, b, 6, 443), allow(FIRST_USER_RULE_ID + 1));
-        assert!(compiled.entries.iter().any(|entry| entry.src_zone == source && entry.dst_zone == b));
+        assert_eq!(
+            lookup(&compiled, source, b, 6, 443),
+            allow(FIRST_USER_RULE_ID + 1)
+        );
+        assert!(
+            compiled
+                .entries
+                .iter()
+                .any(|entry| entry.src_zone == source && entry.dst_zone == b)
+        );
     }
     for destination in ["world", "unzoned", "host", "a", "b"] {
         let destination = id(&compiled, destination);
-        assert_eq!(lookup(&compiled, a, destination, 17, 53), allow(FIRST_USER_RULE_ID));
+        assert_eq!(
+            lookup(&compiled, a, destination, 17, 53),
+            allow(FIRST_USER_RULE_ID)
+        );
     }
-    let pairs: std::collections::BTreeSet<(u32, u32)> = compiled.entries.iter().map(|entry| (entry.src_zone, entry.dst_zone)).collect();
+    let pairs: std::collections::BTreeSet<(u32, u32)> = compiled
+        .entries
+        .iter()
+        .map(|entry| (entry.src_zone, entry.dst_zone))
+        .collect();
     assert_eq!(pairs.len(), 5 + 5 - 1);
 
-    let any = load_str(&(yaml_zones(&["a"]) + &yaml_policy("any", "  from: [\"*\"]\n  to: [\"*\"]\n  action: Deny"))).unwrap();
-    assert_eq!(any.entries.len(), 16, "every pair of 4 zones, one entry each");
-    assert!(any.entries.iter().all(|entry| entry.value == deny(FIRST_USER_RULE_ID)));
+    let any = load_str(
+        &(yaml_zones(&["a"])
+            + &yaml_policy("any", "  from: [\"*\"]\n  to: [\"*\"]\n  action: Deny")),
+    )
+    .unwrap();
+    assert_eq!(
+        any.entries.len(),
+        16,
+        "every pair of 4 zones, one entry each"
+    );
+    assert!(
+        any.entries
+            .iter()
+            .all(|entry| entry.value == deny(FIRST_USER_RULE_ID))
+    );
 }
 
 /// xorshift32, so the generated inputs are the same on every run.
@@ -707,11 +971,16 @@ fn generated_set(sequence: &mut Sequence, policies: usize) -> PolicySet {
     let zone_names = ["a", "b", "c"];
     let every = ["a", "b", "c", "world", "unzoned", "host", "*"];
     let mut set = PolicySet {
-        zones: zone_names.iter().map(|name| selector_zone(name, "zone", name)).collect(),
+        zones: zone_names
+            .iter()
+            .map(|name| selector_zone(name, "zone", name))
+            .collect(),
         ..PolicySet::default()
     };
     let side = |sequence: &mut Sequence| -> Vec<String> {
-        (0..1 + sequence.next(2)).map(|_| every[sequence.next(every.len() as u32) as usize].to_string()).collect()
+        (0..1 + sequence.next(2))
+            .map(|_| every[sequence.next(every.len() as u32) as usize].to_string())
+            .collect()
     };
     for index in 0..policies {
         let mut ports = Vec::new();
@@ -721,12 +990,18 @@ fn generated_set(sequence: &mut Sequence, policies: usize) -> PolicySet {
                 let (port, end_port) = if !protocol.has_ports() || sequence.next(5) == 0 {
                     (None, None)
                 } else {
-                    let start = [1, 22, 53, 80, 443, 1000, 65_535][sequence.next(7) as usize] + sequence.next(3) as i32;
+                    let start = [1, 22, 53, 80, 443, 1000, 65_535][sequence.next(7) as usize]
+                        + sequence.next(3) as i32;
                     let start = start.min(65_535);
-                    let end = (sequence.next(2) == 0).then(|| (start + sequence.next(3000) as i32).min(65_535));
+                    let end = (sequence.next(2) == 0)
+                        .then(|| (start + sequence.next(3000) as i32).min(65_535));
                     (Some(start), end)
                 };
-                ports.push(PortRule { protocol, port, end_port });
+                ports.push(PortRule {
+                    protocol,
+                    port,
+                    end_port,
+                });
             }
         }
         set.policies.push(ZonePolicy {
@@ -734,9 +1009,17 @@ fn generated_set(sequence: &mut Sequence, policies: usize) -> PolicySet {
             from: side(sequence),
             to: side(sequence),
             ports,
-            action: if sequence.next(2) == 0 { Action::Allow } else { Action::Deny },
+            action: if sequence.next(2) == 0 {
+                Action::Allow
+            } else {
+                Action::Deny
+            },
             priority: sequence.next(4) as i32,
-            mode: if sequence.next(3) == 0 { Mode::Audit } else { Mode::Enforce },
+            mode: if sequence.next(3) == 0 {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
         });
     }
     set
@@ -772,22 +1055,40 @@ fn large_set(zones: usize, policies: usize, pods: usize) -> PolicySet {
     let mut sequence = Sequence(0x0bad_5eed);
     let zone_name = |index: usize| format!("zone-{index}");
     let mut set = PolicySet {
-        zones: (0..zones).map(|index| selector_zone(&zone_name(index), "zone", &zone_name(index))).collect(),
+        zones: (0..zones)
+            .map(|index| selector_zone(&zone_name(index), "zone", &zone_name(index)))
+            .collect(),
         ..PolicySet::default()
     };
     for index in 0..policies {
         let wildcard = index % 100 == 0;
-        let from = if wildcard { ANY_ZONE.to_string() } else { zone_name(sequence.next(zones as u32) as usize) };
+        let from = if wildcard {
+            ANY_ZONE.to_string()
+        } else {
+            zone_name(sequence.next(zones as u32) as usize)
+        };
         let to = zone_name(sequence.next(zones as u32) as usize);
         let port = 1 + sequence.next(60_000) as i32;
         set.policies.push(ZonePolicy {
             name: format!("policy-{index:05}"),
             from: vec![from],
             to: vec![to],
-            ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(port), end_port: Some(port + sequence.next(10) as i32) }],
-            action: if index % 3 == 0 { Action::Deny } else { Action::Allow },
+            ports: vec![PortRule {
+                protocol: Protocol::Tcp,
+                port: Some(port),
+                end_port: Some(port + sequence.next(10) as i32),
+            }],
+            action: if index % 3 == 0 {
+                Action::Deny
+            } else {
+                Action::Allow
+            },
             priority: sequence.next(100) as i32,
-            mode: if index % 10 == 0 { Mode::Audit } else { Mode::Enforce },
+            mode: if index % 10 == 0 {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            },
         });
     }
     for index in 0..pods {
@@ -796,7 +1097,10 @@ fn large_set(zones: usize, policies: usize, pods: usize) -> PolicySet {
         set.pods.push(Pod {
             namespace: format!("ns-{}", index % 50),
             name: format!("pod-{index}"),
-            labels: BTreeMap::from([("zone".to_string(), zone), ("app".to_string(), format!("app-{}", index % 300))]),
+            labels: BTreeMap::from([
+                ("zone".to_string(), zone),
+                ("app".to_string(), format!("app-{}", index % 300)),
+            ]),
             ips: vec![address],
             ..Pod::default()
         });
@@ -813,9 +1117,18 @@ fn a_large_input_compiles() {
     assert_unique_keys(&compiled);
     let (zone_a, zone_b) = (&set.policies[1].from[0], &set.policies[1].to[0]);
     let port = set.policies[1].ports[0].port.unwrap() as u16;
-    let value = lookup(&compiled, id(&compiled, zone_a), id(&compiled, zone_b), 6, port);
+    let value = lookup(
+        &compiled,
+        id(&compiled, zone_a),
+        id(&compiled, zone_b),
+        6,
+        port,
+    );
     let (verdict, rule, _) = naive(&set, zone_a, zone_b, 6, port);
-    assert_eq!((value.verdict, rule_name(&compiled, value.rule)), (verdict, rule));
+    assert_eq!(
+        (value.verdict, rule_name(&compiled, value.rule)),
+        (verdict, rule)
+    );
 }
 
 /// `cargo test --release -p firewall-agent --lib compiles_at_scale -- --ignored --nocapture`
@@ -833,4 +1146,3 @@ fn compiles_at_scale() {
     );
     assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
 }
-
