@@ -266,3 +266,26 @@ pub fn send_raw_frame(interface: &str, frame: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+impl Agent {
+    /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
+    pub fn wait_attached(&mut self, interface: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let attached = std::fs::read_to_string(&self.ready_file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|ready| {
+                    ready["interfaces"]
+                        .as_array()
+                        .is_some_and(|list| list.iter().any(|name| name == interface))
+                });
+            if attached {
+                return;
+            }
+            assert!(self.running(), "the agent exited:\n{}", self.logs());
+            assert!(Instant::now() < deadline, "{interface} not attached within 10 s:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
