@@ -29,6 +29,8 @@ pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const PROG_FROM_POD: &str = "zonewall_from_pod";
 /// TC egress of the host-side veth: what the pod receives.
 pub const PROG_TO_POD: &str = "zonewall_to_pod";
+/// An empty classifier (returns at once), the baseline of the per-packet benchmarks.
+pub const PROG_BASELINE: &str = "zonewall_baseline";
 
 // Default map sizes; the agent may override them at load time.
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 262_144;

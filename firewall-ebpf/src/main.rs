@@ -26,6 +26,13 @@ pub fn zonewall_to_pod(ctx: TcContext) -> i32 {
     pipeline::classify(&ctx, HOOK_TO_POD)
 }
 
+/// Returns at once: the empty program benchmarks measure zonewall against. Never attached
+/// by the agent.
+#[classifier]
+pub fn zonewall_baseline(_ctx: TcContext) -> i32 {
+    pipeline::PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
