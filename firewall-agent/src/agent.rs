@@ -14,7 +14,7 @@ use crate::config::RunArgs;
 use crate::datapath::{Datapath, MapSizes, Tuning};
 use crate::flows::{Enricher, FlowSink, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
-use crate::source::{FileSource, FileState};
+use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ struct Agent {
     tuning: Tuning,
     datapath: Datapath,
     globs: GlobSet,
-    source: Option<FileSource>,
+    source: Box<dyn PolicySource>,
     enricher: Enricher,
     sink: Option<FlowSink>,
     node_name: Option<String>,
@@ -109,35 +109,43 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-reads the policy file; an invalid or unreadable file leaves the last good policy.
+    /// Looks at the source; an invalid or unavailable input leaves the last good policy.
     fn reload(&mut self) -> Result<bool, AgentError> {
-        let Some(source) = self.source.as_mut() else {
-            return Ok(false);
-        };
-        let content = match source.poll() {
-            FileState::Unchanged => return Ok(false),
-            FileState::Unreadable(message) => {
-                tracing::error!(error = %message, "policy file unreadable; the last good policy stays enforced");
+        let source_name = self.source.describe();
+        let set = match self.source.poll() {
+            SourceUpdate::Unchanged => return Ok(false),
+            SourceUpdate::Unavailable(message) => {
+                tracing::error!(source = %source_name, error = %message, "policy source unavailable; the last good policy stays enforced");
                 return Ok(false);
             }
-            FileState::Changed(content) => content,
+            SourceUpdate::Invalid(error) => {
+                tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
+                self.source.outcome(Outcome::Rejected(&error));
+                return Ok(false);
+            }
+            SourceUpdate::Changed(set) => set,
         };
-        match policy::load_str(&content) {
-            Ok(compiled) => match self.apply(&compiled) {
-                Ok(()) => Ok(true),
-                Err(error) => {
-                    // E.g. a map too small for the new policy: the switch to the new slot
-                    // never happened, so the previous policy is still the one enforced.
-                    tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
-                    Ok(false)
-                }
-            },
+        let compiled = match policy::compile(&set) {
+            Ok(compiled) => compiled,
             Err(error) => {
-                tracing::error!(
-                    file = %source.path().display(),
-                    error = %error,
-                    "policy rejected; the last good policy stays enforced"
-                );
+                tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
+                self.source.outcome(Outcome::Rejected(&error));
+                return Ok(false);
+            }
+        };
+        match self.apply(&compiled) {
+            Ok(()) => {
+                self.source.outcome(Outcome::Applied {
+                    generation: self.generation,
+                    compiled: &compiled,
+                });
+                Ok(true)
+            }
+            Err(error) => {
+                // E.g. a map too small for the new policy: the switch to the new slot
+                // never happened, so the previous policy is still the one enforced.
+                tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
+                self.source.outcome(Outcome::Failed(error.to_string()));
                 Ok(false)
             }
         }
@@ -242,6 +250,14 @@ impl Agent {
     }
 }
 
+/// Resolves when the source announces a change; never for polled-only sources.
+async fn wait_for_changes(changes: &Option<std::sync::Arc<tokio::sync::Notify>>) {
+    match changes {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
@@ -271,7 +287,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tuning: args.tuning(),
         datapath,
         globs,
-        source: Some(FileSource::new(&config_path)),
+        source: Box::new(FileSource::new(&config_path)),
         enricher: Enricher::new(node_name.clone()),
         sink,
         node_name,
@@ -303,6 +319,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut expiry = tokio::time::interval(Duration::from_millis(agent.args.ct_gc_interval_ms));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_clock_sync = Instant::now();
+    let changes = agent.source.changes();
     tracing::info!(
         config = %config_path.display(),
         bpffs = %agent.args.bpffs.display(),
@@ -315,6 +332,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 let mut guard = guard.map_err(|source| AgentError::Io { what: "ring buffer".into(), source })?;
                 agent.drain_events(guard.get_inner_mut())?;
                 guard.clear_ready();
+            }
+            _ = wait_for_changes(&changes) => {
+                if agent.reload()? && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
             }
             _ = poll.tick() => {
                 let policy_changed = agent.reload()?;

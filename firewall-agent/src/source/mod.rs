@@ -1,6 +1,71 @@
-//! Sources of truth for the policy and the identities: the standalone file (this module);
-//! Kubernetes watchers come later.
+//! Sources of truth for the policy and the identities. The run loop (`agent`) is the same
+//! whatever the source: it polls the source (and wakes early when the source says so),
+//! compiles what changed, enforces it, and tells the source how that went (a Kubernetes
+//! source writes status conditions from it).
 
 mod file;
 
+use std::sync::Arc;
+
 pub use file::{FileSource, FileState};
+
+use crate::policy::{CompiledPolicy, PolicyError, PolicySet};
+
+/// What a look at the source found.
+#[derive(Debug)]
+pub enum SourceUpdate {
+    Unchanged,
+    /// A new input, parsed (validation and compilation happen in the run loop).
+    Changed(PolicySet),
+    /// The input changed but cannot be parsed; the last good policy stays enforced.
+    Invalid(PolicyError),
+    /// The source cannot be read right now (file missing, API unreachable).
+    Unavailable(String),
+}
+
+/// How the run loop dealt with the last `Changed` input.
+pub enum Outcome<'a> {
+    Applied {
+        generation: u32,
+        compiled: &'a CompiledPolicy,
+    },
+    Rejected(&'a PolicyError),
+    /// Valid, but the datapath could not take it (e.g. a map too small).
+    Failed(String),
+}
+
+/// A provider of policy input.
+pub trait PolicySource {
+    /// For logs: where the policy comes from.
+    fn describe(&self) -> String;
+    /// Returns what changed since the last call. Must not block.
+    fn poll(&mut self) -> SourceUpdate;
+    /// Notified when `poll` has something new, so changes apply without waiting for the
+    /// next poll tick. Sources that are only polled return None.
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// The result of applying the last input.
+    fn outcome(&mut self, _outcome: Outcome<'_>) {}
+    /// Whether the source is in sync (for readiness); polled sources always are.
+    fn synced(&self) -> bool {
+        true
+    }
+}
+
+impl PolicySource for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.path().display())
+    }
+
+    fn poll(&mut self) -> SourceUpdate {
+        match FileSource::poll(self) {
+            FileState::Unchanged => SourceUpdate::Unchanged,
+            FileState::Unreadable(message) => SourceUpdate::Unavailable(message),
+            FileState::Changed(content) => match crate::policy::parse(&content) {
+                Ok(set) => SourceUpdate::Changed(set),
+                Err(error) => SourceUpdate::Invalid(error),
+            },
+        }
+    }
+}
