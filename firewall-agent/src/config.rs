@@ -71,6 +71,9 @@ pub struct RunArgs {
     pub ct_udp_timeout: u64,
     #[arg(long, env = "ZONEWALL_CT_ICMP_TIMEOUT", default_value_t = 30)]
     pub ct_icmp_timeout: u64,
+    /// A long flow reports an update event this often, in seconds (0: never).
+    #[arg(long, env = "ZONEWALL_FLOW_UPDATE_INTERVAL", default_value_t = 60)]
+    pub flow_update_interval: u64,
     /// How often expired conntrack entries are removed (and their end reported), in ms.
     #[arg(long, env = "ZONEWALL_CT_GC_INTERVAL_MS", default_value_t = 2000)]
     pub ct_gc_interval_ms: u64,
@@ -88,6 +91,7 @@ impl RunArgs {
             tcp_established_timeout: Duration::from_secs(self.ct_tcp_timeout),
             udp_timeout: Duration::from_secs(self.ct_udp_timeout),
             icmp_timeout: Duration::from_secs(self.ct_icmp_timeout),
+            update_interval: Duration::from_secs(self.flow_update_interval),
             ..Default::default()
         }
     }

@@ -11,7 +11,7 @@
 use core::mem::size_of;
 
 /// Version of the map layouts below; part of the pin path (`<bpffs>/v<SCHEMA_VERSION>`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 // ---------------------------------------------------------------------------------------
 // Names, as the maps and programs are called in the object file and pinned under bpffs.
@@ -201,8 +201,10 @@ pub struct Config {
     pub ct_timeout_udp_ns: u64,
     pub ct_timeout_icmp_ns: u64,
     pub ct_timeout_other_ns: u64,
+    /// A long flow reports an update event this often (0: never).
+    pub update_interval_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 72);
+const _: () = assert!(size_of::<Config>() == 80);
 
 // ---------------------------------------------------------------------------------------
 // Conntrack.

@@ -157,6 +157,13 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
             && ct.state == CT_STATE_CLOSED;
         if same_owners && !expired && !reopened {
             established(ct, key, packet, run, forward);
+            if config.update_interval_ns != 0
+                && run.now.wrapping_sub(ct.last_report_ns) > config.update_interval_ns
+                && ct.flags & CT_FLAG_END_REPORTED == 0
+            {
+                ct.last_report_ns = run.now;
+                emit::flow(key, ct, &EventMeta::of(run, EVENT_UPDATE, VERDICT_ALLOW));
+            }
             if packet.fragment == Fragment::First {
                 remember_fragment(packet);
             }

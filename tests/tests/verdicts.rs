@@ -134,3 +134,32 @@ fn ring_buffer_overflow_is_counted_exactly() {
         "every event is delivered or counted as lost: delivered {delivered}, lost {lost}, suppressed {suppressed}"
     );
 }
+
+#[test]
+fn long_flows_report_periodic_updates_with_the_same_flow_id() {
+    if !privileged("long_flows_report_periodic_updates_with_the_same_flow_id") {
+        return;
+    }
+    let mut kernel = Kernel::load();
+    let compiled = firewall_agent::policy::load_str(POLICY).unwrap();
+    let tuning = firewall_agent::datapath::Tuning {
+        update_interval: std::time::Duration::from_millis(20),
+        ..Default::default()
+    };
+    kernel.apply_compiled(compiled, &tuning);
+    let mut ring = kernel.datapath.take_flow_events().unwrap();
+    let (web, app) = (ip("198.18.0.10"), ip("198.18.0.20"));
+    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, SYN).frame()), PASS);
+    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(app, web, 8080, 45000, SYN | ACK).frame()), PASS);
+    // Within the interval: no update.
+    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, ACK).frame()), PASS);
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, ACK).frame()), PASS);
+    let events = drain(&mut ring);
+    let kinds: Vec<u8> = events.iter().map(|event| event.kind).collect();
+    assert_eq!(kinds, [EVENT_START, EVENT_UPDATE], "{events:?}");
+    assert_eq!(events[0].flow_id, events[1].flow_id);
+    assert_eq!(events[1].packets, [3, 1], "three packets forward, one reply");
+    assert_eq!(events[1].tcp_flags, SYN | ACK);
+    assert_eq!(events[1].tcp_flags_reply, SYN | ACK);
+}

@@ -26,6 +26,8 @@ pub struct Tuning {
     pub udp_timeout: Duration,
     pub icmp_timeout: Duration,
     pub other_timeout: Duration,
+    /// Long flows report an update this often; zero disables updates.
+    pub update_interval: Duration,
 }
 
 impl Default for Tuning {
@@ -40,6 +42,7 @@ impl Default for Tuning {
             udp_timeout: Duration::from_secs(60),
             icmp_timeout: Duration::from_secs(30),
             other_timeout: Duration::from_secs(60),
+            update_interval: Duration::from_secs(60),
         }
     }
 }
@@ -260,6 +263,7 @@ impl Datapath {
             ct_timeout_udp_ns: nanos(tuning.udp_timeout),
             ct_timeout_icmp_ns: nanos(tuning.icmp_timeout),
             ct_timeout_other_ns: nanos(tuning.other_timeout),
+            update_interval_ns: nanos(tuning.update_interval),
         };
         self.config.set(0, config, 0).map_err(map_error(MAP_CONFIG))?;
 
