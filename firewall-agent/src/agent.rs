@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::config::RunArgs;
 use crate::datapath::{Datapath, MapSizes, Tuning};
-use crate::flows::{Enricher, FlowSink, decode};
+use crate::flows::{Dispatcher, Enricher, Record, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
 use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
 
@@ -39,11 +39,12 @@ struct Agent {
     globs: GlobSet,
     source: Box<dyn PolicySource>,
     enricher: Enricher,
-    sink: Option<FlowSink>,
+    sinks: Dispatcher,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The last input applied, to name what a new one changes.
+    last_set: Option<crate::policy::PolicySet>,
     node_name: Option<String>,
     generation: u32,
-    /// Flow records the sink failed to take.
-    records_lost: u64,
 }
 
 fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
@@ -91,6 +92,7 @@ impl Agent {
     fn apply(&mut self, compiled: &CompiledPolicy) -> Result<(), AgentError> {
         let is_local = self.is_local();
         let report = self.datapath.sync(compiled, &self.tuning, is_local)?;
+        self.metrics.sync_seconds.observe(report.duration.as_secs_f64());
         self.generation = report.generation;
         self.enricher.learn(report.generation, compiled);
         for warning in &compiled.warnings {
@@ -121,6 +123,7 @@ impl Agent {
             SourceUpdate::Invalid(error) => {
                 tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
                 self.source.outcome(Outcome::Rejected(&error));
+                self.policy_change("rejected", Vec::new(), Some(error.to_string()));
                 return Ok(false);
             }
             SourceUpdate::Changed(set) => set,
@@ -130,15 +133,29 @@ impl Agent {
             Err(error) => {
                 tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
                 self.source.outcome(Outcome::Rejected(&error));
+                self.policy_change("rejected", changed_objects(self.last_set.as_ref(), &set), Some(error.to_string()));
                 return Ok(false);
             }
         };
+        let changed = changed_objects(self.last_set.as_ref(), &set);
+        let previous_generation = self.generation;
         match self.apply(&compiled) {
             Ok(()) => {
                 self.source.outcome(Outcome::Applied {
                     generation: self.generation,
                     compiled: &compiled,
                 });
+                let record = self.enricher.policy_change(
+                    &source_name,
+                    "applied",
+                    previous_generation,
+                    self.generation,
+                    changed,
+                    None,
+                    self.source.changed_by(),
+                );
+                self.write_record(Record::PolicyChange(record));
+                self.last_set = Some(set);
                 Ok(true)
             }
             Err(error) => {
@@ -146,6 +163,7 @@ impl Agent {
                 // never happened, so the previous policy is still the one enforced.
                 tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
                 self.source.outcome(Outcome::Failed(error.to_string()));
+                self.policy_change("failed", changed, Some(error.to_string()));
                 Ok(false)
             }
         }
@@ -200,10 +218,8 @@ impl Agent {
                 continue;
             };
             let record = self.enricher.event(&event);
-            self.write_record(&record);
-        }
-        if drained > 0 {
-            self.flush_sink();
+            self.metrics.record_flow(&record);
+            self.write_record(Record::Flow(record));
         }
         Ok(drained)
     }
@@ -219,35 +235,77 @@ impl Agent {
         };
         for (key, value) in &ended {
             let record = self.enricher.expired(key, value);
-            self.write_record(&record);
-        }
-        if !ended.is_empty() {
-            self.flush_sink();
+            self.metrics.record_flow(&record);
+            self.write_record(Record::Flow(record));
         }
         Ok(())
     }
 
-    /// Writes one record; a failing sink is reported and counted, never fatal: the
-    /// datapath keeps enforcing whatever happens to the log.
-    fn write_record(&mut self, record: &crate::flows::FlowRecord) {
-        let Some(sink) = self.sink.as_mut() else {
-            return;
-        };
-        if let Err(error) = sink.write(record) {
-            self.records_lost += 1;
-            if self.records_lost.is_power_of_two() {
-                tracing::error!(%error, lost = self.records_lost, "flow records lost");
-            }
+    /// Records a rejected or failed policy input (applied ones are recorded in `reload`).
+    fn policy_change(&mut self, outcome: &'static str, changed: Vec<String>, message: Option<String>) {
+        if outcome != "applied" {
+            self.metrics.policy_rejections.inc();
         }
+        let record = self.enricher.policy_change(
+            &self.source.describe(),
+            outcome,
+            self.generation,
+            self.generation,
+            changed,
+            message,
+            self.source.changed_by(),
+        );
+        self.write_record(Record::PolicyChange(record));
     }
 
-    fn flush_sink(&mut self) {
-        if let Some(sink) = self.sink.as_mut() {
-            if let Err(error) = sink.flush() {
-                tracing::error!(%error, "flushing the flow log failed");
+    /// Mirrors counters, sink statistics and map fill levels into the metrics.
+    fn observe(&mut self) {
+        if let Ok(counters) = self.datapath.counters() {
+            self.metrics.observe(&counters, &self.sinks.stats());
+        }
+        let (endpoints, capacity) = (self.datapath.endpoint_count(), self.datapath.endpoint_capacity());
+        self.metrics.map_fill(firewall_common::MAP_ENDPOINTS, endpoints, capacity);
+        let (entries, capacity) = self.datapath.conntrack_fill();
+        self.metrics.map_fill(firewall_common::MAP_CONNTRACK, entries, capacity);
+        let (entries, capacity) = self.datapath.policy_fill();
+        self.metrics.map_fill(firewall_common::MAP_POLICY, entries, capacity);
+        self.metrics.generation.set(self.generation as i64);
+        self.metrics
+            .ready
+            .store(self.generation != 0 && self.source.synced(), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.tick();
+    }
+
+    /// Hands one record to the sinks (never blocks; each sink counts what it loses).
+    fn write_record(&mut self, record: Record) {
+        self.sinks.send(std::sync::Arc::new(record));
+    }
+}
+
+/// `Kind/name` of the zones and policies that differ between two inputs.
+fn changed_objects(old: Option<&crate::policy::PolicySet>, new: &crate::policy::PolicySet) -> Vec<String> {
+    use std::collections::BTreeMap;
+    fn index<'a, T: std::fmt::Debug>(items: &'a [T], name: impl Fn(&T) -> &str) -> BTreeMap<String, String> {
+        items.iter().map(|item| (name(item).to_owned(), format!("{item:?}"))).collect()
+    }
+    let empty = crate::policy::PolicySet::default();
+    let old = old.unwrap_or(&empty);
+    let mut changed = Vec::new();
+    for (kind, before, after) in [
+        ("Zone", index(&old.zones, |zone| &zone.name), index(&new.zones, |zone| &zone.name)),
+        (
+            "ZonePolicy",
+            index(&old.policies, |policy| &policy.name),
+            index(&new.policies, |policy| &policy.name),
+        ),
+    ] {
+        for name in before.keys().chain(after.keys()).collect::<std::collections::BTreeSet<_>>() {
+            if before.get(name) != after.get(name) {
+                changed.push(format!("{kind}/{name}"));
             }
         }
     }
+    changed
 }
 
 /// Resolves when the source announces a change; never for polled-only sources.
@@ -268,10 +326,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let globs = glob_set(&args.interfaces)?;
     let node_name = args.node_name.clone().or_else(default_node_name);
-    let sink = match &args.flow_log {
-        Some(target) => Some(FlowSink::open(target)?),
-        None => None,
-    };
+    let sinks = Dispatcher::start(
+        args.sink_specs()?,
+        node_name.clone().unwrap_or_else(|| "-".into()),
+    )?;
     let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
     let previous = datapath.config()?;
     if previous.ready != 0 {
@@ -289,10 +347,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         globs,
         source: Box::new(FileSource::new(&config_path)),
         enricher: Enricher::new(node_name.clone()),
-        sink,
+        sinks,
+        metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+        last_set: None,
         node_name,
         generation: previous.generation,
-        records_lost: 0,
         args,
     };
     // Policy before interfaces: a newly attached interface is enforced from its first packet.
@@ -320,6 +379,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_clock_sync = Instant::now();
     let changes = agent.source.changes();
+    if let Some(address) = agent.args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| AgentError::Io {
+                what: format!("binding the metrics address {address}"),
+                source,
+            })?;
+        tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
+        tracing::info!(%address, "metrics, /healthz and /readyz served");
+    }
+    agent.observe();
     tracing::info!(
         config = %config_path.display(),
         bpffs = %agent.args.bpffs.display(),
@@ -341,6 +411,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = poll.tick() => {
                 let policy_changed = agent.reload()?;
                 let interfaces_changed = agent.scan_interfaces()?;
+                agent.observe();
                 if (policy_changed || interfaces_changed) && agent.generation != 0 {
                     agent.write_ready_file()?;
                 }
@@ -372,5 +443,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         .filter(|(_, value)| *value != 0)
         .collect();
     tracing::info!(?summary, "counters at exit");
+    agent.sinks.shutdown(Duration::from_secs(3));
     Ok(())
 }

@@ -46,9 +46,18 @@ pub struct RunArgs {
     /// Comma-separated globs of host-side pod interfaces to enforce on.
     #[arg(long, env = "ZONEWALL_INTERFACES", default_value = DEFAULT_INTERFACES, value_delimiter = ',')]
     pub interfaces: Vec<String>,
-    /// Flow log: a file (appended) or `-` for stdout.
+    /// Flow log: a file (appended) or `-` for stdout, JSON lines.
     #[arg(long, env = "ZONEWALL_FLOW_LOG")]
     pub flow_log: Option<String>,
+    /// More flow sinks, as URLs (repeat the flag; space-separated in the variable):
+    /// `file:PATH?max-size=100M&keep=5`, `stdout:`, `syslog+udp://HOST:PORT`,
+    /// `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT?ca=PEM[&cert=PEM&key=PEM]`, each
+    /// with `format=json|ocsf|cef`, `fields=a,b.c`, `sample=FROM/TO=RATE,...`, `queue=N`.
+    #[arg(long = "sink", env = "ZONEWALL_SINKS", value_delimiter = ' ')]
+    pub sinks: Vec<String>,
+    /// Prometheus metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9965).
+    #[arg(long, env = "ZONEWALL_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// bpffs folder for pinned maps and links (mounted if needed).
     #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
     pub bpffs: PathBuf,
@@ -108,6 +117,9 @@ impl RunArgs {
         if self.poll_ms == 0 || self.poll_ms > 10_000 {
             return Err("--poll-ms must be between 1 and 10000".into());
         }
+        for url in &self.sinks {
+            crate::flows::SinkSpec::parse(url).map_err(|error| error.to_string())?;
+        }
         if self.ct_gc_interval_ms < 100 {
             return Err("--ct-gc-interval-ms must be at least 100".into());
         }
@@ -115,5 +127,19 @@ impl RunArgs {
             return Err("conntrack timeouts must be at least 1 second".into());
         }
         Ok(())
+    }
+}
+
+impl RunArgs {
+    /// Every configured sink: `--flow-log` first, then each `--sink`.
+    pub fn sink_specs(&self) -> Result<Vec<crate::flows::SinkSpec>, crate::flows::SinkError> {
+        let mut specs = Vec::new();
+        if let Some(target) = &self.flow_log {
+            specs.push(crate::flows::SinkSpec::flow_log(target));
+        }
+        for url in self.sinks.iter().filter(|url| !url.trim().is_empty()) {
+            specs.push(crate::flows::SinkSpec::parse(url.trim())?);
+        }
+        Ok(specs)
     }
 }

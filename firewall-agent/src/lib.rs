@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod flows;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod source;
 

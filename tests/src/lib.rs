@@ -6,4 +6,5 @@ pub mod fixtures;
 pub mod kernel;
 pub mod packet;
 pub mod reference;
+pub mod rsyslog;
 pub mod topology;

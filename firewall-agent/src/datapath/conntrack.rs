@@ -42,6 +42,7 @@ impl Datapath {
             return Ok(Vec::new());
         }
         let mut expired = Vec::new();
+        let mut seen = 0;
         for entry in self.conntrack.iter() {
             let (key, value) = match entry {
                 Ok(entry) => entry,
@@ -49,10 +50,12 @@ impl Datapath {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(error) => return Err(map_error(MAP_CONNTRACK)(error)),
             };
+            seen += 1;
             if now_ns.saturating_sub(value.last_seen_ns) > timeout_ns(&config, key.proto, value.state) {
                 expired.push((key, value));
             }
         }
+        self.conntrack_seen = seen;
         let mut unreported = Vec::new();
         for (key, value) in expired {
             // Re-check: a packet may have refreshed the entry since we read it.
@@ -81,5 +84,12 @@ impl Datapath {
             let _ = self.conntrack.remove(key);
         }
         Ok(keys.len())
+    }
+}
+
+impl Datapath {
+    /// (entries at the last ageing pass, capacity) of CONNTRACK.
+    pub fn conntrack_fill(&self) -> (usize, usize) {
+        (self.conntrack_seen, self.conntrack_capacity)
     }
 }

@@ -93,6 +93,9 @@ pub struct Datapath {
     endpoint_capacity: usize,
     network_capacity: usize,
     policy_capacity: usize,
+    conntrack_capacity: usize,
+    /// Entries seen by the last ageing pass.
+    conntrack_seen: usize,
 }
 
 impl Datapath {
@@ -147,6 +150,8 @@ impl Datapath {
             endpoint_capacity: sizes.endpoints as usize,
             network_capacity: sizes.networks as usize,
             policy_capacity: sizes.policy as usize,
+            conntrack_capacity: sizes.conntrack as usize,
+            conntrack_seen: 0,
         })
     }
 

@@ -285,4 +285,13 @@ impl Datapath {
     pub fn endpoint_count(&self) -> usize {
         self.shadow.endpoints.len()
     }
+
+    pub fn endpoint_capacity(&self) -> usize {
+        self.endpoint_capacity
+    }
+
+    /// (entries, capacity) of POLICY: both slots during a switch, one otherwise.
+    pub fn policy_fill(&self) -> (usize, usize) {
+        (self.shadow.policy.len(), self.policy_capacity)
+    }
 }

@@ -1,8 +1,13 @@
-//! Flow records: kernel events (ring buffer) and conntrack expiries become JSON records
-//! enriched with zone, pod, namespace and the policy that decided, written to a sink.
+//! Flow records: kernel events (ring buffer) and conntrack expiries become records
+//! enriched with zone, pod, namespace and the policy that decided, encoded as JSON, OCSF
+//! or CEF and written to any number of sinks (files, stdout, syslog over UDP/TCP/TLS).
 
+pub mod format;
 mod record;
 mod sink;
 
-pub use record::{Enricher, FlowRecord, Peer, decode, protocol_name, tcp_flag_names};
-pub use sink::{FlowSink, SinkError};
+pub use format::Format;
+pub use record::{
+    Enricher, FlowRecord, Peer, PolicyChangeRecord, Record, decode, protocol_name, tcp_flag_names,
+};
+pub use sink::{Dispatcher, Sampling, SinkError, SinkSpec, SinkStats, Target, TlsSettings};

@@ -32,6 +32,9 @@ pub struct Peer {
 pub struct FlowRecord {
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
+    /// Unique per record (agent start + sequence): lets a SIEM drop the duplicates a
+    /// syslog reconnect may resend.
+    pub record_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// start, end, deny, audit, update.
@@ -137,6 +140,9 @@ pub struct Enricher {
     interface_names: HashMap<u32, String>,
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     wall_offset_ns: i128,
+    /// When this enricher started (prefix of record ids) and the records made since.
+    started_ns: u64,
+    sequence: std::cell::Cell<u64>,
 }
 
 /// How many generations of rule names to keep for late events.
@@ -151,6 +157,11 @@ impl Enricher {
             owners: HashMap::new(),
             interface_names: HashMap::new(),
             wall_offset_ns: 0,
+            started_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as u64)
+                .unwrap_or_default(),
+            sequence: std::cell::Cell::new(0),
         };
         enricher.resync_clock();
         enricher
@@ -209,6 +220,43 @@ impl Enricher {
                 (*ip, owner)
             })
             .collect();
+    }
+
+    fn next_record_id(&self) -> String {
+        let sequence = self.sequence.get() + 1;
+        self.sequence.set(sequence);
+        format!("{:x}-{sequence}", self.started_ns)
+    }
+
+    /// The current wall-clock time as records write it.
+    pub fn now(&self) -> String {
+        self.wall(crate::datapath::monotonic_ns())
+    }
+
+    /// A policy-change record (into the same stream as flows, as audit events).
+    pub fn policy_change(
+        &self,
+        source: &str,
+        outcome: &'static str,
+        generation_old: u32,
+        generation_new: u32,
+        changed: Vec<String>,
+        message: Option<String>,
+        changed_by: Option<String>,
+    ) -> PolicyChangeRecord {
+        PolicyChangeRecord {
+            time: self.now(),
+            record_id: self.next_record_id(),
+            node: self.node.clone(),
+            event: "policy-change",
+            source: source.to_owned(),
+            outcome,
+            generation_old,
+            generation_new,
+            changed,
+            message,
+            changed_by,
+        }
     }
 
     /// Names an interface index (for the `interface` field).
@@ -280,6 +328,7 @@ impl Enricher {
         let is_end = event.kind == EVENT_END;
         FlowRecord {
             time: self.wall(event.time_ns),
+            record_id: self.next_record_id(),
             node: self.node.clone(),
             event: kind,
             verdict: if event.verdict == VERDICT_DENY { "deny" } else { "allow" },
@@ -341,6 +390,66 @@ impl Enricher {
         let mut record = self.event(&event);
         record.direction = "expired";
         record
+    }
+}
+
+/// A change of the enforced policy (or a rejected attempt), as an audit record.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PolicyChangeRecord {
+    pub time: String,
+    pub record_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Always `policy-change`.
+    pub event: &'static str,
+    /// Where the policy came from (a file, the Kubernetes API).
+    pub source: String,
+    /// `applied`, `rejected` or `failed`.
+    pub outcome: &'static str,
+    pub generation_old: u32,
+    pub generation_new: u32,
+    /// `Kind/name` of every object added, changed or removed.
+    pub changed: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Who made the change, when the source says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+}
+
+impl PolicyChangeRecord {
+    #[cfg(test)]
+    pub fn test_record() -> Self {
+        Self {
+            time: "2026-01-02T03:04:05.123456789Z".into(),
+            record_id: "1-1".into(),
+            node: Some("node-1".into()),
+            event: "policy-change",
+            source: "file /etc/zonewall/policy.yaml".into(),
+            outcome: "applied",
+            generation_old: 1,
+            generation_new: 2,
+            changed: vec!["ZonePolicy/a".into()],
+            message: None,
+            changed_by: None,
+        }
+    }
+}
+
+/// What the sinks carry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Flow(FlowRecord),
+    PolicyChange(PolicyChangeRecord),
+}
+
+impl Record {
+    /// The body in `format`.
+    pub fn encode(&self, format: super::format::Format, fields: &[String]) -> Vec<u8> {
+        match self {
+            Record::Flow(flow) => super::format::encode(flow, format, fields),
+            Record::PolicyChange(change) => super::format::encode_policy_change(change, format, fields),
+        }
     }
 }
 

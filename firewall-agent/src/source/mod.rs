@@ -4,6 +4,7 @@
 //! source writes status conditions from it).
 
 mod file;
+pub mod kube;
 
 use std::sync::Arc;
 
@@ -47,6 +48,10 @@ pub trait PolicySource {
     }
     /// The result of applying the last input.
     fn outcome(&mut self, _outcome: Outcome<'_>) {}
+    /// Who made the last change, when the source knows (Kubernetes managedFields).
+    fn changed_by(&self) -> Option<String> {
+        None
+    }
     /// Whether the source is in sync (for readiness); polled sources always are.
     fn synced(&self) -> bool {
         true
