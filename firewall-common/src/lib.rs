@@ -72,6 +72,9 @@ pub const RULE_DEFAULT_INTER_DENY: u32 = 2;
 pub const RULE_UNKNOWN_SOURCE: u32 = 3;
 /// A non-first fragment whose first fragment was never seen or was denied.
 pub const RULE_FRAGMENT: u32 = 4;
+/// A connection to a Service address whose pods span several zones: passed at the
+/// client's interface, judged at the destination pod's interface after the DNAT.
+pub const RULE_SERVICE_DEFERRED: u32 = 5;
 /// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
 pub const FIRST_USER_RULE_ID: u32 = 16;
 
@@ -244,6 +247,8 @@ pub const CT_FLAG_UNKNOWN: u8 = 8;
 /// The initiator saw FIN / the responder saw FIN.
 pub const CT_FLAG_FIN_INITIATOR: u8 = 16;
 pub const CT_FLAG_FIN_RESPONDER: u8 = 32;
+/// Passed for a Service whose pods span zones; the destination's hook decides.
+pub const CT_FLAG_DEFERRED: u8 = 64;
 
 /// Direction index into the per-direction counters.
 pub const DIR_FORWARD: usize = 0;
@@ -380,10 +385,11 @@ pub const COUNTER_IPV6_HEADER_CHAIN_DROPPED: u32 = 16;
 pub const COUNTER_NOT_READY_DROPPED: u32 = 17;
 pub const COUNTER_FRAGMENT_PASSED: u32 = 18;
 pub const COUNTER_ALLOWED_DEFAULT: u32 = 19;
+pub const COUNTER_SERVICE_DEFERRED: u32 = 20;
 pub const COUNTER_MAX: u32 = 32;
 
 /// Human names of the counters, indexed like `COUNTER_*` (for metrics and `status`).
-pub const COUNTER_NAMES: [&str; 20] = [
+pub const COUNTER_NAMES: [&str; 21] = [
     "allowed_new",
     "allowed_established",
     "denied_policy",
@@ -404,6 +410,7 @@ pub const COUNTER_NAMES: [&str; 20] = [
     "not_ready_dropped",
     "fragment_passed",
     "allowed_default",
+    "service_deferred",
 ];
 
 // ---------------------------------------------------------------------------------------

@@ -309,6 +309,12 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     let src_zone = if unknown_src { ZONE_UNKNOWN } else { src.zone };
     let dst_zone = if unknown_dst { ZONE_UNKNOWN } else { dst.zone };
 
+    // A Service address whose pods span zones (zone NONE): no decision can be made
+    // before kube-proxy's DNAT picks a pod; the destination pod's hook makes it.
+    if run.hook == HOOK_FROM_POD && dst.endpoint && dst.zone == ZONE_NONE && !unknown_src {
+        return defer(packet, key, ct, run, config);
+    }
+
     let mut audit = false;
     let mut audit_rule = RULE_NONE;
     let unknown = unknown_src || unknown_dst;
@@ -399,6 +405,47 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW));
     if packet.fragment == Fragment::First {
         remember_fragment(packet);
+    }
+    PASS
+}
+
+/// Tracks a deferred connection so its replies (un-DNATed to the Service address) pass,
+/// without an event: the destination's hook logs the decision.
+#[inline(never)]
+fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Config) -> i32 {
+    count(COUNTER_SERVICE_DEFERRED);
+    let mut flags = CT_FLAG_DEFERRED | CT_FLAG_END_REPORTED;
+    if run.src_is_hi {
+        flags |= CT_FLAG_INITIATOR_IS_HI;
+    }
+    ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        CT_STATE_SYN_SENT
+    } else {
+        CT_STATE_ESTABLISHED
+    };
+    ct.flow_id = 0;
+    ct.start_ns = run.now;
+    ct.last_seen_ns = run.now;
+    ct.last_report_ns = run.now;
+    ct.packets = [run.counting as u64, 0];
+    ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
+    ct.initiator_epoch = match run.src_endpoint {
+        Some(value) => value.epoch,
+        None => 0,
+    };
+    ct.responder_epoch = match run.dst_endpoint {
+        Some(value) => value.epoch,
+        None => 0,
+    };
+    ct.initiator_zone = ZONE_NONE;
+    ct.responder_zone = ZONE_NONE;
+    ct.rule = RULE_SERVICE_DEFERRED;
+    ct.audit_rule = RULE_NONE;
+    ct.generation = config.generation;
+    ct.flags = flags;
+    ct.tcp_flags = [packet.tcp_flags, 0];
+    if CONNTRACK.insert(key, &*ct, 0).is_err() {
+        count(COUNTER_CT_INSERT_FAILED);
     }
     PASS
 }

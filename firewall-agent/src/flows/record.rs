@@ -283,6 +283,7 @@ impl Enricher {
             RULE_DEFAULT_INTER_DENY => Some("default-deny-inter-zone"),
             RULE_UNKNOWN_SOURCE => Some("unknown-source"),
             RULE_FRAGMENT => Some("fragment"),
+            RULE_SERVICE_DEFERRED => Some("service-deferred"),
             RULE_NONE => Some("none"),
             _ => None,
         };

@@ -325,7 +325,7 @@ fn resolve_endpoints(
     endpoints
 }
 
-/// A Service's cluster IPs take the zone of the pods it selects, when that is one zone.
+/// A Service's cluster IPs, marked for deferral to the destination pod (see below).
 fn service_endpoints(
     input: &PolicySet,
     pod_zones: &[Option<u32>],
@@ -385,34 +385,36 @@ fn service_endpoints(
             })
             .filter_map(|index| pod_zones[*index])
             .collect();
-        match zones.len() {
-            0 => warnings.push(format!(
+        // A Service address is never judged by itself: the decision waits for kube-proxy's
+        // DNAT to pick a pod, and the destination pod's hook judges the connection by that
+        // pod's zone and port (the target port, as NetworkPolicy does). Zone NONE tells the
+        // datapath to defer.
+        if zones.is_empty() {
+            warnings.push(format!(
                 "{label} selects no pod; its cluster IPs get no zone"
-            )),
-            1 => {
-                let zone = *zones.first().unwrap_or(&ZONE_UNZONED);
-                for ip in &service.cluster_ips {
-                    claims.push((
-                        *ip,
-                        Endpoint {
-                            zone,
-                            kind: EndpointKind::Service {
-                                namespace: service.namespace.clone(),
-                                name: service.name.clone(),
-                            },
-                        },
-                    ));
-                }
-            }
-            _ => {
-                let mut names: Vec<&str> =
-                    zones.iter().map(|zone| zone_names[zone].as_str()).collect();
-                names.sort_unstable();
-                warnings.push(format!(
-                    "{label} selects pods of several zones ({}); its cluster IPs get no zone",
-                    names.join(", ")
-                ));
-            }
+            ));
+            continue;
+        }
+        if zones.len() > 1 {
+            let mut names: Vec<&str> =
+                zones.iter().map(|zone| zone_names[zone].as_str()).collect();
+            names.sort_unstable();
+            warnings.push(format!(
+                "{label} selects pods of several zones ({}); each connection is judged by the zone of the pod it reaches",
+                names.join(", ")
+            ));
+        }
+        for ip in &service.cluster_ips {
+            claims.push((
+                *ip,
+                Endpoint {
+                    zone: firewall_common::ZONE_NONE,
+                    kind: EndpointKind::Service {
+                        namespace: service.namespace.clone(),
+                        name: service.name.clone(),
+                    },
+                },
+            ));
         }
     }
     claims
