@@ -11,7 +11,7 @@
 use core::mem::size_of;
 
 /// Version of the map layouts below; part of the pin path (`<bpffs>/v<SCHEMA_VERSION>`).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 // ---------------------------------------------------------------------------------------
 // Names, as the maps and programs are called in the object file and pinned under bpffs.
@@ -95,8 +95,9 @@ pub const ENDPOINT_FLAG_LOCAL: u32 = 1;
 
 /// `ENDPOINTS` value: the identity owning an IP right now.
 ///
-/// `epoch` changes whenever the IP changes owner; conntrack entries remember the epochs
-/// of both ends, so a reused IP never inherits its previous owner's connections.
+/// `epoch` changes whenever the IP changes owner. User space removes the conntrack entries
+/// of an IP before giving it to a new owner, so a reused IP never inherits its previous
+/// owner's connections (and the per-packet path needs no identity lookup for them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointValue {
@@ -265,8 +266,10 @@ pub struct CtValue {
     /// [forward (initiator -> responder), reply].
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    pub initiator_epoch: u32,
-    pub responder_epoch: u32,
+    /// 1 when that end (initiator, responder) is an endpoint of this node: its packets
+    /// are counted at its own interface, not again at the peer's.
+    pub local: [u8; 2],
+    pub _pad: [u8; 6],
     pub initiator_zone: u32,
     pub responder_zone: u32,
     pub rule: u32,

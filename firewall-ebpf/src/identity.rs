@@ -8,8 +8,6 @@ use crate::maps::{ENDPOINTS, NETWORKS};
 #[derive(Clone, Copy)]
 pub struct Identity {
     pub zone: u32,
-    /// 0 when the address is not an endpoint.
-    pub epoch: u32,
     /// The address is in ENDPOINTS.
     pub endpoint: bool,
 }
@@ -27,7 +25,6 @@ pub fn resolve(addr: &[u8; 16], endpoint: Option<EndpointValue>) -> Identity {
     if let Some(value) = endpoint {
         return Identity {
             zone: value.zone,
-            epoch: value.epoch,
             endpoint: true,
         };
     }
@@ -37,7 +34,6 @@ pub fn resolve(addr: &[u8; 16], endpoint: Option<EndpointValue>) -> Identity {
     };
     Identity {
         zone,
-        epoch: 0,
         endpoint: false,
     }
 }

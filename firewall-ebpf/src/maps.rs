@@ -39,9 +39,11 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
 /// Per-CPU working memory of one packet's run: the parsed packet, its conntrack key and
 /// the entry being built live here because the BPF stack (512 bytes) cannot hold them.
 pub struct Scratch {
+    pub headers: crate::parse::Headers,
     pub packet: crate::parse::Packet,
-    /// The packet an ICMP error quotes.
+    /// The packet an ICMP error quotes, and its conntrack key.
     pub quoted: crate::parse::Packet,
+    pub quoted_key: CtKey,
     pub key: CtKey,
     pub ct: CtValue,
     pub run: Run,

@@ -1,8 +1,88 @@
 //! Packet parsing: Ethernet, IPv4 (options, fragments), IPv6 (extension header chain,
-//! fragments), TCP/UDP/SCTP/ICMP/ICMPv6. Every header is read with bounds-checked loads;
-//! a header that does not fit is `Malformed`, never guessed.
+//! fragments), TCP/UDP/SCTP/ICMP/ICMPv6. Headers are read straight from the packet
+//! (direct packet access, each read bounds-checked against the end of the linear data,
+//! which is pulled in first when the skb is not linear); a header that does not fit is
+//! `Malformed`, never guessed.
 use aya_ebpf::programs::TcContext;
 use firewall_common::ipv4_mapped;
+
+/// Bytes of headers copied out of the packet for parsing: Ethernet, IPv4 with options or
+/// an IPv6 extension chain, the L4 header, and an ICMP error's quote. Headers reaching
+/// beyond are not parsed (see `ParseError::HeaderChain`).
+pub const HEADER_BYTES: usize = 256;
+
+/// The first bytes of the packet, copied with one helper call into per-CPU memory. The
+/// slack after them lets a masked index read up to 16 bytes without leaving the buffer.
+#[repr(C)]
+pub struct Headers {
+    pub bytes: [u8; HEADER_BYTES + 16],
+}
+
+/// A view of the copied headers.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    headers: &'a Headers,
+    /// How many bytes were copied (the packet may be shorter than HEADER_BYTES).
+    available: usize,
+    /// Length of the whole skb.
+    pub len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// Copies the headers of `ctx` into `headers`.
+    #[inline(always)]
+    pub fn copy(ctx: &TcContext, headers: &'a mut Headers) -> Result<Self, ParseError> {
+        let len = ctx.len() as usize;
+        let available = if len >= HEADER_BYTES {
+            let Some(target) = headers.bytes.get_mut(..HEADER_BYTES) else {
+                return Err(ParseError::Malformed);
+            };
+            ctx.load_bytes(0, target).map_err(|_| ParseError::Malformed)?;
+            HEADER_BYTES
+        } else {
+            // A short packet: copy what there is (at least one byte).
+            let wanted = len & (HEADER_BYTES - 1);
+            if wanted == 0 {
+                return Err(ParseError::Malformed);
+            }
+            let Some(target) = headers.bytes.get_mut(..wanted) else {
+                return Err(ParseError::Malformed);
+            };
+            ctx.load_bytes(0, target).map_err(|_| ParseError::Malformed)?;
+            wanted
+        };
+        Ok(Self {
+            headers,
+            available,
+            len,
+        })
+    }
+
+    /// Reads a `T` at `offset`, or `Malformed` when the packet ends first; offsets
+    /// beyond the copied headers are `HeaderChain` (too deep to parse).
+    #[inline(always)]
+    pub fn read<T: Copy>(&self, offset: usize) -> Result<T, ParseError> {
+        let size = core::mem::size_of::<T>();
+        if offset + size > self.available {
+            return Err(if offset + size > HEADER_BYTES && self.len >= offset + size {
+                ParseError::HeaderChain
+            } else {
+                ParseError::Malformed
+            });
+        }
+        // The mask keeps the verifier's view of the index bounded whatever the compiler
+        // makes of the check above (a volatile read stops it from dropping the mask as
+        // redundant); with `size` <= 16 the read stays inside `bytes`.
+        // SAFETY: reading a local through a valid reference.
+        let index = unsafe { core::ptr::read_volatile(&offset) } & (HEADER_BYTES - 1);
+        if size > 16 {
+            return Err(ParseError::Malformed);
+        }
+        // SAFETY: index < HEADER_BYTES and size <= 16, so the read is inside `bytes`
+        // (HEADER_BYTES + 16 long); read_unaligned copes with any alignment.
+        Ok(unsafe { core::ptr::read_unaligned(self.headers.bytes.as_ptr().add(index).cast::<T>()) })
+    }
+}
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -65,7 +145,7 @@ pub struct Packet {
     pub fragment_id: u32,
     pub icmp: IcmpKind,
     /// Offset of the L4 header (for ICMP errors: where the quoted packet starts is l4 + 8).
-    pub l4_offset: usize,
+    pub l4_offset: u16,
     pub ipv6: bool,
 }
 
@@ -82,27 +162,23 @@ pub enum ParseError {
 }
 
 #[inline(always)]
-fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, ParseError> {
-    ctx.load::<u8>(offset).map_err(|_| ParseError::Malformed)
+fn load_u8(frame: &Frame<'_>, offset: usize) -> Result<u8, ParseError> {
+    frame.read::<u8>(offset)
 }
 
 #[inline(always)]
-fn load_be16(ctx: &TcContext, offset: usize) -> Result<u16, ParseError> {
-    ctx.load::<u16>(offset)
-        .map(u16::from_be)
-        .map_err(|_| ParseError::Malformed)
+fn load_be16(frame: &Frame<'_>, offset: usize) -> Result<u16, ParseError> {
+    frame.read::<u16>(offset).map(u16::from_be)
 }
 
 #[inline(always)]
-fn load_be32(ctx: &TcContext, offset: usize) -> Result<u32, ParseError> {
-    ctx.load::<u32>(offset)
-        .map(u32::from_be)
-        .map_err(|_| ParseError::Malformed)
+fn load_be32(frame: &Frame<'_>, offset: usize) -> Result<u32, ParseError> {
+    frame.read::<u32>(offset).map(u32::from_be)
 }
 
 /// Parses the frame into `packet` (per-CPU scratch memory, to spare the BPF stack).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
+pub fn parse(ctx: &Frame<'_>, packet: &mut Packet) -> Result<(), ParseError> {
     let ethertype = load_be16(ctx, 12)?;
     match ethertype {
         ETH_P_IP => parse_ipv4(ctx, ETH_HLEN, packet),
@@ -113,7 +189,7 @@ pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
+fn parse_ipv4(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
     let version_ihl = load_u8(ctx, offset)?;
     if version_ihl >> 4 != 4 {
         return Err(ParseError::Malformed);
@@ -127,14 +203,14 @@ fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
         return Err(ParseError::Malformed);
     }
     // The whole header, options included, must be present.
-    if (ctx.len() as usize) < offset + header_len {
+    if ctx.len < offset + header_len {
         return Err(ParseError::Malformed);
     }
     let id = load_be16(ctx, offset + 4)?;
     let flags_fragment = load_be16(ctx, offset + 6)?;
     let proto = load_u8(ctx, offset + 9)?;
-    let src: [u8; 4] = ctx.load(offset + 12).map_err(|_| ParseError::Malformed)?;
-    let dst: [u8; 4] = ctx.load(offset + 16).map_err(|_| ParseError::Malformed)?;
+    let src: [u8; 4] = ctx.read(offset + 12)?;
+    let dst: [u8; 4] = ctx.read(offset + 16)?;
     let more_fragments = flags_fragment & 0x2000 != 0;
     let fragment_offset = flags_fragment & 0x1fff;
     let fragment = if fragment_offset != 0 {
@@ -153,7 +229,7 @@ fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
     packet.fragment = fragment;
     packet.fragment_id = id as u32;
     packet.icmp = IcmpKind::NotIcmp;
-    packet.l4_offset = offset + header_len;
+    packet.l4_offset = (offset + header_len) as u16;
     packet.ipv6 = false;
     if fragment != Fragment::Later {
         parse_l4(ctx, packet)?;
@@ -162,17 +238,17 @@ fn parse_ipv4(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
+fn parse_ipv6(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(), ParseError> {
     let first = load_u8(ctx, offset)?;
     if first >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
     let mut next_header = load_u8(ctx, offset + 6)?;
-    if (ctx.len() as usize) < offset + 40 {
+    if ctx.len < offset + 40 {
         return Err(ParseError::Malformed);
     }
-    packet.src = ctx.load(offset + 8).map_err(|_| ParseError::Malformed)?;
-    packet.dst = ctx.load(offset + 24).map_err(|_| ParseError::Malformed)?;
+    packet.src = ctx.read(offset + 8)?;
+    packet.dst = ctx.read(offset + 24)?;
     let mut l4 = offset + 40;
     let mut fragment = Fragment::None;
     let mut fragment_id = 0u32;
@@ -229,7 +305,7 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
     packet.fragment = fragment;
     packet.fragment_id = fragment_id;
     packet.icmp = IcmpKind::NotIcmp;
-    packet.l4_offset = l4;
+    packet.l4_offset = l4 as u16;
     packet.ipv6 = true;
     if fragment != Fragment::Later {
         parse_l4(ctx, packet)?;
@@ -238,15 +314,15 @@ fn parse_ipv6(ctx: &TcContext, offset: usize, packet: &mut Packet) -> Result<(),
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
-    let l4 = packet.l4_offset;
+fn parse_l4(ctx: &Frame<'_>, packet: &mut Packet) -> Result<(), ParseError> {
+    let l4 = packet.l4_offset as usize;
     match packet.proto {
         IPPROTO_TCP => {
             let ports = load_be32(ctx, l4)?;
             let offset_byte = load_u8(ctx, l4 + 12)?;
             let flags = load_u8(ctx, l4 + 13)?;
             let header_len = ((offset_byte >> 4) as usize) * 4;
-            if header_len < 20 || (ctx.len() as usize) < l4 + header_len {
+            if header_len < 20 || ctx.len < l4 + header_len {
                 return Err(ParseError::Malformed);
             }
             packet.src_port = (ports >> 16) as u16;
@@ -256,7 +332,7 @@ fn parse_l4(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
         IPPROTO_UDP | IPPROTO_SCTP => {
             let ports = load_be32(ctx, l4)?;
             let min_len = if packet.proto == IPPROTO_UDP { 8 } else { 12 };
-            if (ctx.len() as usize) < l4 + min_len {
+            if ctx.len < l4 + min_len {
                 return Err(ParseError::Malformed);
             }
             packet.src_port = (ports >> 16) as u16;
@@ -264,7 +340,7 @@ fn parse_l4(ctx: &TcContext, packet: &mut Packet) -> Result<(), ParseError> {
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp_type = load_u8(ctx, l4)?;
-            if (ctx.len() as usize) < l4 + 8 {
+            if ctx.len < l4 + 8 {
                 return Err(ParseError::Malformed);
             }
             packet.icmp = classify_icmp(packet.proto, icmp_type);
@@ -304,19 +380,19 @@ fn classify_icmp(proto: u8, icmp_type: u8) -> IcmpKind {
 /// quote is not something we track; only quotes without IPv6 extension headers are
 /// followed, anything else is judged as plain ICMP.
 #[inline(always)]
-pub fn quoted_flow(ctx: &TcContext, packet: &Packet, quoted: &mut Packet) -> bool {
-    let inner = packet.l4_offset + 8;
+pub fn quoted_flow(ctx: &Frame<'_>, packet: &Packet, quoted: &mut Packet) -> bool {
+    let inner = packet.l4_offset as usize + 8;
     let l4 = if packet.ipv6 {
-        let Ok(first) = ctx.load::<u8>(inner) else {
+        let Ok(first) = ctx.read::<u8>(inner) else {
             return false;
         };
         if first >> 4 != 6 {
             return false;
         }
-        let Ok(proto) = ctx.load::<u8>(inner + 6) else {
+        let Ok(proto) = ctx.read::<u8>(inner + 6) else {
             return false;
         };
-        let (Ok(src), Ok(dst)) = (ctx.load(inner + 8), ctx.load(inner + 24)) else {
+        let (Ok(src), Ok(dst)) = (ctx.read(inner + 8), ctx.read(inner + 24)) else {
             return false;
         };
         quoted.src = src;
@@ -324,16 +400,16 @@ pub fn quoted_flow(ctx: &TcContext, packet: &Packet, quoted: &mut Packet) -> boo
         quoted.proto = proto;
         inner + 40
     } else {
-        let Ok(version_ihl) = ctx.load::<u8>(inner) else {
+        let Ok(version_ihl) = ctx.read::<u8>(inner) else {
             return false;
         };
         if version_ihl >> 4 != 4 || version_ihl & 0x0f < 5 {
             return false;
         }
-        let Ok(proto) = ctx.load::<u8>(inner + 9) else {
+        let Ok(proto) = ctx.read::<u8>(inner + 9) else {
             return false;
         };
-        let (Ok(src), Ok(dst)) = (ctx.load::<[u8; 4]>(inner + 12), ctx.load::<[u8; 4]>(inner + 16))
+        let (Ok(src), Ok(dst)) = (ctx.read::<[u8; 4]>(inner + 12), ctx.read::<[u8; 4]>(inner + 16))
         else {
             return false;
         };
@@ -344,7 +420,7 @@ pub fn quoted_flow(ctx: &TcContext, packet: &Packet, quoted: &mut Packet) -> boo
     };
     match quoted.proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            let Ok(ports) = ctx.load::<u32>(l4) else {
+            let Ok(ports) = ctx.read::<u32>(l4) else {
                 return false;
             };
             let ports = u32::from_be(ports);
@@ -352,7 +428,7 @@ pub fn quoted_flow(ctx: &TcContext, packet: &Packet, quoted: &mut Packet) -> boo
             quoted.dst_port = ports as u16;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+            let (Ok(icmp_type), Ok(id)) = (ctx.read::<u8>(l4), ctx.read::<u16>(l4 + 4)) else {
                 return false;
             };
             if classify_icmp(quoted.proto, icmp_type) != IcmpKind::Echo {

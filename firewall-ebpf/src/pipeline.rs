@@ -6,7 +6,7 @@
 //! quoted flow or a later fragment's ports). The working state lives in per-CPU scratch
 //! memory, and cold stages are separate BPF functions, to stay within the 512-byte stack.
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -18,7 +18,7 @@ use crate::{
     identity,
     maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, Run, SCRATCH, Scratch, count},
     parse::{
-        self, Fragment, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet, ParseError,
+        self, Frame, Fragment, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet, ParseError,
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
@@ -77,9 +77,9 @@ pub fn classify(ctx: &TcContext, hook: u8) -> i32 {
 }
 
 #[inline(always)]
-fn epoch_of(identity: &Option<EndpointValue>) -> u32 {
-    match identity {
-        Some(value) => value.epoch,
+fn is_local(endpoint: &Option<EndpointValue>) -> u8 {
+    match endpoint {
+        Some(value) => (value.flags & ENDPOINT_FLAG_LOCAL != 0) as u8,
         None => 0,
     }
 }
@@ -90,7 +90,8 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Early::NoConfig)?;
     // SAFETY: per-CPU scratch slot, exclusively ours while the program runs.
     let scratch = unsafe { &mut *scratch };
-    parse::parse(ctx, &mut scratch.packet)?;
+    let frame = Frame::copy(ctx, &mut scratch.headers)?;
+    parse::parse(&frame, &mut scratch.packet)?;
     if scratch.packet.icmp == IcmpKind::LinkLocal {
         return Err(Early::NeighborDiscovery);
     }
@@ -101,33 +102,20 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     }
 
     let Scratch {
+        headers: _,
         packet,
         quoted,
+        quoted_key,
         key,
         ct: new_entry,
         run,
     } = scratch;
     let packet = &*packet;
-    run.now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the context pointer is valid for the whole program run.
-    run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    run.bytes = ctx.len() as u64;
+    // The coarse clock (a few ms resolution) is plenty for timeouts and cheaper than the
+    // precise one; new flows and events take the precise time below.
+    run.now = unsafe { bpf_ktime_get_coarse_ns() };
+    run.bytes = frame.len as u64;
     run.hook = hook;
-    run.src_endpoint = identity::endpoint(&packet.src);
-    run.dst_endpoint = identity::endpoint(&packet.dst);
-    // A packet is counted once: at the hook of the pod that sent it, or, when the sender is
-    // not local, at the hook of the receiving pod.
-    run.counting = hook == HOOK_FROM_POD
-        || match run.src_endpoint {
-            Some(value) => value.flags & ENDPOINT_FLAG_LOCAL == 0,
-            None => true,
-        };
-
-    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(ctx, packet, quoted, key) {
-        count(COUNTER_ALLOWED_ESTABLISHED);
-        return Ok(PASS);
-    }
-
     run.src_is_hi = conntrack::key_into(
         key,
         &packet.src,
@@ -138,27 +126,29 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     );
     let key = &*key;
 
+    // Fast path: a tracked flow needs one lookup and no identity. Entries never outlive
+    // an owner change of their addresses: user space removes them before an address gets
+    // a new owner.
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup. Concurrent updates from other CPUs can
         // only blur counters and timestamps.
         let ct = unsafe { &mut *entry };
         let forward = run.src_is_hi == (ct.flags & CT_FLAG_INITIATOR_IS_HI != 0);
-        let (initiator, responder) = if forward {
-            (&run.src_endpoint, &run.dst_endpoint)
-        } else {
-            (&run.dst_endpoint, &run.src_endpoint)
-        };
-        let same_owners =
-            epoch_of(initiator) == ct.initiator_epoch && epoch_of(responder) == ct.responder_epoch;
-        let expired = run.now.wrapping_sub(ct.last_seen_ns)
+        let expired = run.now.saturating_sub(ct.last_seen_ns)
             > conntrack::timeout(config, packet.proto, ct.state);
         let reopened = packet.proto == IPPROTO_TCP
             && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && ct.state == CT_STATE_CLOSED;
-        if same_owners && !expired && !reopened {
+        if !expired && !reopened {
+            // Counted once: at the sender's own interface, or at the receiver's when the
+            // sender is not on this node.
+            let sender_local = if forward { ct.local[0] } else { ct.local[1] };
+            run.counting = hook == HOOK_FROM_POD || sender_local == 0;
+            // SAFETY: the context pointer is valid for the whole program run.
+            run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
             established(ct, key, packet, run, forward);
             if config.update_interval_ns != 0
-                && run.now.wrapping_sub(ct.last_report_ns) > config.update_interval_ns
+                && run.now.saturating_sub(ct.last_report_ns) > config.update_interval_ns
                 && ct.flags & CT_FLAG_END_REPORTED == 0
             {
                 ct.last_report_ns = run.now;
@@ -170,17 +160,26 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
             count(COUNTER_ALLOWED_ESTABLISHED);
             return Ok(PASS);
         }
-        if !same_owners {
-            // An address changed owner: the old owner's connection must not carry over.
-            count(COUNTER_CT_EPOCH_MISMATCH);
-        }
+        run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
         retire(key, ct, run);
+    }
+
+    run.now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the context pointer is valid for the whole program run.
+    run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    run.src_endpoint = identity::endpoint(&packet.src);
+    run.dst_endpoint = identity::endpoint(&packet.dst);
+    run.counting = hook == HOOK_FROM_POD || is_local(&run.src_endpoint) == 0;
+
+    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(&frame, packet, quoted, quoted_key) {
+        count(COUNTER_ALLOWED_ESTABLISHED);
+        return Ok(PASS);
     }
 
     Ok(new_flow(config, packet, key, new_entry, run))
 }
 
-/// Ends a stale entry (expired, reopened or of a previous owner) before its key is reused.
+/// Ends a stale entry (expired, or a TCP port reused after close) before its key is reused.
 #[inline(never)]
 fn retire(key: &CtKey, ct: &mut CtValue, run: &Run) {
     if ct.flags & CT_FLAG_END_REPORTED == 0 {
@@ -240,7 +239,7 @@ fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forwar
 /// An ICMP error passes when it quotes a packet of a flow we track (in either direction).
 #[inline(never)]
 fn related_to_tracked_flow(
-    ctx: &TcContext,
+    ctx: &Frame<'_>,
     packet: &Packet,
     quoted: &mut Packet,
     key: &mut CtKey,
@@ -389,8 +388,8 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     ct.last_report_ns = run.now;
     ct.packets = [run.counting as u64, 0];
     ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
-    ct.initiator_epoch = src.epoch;
-    ct.responder_epoch = dst.epoch;
+    ct.local = [is_local(&run.src_endpoint), is_local(&run.dst_endpoint)];
+    ct._pad = [0; 6];
     ct.initiator_zone = src_zone;
     ct.responder_zone = dst_zone;
     ct.rule = rule;
@@ -429,14 +428,8 @@ fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Con
     ct.last_report_ns = run.now;
     ct.packets = [run.counting as u64, 0];
     ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
-    ct.initiator_epoch = match run.src_endpoint {
-        Some(value) => value.epoch,
-        None => 0,
-    };
-    ct.responder_epoch = match run.dst_endpoint {
-        Some(value) => value.epoch,
-        None => 0,
-    };
+    ct.local = [is_local(&run.src_endpoint), is_local(&run.dst_endpoint)];
+    ct._pad = [0; 6];
     ct.initiator_zone = ZONE_NONE;
     ct.responder_zone = ZONE_NONE;
     ct.rule = RULE_SERVICE_DEFERRED;

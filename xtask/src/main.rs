@@ -5,6 +5,7 @@
 
 mod build;
 mod cmd;
+mod codegen;
 mod demo;
 mod setup;
 mod test;
@@ -42,6 +43,8 @@ enum Command {
     /// Setup and build, then run the agent on a simulated node and show its verdicts
     /// (needs root).
     Demo,
+    /// Regenerate the files derived from the Rust types (the CRDs in deploy/crds/).
+    Codegen,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             let agent = build::release_agent()?;
             demo::run(&agent)
         }
+        Command::Codegen => codegen::run(),
     }
 }
 

@@ -93,3 +93,21 @@ impl Datapath {
         (self.conntrack_seen, self.conntrack_capacity)
     }
 }
+
+impl Datapath {
+    /// Removes every tracked connection with an end at one of `addresses`.
+    pub fn flush_connections_of(&mut self, addresses: &[EndpointKey]) -> Result<usize, DatapathError> {
+        let addresses: std::collections::HashSet<[u8; 16]> =
+            addresses.iter().map(|key| key.addr).collect();
+        let doomed: Vec<CtKey> = self
+            .conntrack
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| addresses.contains(&key.addr_lo) || addresses.contains(&key.addr_hi))
+            .collect();
+        for key in &doomed {
+            let _ = self.conntrack.remove(key);
+        }
+        Ok(doomed.len())
+    }
+}

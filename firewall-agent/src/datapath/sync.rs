@@ -56,6 +56,8 @@ pub struct SyncReport {
     pub networks_written: usize,
     pub networks_removed: usize,
     pub policy_entries: usize,
+    /// Tracked connections removed because an address left or changed owner.
+    pub connections_flushed: usize,
     pub duration: Duration,
 }
 
@@ -181,20 +183,31 @@ impl Datapath {
                 )
             })
             .collect();
+        // An address that leaves, or changes owner, loses its identity and then its
+        // tracked connections before a new owner gets it: the datapath's fast path trusts
+        // conntrack entries without looking identities up again.
         let stale: Vec<EndpointKey> = self
             .shadow
             .endpoints
-            .keys()
-            .filter(|key| !desired.contains_key(key))
-            .copied()
+            .iter()
+            .filter(|(key, value)| match desired.get(key) {
+                None => true,
+                Some(wanted) => wanted.epoch != value.epoch,
+            })
+            .map(|(key, _)| *key)
             .collect();
-        for key in stale {
-            match self.endpoints.remove(&key) {
+        for key in &stale {
+            match self.endpoints.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(MAP_ENDPOINTS)(error)),
             }
-            self.shadow.endpoints.remove(&key);
-            report.endpoints_removed += 1;
+            self.shadow.endpoints.remove(key);
+            if !desired.contains_key(key) {
+                report.endpoints_removed += 1;
+            }
+        }
+        if !stale.is_empty() {
+            report.connections_flushed = self.flush_connections_of(&stale)?;
         }
         let endpoint_capacity = self.endpoint_capacity;
         for (key, value) in &desired {

@@ -106,6 +106,7 @@ impl Agent {
         let mut command = node.command(binary);
         command
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .arg("--config")
             .arg(files.config)
             .args(["--interfaces", "veth*", "--flow-log"])

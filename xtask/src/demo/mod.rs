@@ -123,7 +123,7 @@ pub fn run(agent_binary: &Path) -> Result<()> {
 
     report::print_verdicts(&outcomes);
     report::print_zone_matrix(&outcomes);
-    report::print_flows(&outcomes, &records);
+    let without_records = report::print_flows(&outcomes, &records);
     println!();
     println!("Agent log (last lines):");
     print!("{}", agent.log_tail(12));
@@ -134,6 +134,9 @@ pub fn run(agent_binary: &Path) -> Result<()> {
     detached.context("`firewall-agent detach` failed")?;
     let differing = outcomes.iter().filter(|outcome| !outcome.matches()).count();
     println!();
+    if without_records > 0 {
+        println!("{without_records} paths have no flow record (see above)");
+    }
     println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
     if differing > 0 {
         bail!(
@@ -145,33 +148,26 @@ pub fn run(agent_binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The servers every probe of the scenario needs, on each destination.
-struct Servers {
-    _tcp: Vec<TcpServer>,
-    _udp: Vec<UdpEchoServer>,
-}
+/// The TCP and UDP servers every probe of the scenario needs, on each destination; they
+/// stop when dropped.
+type Servers = (Vec<TcpServer>, Vec<UdpEchoServer>);
 
 fn start_servers(topology: &Topology) -> Result<Servers> {
-    let mut wanted: BTreeMap<&str, BTreeSet<(bool, u16)>> = BTreeMap::new();
+    let mut wanted: BTreeMap<&str, BTreeSet<Traffic>> = BTreeMap::new();
     for expectation in EXPECTATIONS {
-        let entry = wanted.entry(expectation.to).or_default();
-        match expectation.traffic {
-            Traffic::Tcp(port) => entry.insert((true, port)),
-            Traffic::Udp(port) => entry.insert((false, port)),
-            Traffic::Ping => false,
-        };
+        wanted
+            .entry(expectation.to)
+            .or_default()
+            .insert(expectation.traffic);
     }
-    let mut servers = Servers {
-        _tcp: Vec::new(),
-        _udp: Vec::new(),
-    };
-    for (name, ports) in wanted {
+    let mut servers: Servers = (Vec::new(), Vec::new());
+    for (name, traffic) in wanted {
         let netns = endpoint_netns(topology, name)?;
-        for (tcp, port) in ports {
-            if tcp {
-                servers._tcp.push(TcpServer::start(netns, port)?);
-            } else {
-                servers._udp.push(UdpEchoServer::start(netns, port)?);
+        for traffic in traffic {
+            match traffic {
+                Traffic::Tcp(port) => servers.0.push(TcpServer::start(netns, port)?),
+                Traffic::Udp(port) => servers.1.push(UdpEchoServer::start(netns, port)?),
+                Traffic::Ping => {}
             }
         }
     }

@@ -27,7 +27,7 @@ pub struct YamlPod {
 pub const PODS: [(&str, &str); 3] = [("web", "dmz"), ("app", "trusted"), ("db", "restricted")];
 
 /// Traffic a probe sends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Traffic {
     Tcp(u16),
     Udp(u16),
