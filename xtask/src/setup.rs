@@ -23,14 +23,23 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "nftables",
     "rsyslog",
+    "rsyslog-openssl",
+    "openssl",
+    "python3",
+    "python3-pip",
     "hyperfine",
 ];
+
+/// Python packages of the SIEM tests: the published OCSF schema releases and a JSON
+/// schema validator.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("ocsf-json-schema", "ocsf_json_schema"), ("jsonschema", "jsonschema")];
 
 /// The toolchain that builds the eBPF crate (aya-build's default).
 const NIGHTLY: &str = "nightly";
 
 pub fn run() -> Result<()> {
     debian_packages()?;
+    python_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
     println!("setup: everything is in place");
@@ -72,6 +81,38 @@ fn debian_packages() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+fn python_packages() -> Result<()> {
+    let Some(python) = crate::topology::find_on_path("python3") else {
+        bail!("python3 is missing; install it (Debian: python3, python3-pip)");
+    };
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(_, module)| {
+            !Command::new(&python)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Python packages present");
+        return Ok(());
+    }
+    println!("setup: installing Python packages {}", missing.join(" "));
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "-q"]).args(&missing);
+    // Debian's Python refuses system-wide installs without this flag (PEP 668).
+    if cmd::run(&mut pip).is_err() {
+        cmd::run(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "--break-system-packages"])
+                .args(&missing),
+        )?;
+    }
+    Ok(())
 }
 
 /// The packages of `wanted` that the `dpkg-query` listing does not show as installed.
