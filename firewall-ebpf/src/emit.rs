@@ -35,8 +35,11 @@ impl EventMeta {
 /// Emits an event describing a conntrack entry (start, end, audit, update).
 #[inline(never)]
 pub fn flow(key: &CtKey, ct: &CtValue, meta: &EventMeta) {
-    let (now, ifindex, kind, verdict, hook) =
-        (meta.now, meta.ifindex, meta.kind, meta.verdict, meta.hook);
+    // Events take the precise clock: the fast path runs on the coarse one, which may lag
+    // the flow's start by a few milliseconds.
+    let _ = meta.now;
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let (ifindex, kind, verdict, hook) = (meta.ifindex, meta.kind, meta.verdict, meta.hook);
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         count(COUNTER_RINGBUF_FULL);
         return;
