@@ -319,13 +319,17 @@ async fn wait_for_changes(changes: &Option<std::sync::Arc<tokio::sync::Notify>>)
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
-    let Some(config_path) = args.config.clone() else {
-        return Err(AgentError::Config(
-            "no --config given: the Kubernetes mode is not available in this build; run standalone with --config FILE".into(),
-        ));
-    };
     let globs = glob_set(&args.interfaces)?;
     let node_name = args.node_name.clone().or_else(default_node_name);
+    // Standalone with --config; otherwise the cluster's API server.
+    let source: Box<dyn PolicySource> = match &args.config {
+        Some(path) => Box::new(FileSource::new(path)),
+        None => Box::new(
+            crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref()))
+                .await
+                .map_err(|error| AgentError::Config(error.to_string()))?,
+        ),
+    };
     let sinks = Dispatcher::start(
         args.sink_specs()?,
         node_name.clone().unwrap_or_else(|| "-".into()),
@@ -345,7 +349,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tuning: args.tuning(),
         datapath,
         globs,
-        source: Box::new(FileSource::new(&config_path)),
+        source,
         enricher: Enricher::new(node_name.clone()),
         sinks,
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
@@ -391,7 +395,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     agent.observe();
     tracing::info!(
-        config = %config_path.display(),
+        source = %agent.source.describe(),
         bpffs = %agent.args.bpffs.display(),
         interfaces = ?agent.args.interfaces,
         "zonewall agent running"

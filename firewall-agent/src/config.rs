@@ -70,6 +70,23 @@ pub struct RunArgs {
     /// This node's name: pods whose spec.nodeName differs are remote.
     #[arg(long, env = "ZONEWALL_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Kubernetes mode (no --config): kubeconfig file(s), ':'-separated as in KUBECONFIG.
+    /// Without it: the in-cluster service account, then ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<String>,
+    /// Kubernetes mode: the Lease whose holder writes Zone and ZonePolicy status (one
+    /// agent of the cluster at a time).
+    #[arg(long, env = "ZONEWALL_STATUS_LEASE", default_value = "zonewall-status")]
+    pub status_lease: String,
+    /// Namespace of the status Lease (the agent's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "zonewall-system")]
+    pub status_lease_namespace: String,
+    /// Seconds a status writer that stopped renewing keeps the Lease.
+    #[arg(long, env = "ZONEWALL_STATUS_LEASE_SECONDS", default_value_t = 15)]
+    pub status_lease_seconds: u64,
+    /// This agent's name as a Lease holder; default: the node name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub status_identity: Option<String>,
     /// How often the policy file and the interfaces are checked, in milliseconds.
     #[arg(long, env = "ZONEWALL_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
@@ -114,6 +131,9 @@ impl RunArgs {
             globset::Glob::new(glob.trim())
                 .map_err(|error| format!("--interfaces: bad glob {glob:?}: {error}"))?;
         }
+        if self.status_lease_seconds == 0 || self.status_lease_seconds > 3600 {
+            return Err("--status-lease-seconds must be between 1 and 3600".into());
+        }
         if self.poll_ms == 0 || self.poll_ms > 10_000 {
             return Err("--poll-ms must be between 1 and 10000".into());
         }
@@ -141,5 +161,30 @@ impl RunArgs {
             specs.push(crate::flows::SinkSpec::parse(url.trim())?);
         }
         Ok(specs)
+    }
+}
+
+impl RunArgs {
+    /// How the Kubernetes source connects and who writes status; `node_name` names this
+    /// agent in the status Lease when no identity is given.
+    pub fn kube_options(&self, node_name: Option<&str>) -> crate::source::kube::KubeOptions {
+        let kubeconfig = self
+            .kubeconfig
+            .iter()
+            .flat_map(|paths| std::env::split_paths(paths))
+            .filter(|path| !path.as_os_str().is_empty())
+            .collect();
+        let identity = self.status_identity.clone().unwrap_or_else(|| {
+            format!("{}-{}", node_name.unwrap_or("zonewall-agent"), std::process::id())
+        });
+        crate::source::kube::KubeOptions {
+            kubeconfig,
+            status: crate::source::kube::StatusOptions {
+                lease_name: self.status_lease.clone(),
+                lease_namespace: self.status_lease_namespace.clone(),
+                identity,
+                lease_duration: Duration::from_secs(self.status_lease_seconds),
+            },
+        }
     }
 }

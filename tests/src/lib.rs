@@ -2,7 +2,9 @@
 //! traffic probes, and the reference evaluator of the policy semantics.
 
 pub mod agent;
+pub mod apiserver;
 pub mod fixtures;
+pub mod kube_agent;
 pub mod kernel;
 pub mod packet;
 pub mod reference;

@@ -2,29 +2,28 @@
 //! shape and type of every field. Rules between fields and between objects (ranges,
 //! references, duplicates) belong to the validator.
 //!
-//! `Zone` and `ZonePolicy` are walked field by field so that one object reports all of its
-//! problems, and an unknown field is an error: a typo in a security policy must not be
-//! ignored. The Kubernetes kinds keep only the fields zonewall uses and ignore the rest,
-//! so `kubectl get -o yaml` output can be fed as it is.
+//! `Zone` and `ZonePolicy` are read as the resource types of `policy::crd`, the same ones
+//! the Kubernetes source gets from the API server. Before that, each field's value is read
+//! on its own as the type of that field, so that one object reports all of its problems
+//! (serde stops at the first), and an unknown field is an error: a typo in a security
+//! policy must not be ignored. The Kubernetes kinds keep only the fields zonewall uses and
+//! ignore the rest, so `kubectl get -o yaml` output can be fed as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::Issue;
+use super::crd::{self, PolicyPort, ZonePolicySpec, ZoneSpec};
 use super::model::{
-    API_VERSION, Action, LabelSelector, Mode, Namespace, Node, Pod, PolicySet, PortRule, Protocol,
-    SelectorOperator, SelectorRequirement, Service, Zone, ZonePolicy,
+    API_VERSION, Action, LabelSelector, Mode, Namespace, Node, Pod, PolicySet, Protocol, Service,
+    Zone, ZonePolicy,
 };
 
 const KNOWN_KINDS: &str = "Zone, ZonePolicy, Namespace, Pod, Service, Node and List";
-const ZONE_FIELDS: [&str; 3] = ["namespaceSelector", "podSelector", "networks"];
-const POLICY_FIELDS: [&str; 6] = ["from", "to", "ports", "action", "priority", "mode"];
-const PORT_FIELDS: [&str; 3] = ["protocol", "port", "endPort"];
 /// Kubernetes' own apiVersion of the core kinds.
 const CORE_API_VERSION: &str = "v1";
 
@@ -291,7 +290,7 @@ impl Decoder {
         };
         let name_for_model = name.clone().unwrap_or_default();
         if kind == "Zone" {
-            let zone = spec.map(|spec| self.zone_spec(target, name_for_model, spec));
+            let zone = spec.and_then(|spec| self.zone_spec(target, name_for_model, spec));
             match (name, zone) {
                 (Some(_), Some(zone)) if self.issues.len() == before => self.set.zones.push(zone),
                 (Some(name), _) => {
@@ -309,70 +308,75 @@ impl Decoder {
         }
     }
 
-    fn zone_spec(&mut self, target: &Target, name: String, spec: &Mapping) -> Zone {
-        let mut zone = Zone {
-            name,
-            ..Zone::default()
-        };
+    /// A Zone's spec: every field checked on its own (so that all problems are found),
+    /// then the whole spec read as the resource type and turned into the model.
+    fn zone_spec(&mut self, target: &Target, name: String, spec: &Mapping) -> Option<Zone> {
+        let before = self.issues.len();
         for (key, value) in spec {
             let Some(key) = self.key(target, "spec", key) else {
                 continue;
             };
             let path = format!("spec.{key}");
             match key {
-                "namespaceSelector" => {
-                    zone.namespace_selector = self.selector(target, &path, value);
+                "namespaceSelector" | "podSelector" => {
+                    if !value.is_null() {
+                        self.typed::<LabelSelector>(target, &path, value.clone());
+                    }
                 }
-                "podSelector" => zone.pod_selector = self.selector(target, &path, value),
-                "networks" => zone.networks = self.networks(target, &path, value),
+                "networks" => {
+                    if !value.is_null() {
+                        self.typed::<Vec<String>>(target, &path, value.clone());
+                    }
+                }
                 _ => self
                     .issues
-                    .push(target.issue(path, unknown_field(key, &ZONE_FIELDS))),
+                    .push(target.issue(path, unknown_field(key, &ZoneSpec::FIELDS))),
             }
         }
-        zone
+        if self.issues.len() != before {
+            return None;
+        }
+        let spec: ZoneSpec = self.typed(target, "spec", Value::Mapping(spec.clone()))?;
+        match spec.to_model(&name) {
+            Ok(zone) => Some(zone),
+            Err(problems) => {
+                for (field, reason) in problems {
+                    self.issues.push(target.issue(field, reason));
+                }
+                None
+            }
+        }
     }
 
+    /// A ZonePolicy's spec, the same way as [`Self::zone_spec`].
     fn policy_spec(&mut self, target: &Target, name: String, spec: &Mapping) -> Option<ZonePolicy> {
-        let mut from = None;
-        let mut to = None;
-        let mut ports = Vec::new();
-        let mut action = None;
-        let mut priority = None;
-        let mut mode = None;
+        let before = self.issues.len();
         for (key, value) in spec {
             let Some(key) = self.key(target, "spec", key) else {
                 continue;
             };
             let path = format!("spec.{key}");
             match key {
-                "from" => from = self.typed::<Vec<String>>(target, &path, value.clone()),
-                "to" => to = self.typed::<Vec<String>>(target, &path, value.clone()),
-                "ports" => ports = self.ports(target, &path, value),
-                "action" => {
-                    action = self.word(
-                        target,
-                        &path,
-                        value,
-                        &[("Allow", Action::Allow), ("Deny", Action::Deny)],
-                    );
+                "from" | "to" => {
+                    self.typed::<Vec<String>>(target, &path, value.clone());
                 }
-                "priority" => priority = self.priority(target, &path, value),
+                "ports" => self.ports(target, &path, value),
+                "action" => {
+                    self.scalar(target, &path, Action::deserialize(value.clone()));
+                }
+                "priority" => {
+                    self.scalar(target, &path, crd::priority(value.clone()));
+                }
                 "mode" => {
-                    mode = self.word(
-                        target,
-                        &path,
-                        value,
-                        &[("Enforce", Mode::Enforce), ("Audit", Mode::Audit)],
-                    );
+                    self.scalar(target, &path, Mode::deserialize(value.clone()));
                 }
                 _ => self
                     .issues
-                    .push(target.issue(path, unknown_field(key, &POLICY_FIELDS))),
+                    .push(target.issue(path, unknown_field(key, &ZonePolicySpec::FIELDS))),
             }
         }
-        for (field, value) in [("from", &from), ("to", &to)] {
-            if value.is_none() && spec.get(field).is_none() {
+        for field in ["from", "to"] {
+            if spec.get(field).is_none() {
                 let side = if field == "from" {
                     "source"
                 } else {
@@ -384,21 +388,17 @@ impl Decoder {
                 ));
             }
         }
-        if action.is_none() && spec.get("action").is_none() {
+        if spec.get("action").is_none() {
             self.issues.push(target.issue(
                 "spec.action",
                 "missing; every ZonePolicy needs action Allow or Deny",
             ));
         }
-        Some(ZonePolicy {
-            name,
-            from: from?,
-            to: to?,
-            ports,
-            action: action?,
-            priority: priority.unwrap_or(super::model::DEFAULT_PRIORITY),
-            mode: mode.unwrap_or_default(),
-        })
+        if self.issues.len() != before {
+            return None;
+        }
+        let spec: ZonePolicySpec = self.typed(target, "spec", Value::Mapping(spec.clone()))?;
+        Some(spec.to_model(&name))
     }
 
     /// A mapping key that must be a string.
@@ -431,126 +431,26 @@ impl Decoder {
         }
     }
 
-    fn word<T: Copy>(
+    /// The result of reading one scalar field; its error is reported at `path`.
+    fn scalar<T>(
         &mut self,
         target: &Target,
         path: &str,
-        value: &Value,
-        words: &[(&str, T)],
+        result: Result<T, serde_yaml_ng::Error>,
     ) -> Option<T> {
-        let expected = words
-            .iter()
-            .map(|(word, _)| *word)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let found = match value {
-            Value::String(text) => {
-                if let Some((_, meaning)) = words.iter().find(|(word, _)| word == text) {
-                    return Some(*meaning);
-                }
-                let hint = words
-                    .iter()
-                    .find(|(word, _)| word.eq_ignore_ascii_case(text))
-                    .map(|(word, _)| format!(" (spelling is case-sensitive: write {word})"))
-                    .unwrap_or_default();
-                format!("\"{text}\" is not one of {expected}{hint}")
-            }
-            other => format!("must be one of {expected}, found {}", describe(other)),
-        };
-        self.issues.push(target.issue(path, found));
-        None
-    }
-
-    fn priority(&mut self, target: &Target, path: &str, value: &Value) -> Option<i32> {
-        let reason = match integer(value) {
-            Ok(number) => match i32::try_from(number) {
-                Ok(priority) => return Some(priority),
-                Err(_) => format!(
-                    "{number} is out of range; priority must be between {} and {}",
-                    i32::MIN,
-                    i32::MAX
-                ),
-            },
-            Err(found) => format!("must be an integer, found {found}"),
-        };
-        self.issues.push(target.issue(path, reason));
-        None
-    }
-
-    fn selector(&mut self, target: &Target, path: &str, value: &Value) -> Option<LabelSelector> {
-        if value.is_null() {
-            return None;
-        }
-        let raw = self.typed::<RawSelector>(target, path, value.clone())?;
-        let mut selector = LabelSelector {
-            match_labels: raw.match_labels.unwrap_or_default(),
-            match_expressions: Vec::new(),
-        };
-        for (index, expression) in raw
-            .match_expressions
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            let operator = SelectorOperator::ALL
-                .into_iter()
-                .find(|operator| operator.as_str() == expression.operator);
-            let Some(operator) = operator else {
-                let expected = SelectorOperator::ALL
-                    .map(SelectorOperator::as_str)
-                    .join(", ");
-                self.issues.push(target.issue(
-                    format!("{path}.matchExpressions[{index}].operator"),
-                    format!("\"{}\" is not one of {expected}", expression.operator),
-                ));
-                continue;
-            };
-            selector.match_expressions.push(SelectorRequirement {
-                key: expression.key,
-                operator,
-                values: expression.values.unwrap_or_default(),
-            });
-        }
-        Some(selector)
-    }
-
-    fn networks(&mut self, target: &Target, path: &str, value: &Value) -> Vec<IpNet> {
-        if value.is_null() {
-            return Vec::new();
-        }
-        let Some(texts) = self.typed::<Vec<String>>(target, path, value.clone()) else {
-            return Vec::new();
-        };
-        let mut networks = Vec::new();
-        for (index, text) in texts.iter().enumerate() {
-            match text.trim().parse::<IpNet>() {
-                Ok(network) => networks.push(network),
-                Err(_) => {
-                    let reason = match text.trim().parse::<IpAddr>() {
-                        Ok(IpAddr::V4(_)) => format!(
-                            "\"{text}\" is an address, not a CIDR; write {text}/32 for a single \
-                             address"
-                        ),
-                        Ok(IpAddr::V6(_)) => format!(
-                            "\"{text}\" is an address, not a CIDR; write {text}/128 for a single \
-                             address"
-                        ),
-                        Err(_) => format!(
-                            "\"{text}\" is not a CIDR; write address/prefix-length, for example \
-                             10.0.0.0/8 or fd00::/8"
-                        ),
-                    };
-                    self.issues
-                        .push(target.issue(format!("{path}[{index}]"), reason));
-                }
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.issues.push(target.issue(path, error.to_string()));
+                None
             }
         }
-        networks
     }
 
-    fn ports(&mut self, target: &Target, path: &str, value: &Value) -> Vec<PortRule> {
+    /// `spec.ports`: each entry and each of its fields checked on its own.
+    fn ports(&mut self, target: &Target, path: &str, value: &Value) {
         let entries = match value {
-            Value::Null => return Vec::new(),
+            Value::Null => return,
             Value::Sequence(entries) => entries,
             other => {
                 self.issues.push(target.issue(
@@ -560,10 +460,9 @@ impl Decoder {
                         describe(other)
                     ),
                 ));
-                return Vec::new();
+                return;
             }
         };
-        let mut rules = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
             let entry_path = format!("{path}[{index}]");
             let Value::Mapping(entry) = entry else {
@@ -576,13 +475,6 @@ impl Decoder {
                 ));
                 continue;
             };
-            let before = self.issues.len();
-            // Kubernetes' default for a port without protocol.
-            let mut rule = PortRule {
-                protocol: Protocol::Tcp,
-                port: None,
-                end_port: None,
-            };
             for (key, value) in entry {
                 let Some(key) = self.key(target, &entry_path, key) else {
                     continue;
@@ -590,40 +482,17 @@ impl Decoder {
                 let field_path = format!("{entry_path}.{key}");
                 match key {
                     "protocol" => {
-                        let words = Protocol::ALL.map(|protocol| (protocol.as_str(), protocol));
-                        if let Some(protocol) = self.word(target, &field_path, value, &words) {
-                            rule.protocol = protocol;
-                        }
+                        self.scalar(target, &field_path, Protocol::deserialize(value.clone()));
                     }
-                    "port" => rule.port = self.port_number(target, &field_path, value),
-                    "endPort" => rule.end_port = self.port_number(target, &field_path, value),
-                    _ => self
-                        .issues
-                        .push(target.issue(field_path, unknown_field(key, &PORT_FIELDS))),
+                    "port" | "endPort" => {
+                        self.scalar(target, &field_path, crd::port_number(value.clone()));
+                    }
+                    _ => self.issues.push(
+                        target.issue(field_path, unknown_field(key, &PolicyPort::FIELDS)),
+                    ),
                 }
             }
-            if self.issues.len() == before {
-                rules.push(rule);
-            }
         }
-        rules
-    }
-
-    fn port_number(&mut self, target: &Target, path: &str, value: &Value) -> Option<i32> {
-        let reason = match (value, integer(value)) {
-            (Value::Null, _) => return None,
-            (_, Ok(number)) => match i32::try_from(number) {
-                Ok(port) => return Some(port),
-                Err(_) => super::validate::port_out_of_range(number),
-            },
-            (Value::String(text), Err(_)) => format!(
-                "must be a port number, found the string \"{text}\" (named ports are not \
-                 supported)"
-            ),
-            (_, Err(found)) => format!("must be a port number, found {found}"),
-        };
-        self.issues.push(target.issue(path, reason));
-        None
     }
 
     /// `Namespace`, `Pod`, `Service`, `Node`: lenient, only the fields used are read.
@@ -769,16 +638,6 @@ fn join_path(base: &str, inner: &str) -> String {
     }
 }
 
-/// An integer, or a description of what was found instead.
-fn integer(value: &Value) -> Result<i64, String> {
-    match value {
-        Value::Number(number) => number
-            .as_i64()
-            .ok_or_else(|| format!("the number {number}")),
-        other => Err(describe(other)),
-    }
-}
-
 /// How a value reads in an error message.
 fn describe(value: &Value) -> String {
     match value {
@@ -832,21 +691,6 @@ pub(super) fn edit_distance(left: &str, right: &str) -> usize {
         previous = current;
     }
     previous[right.len()]
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSelector {
-    match_labels: Option<BTreeMap<String, String>>,
-    match_expressions: Option<Vec<RawRequirement>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRequirement {
-    key: String,
-    operator: String,
-    values: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]

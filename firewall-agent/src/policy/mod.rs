@@ -9,6 +9,7 @@
 pub mod check;
 pub mod compile;
 pub mod compiled;
+pub mod crd;
 mod decode;
 pub mod model;
 pub mod validate;

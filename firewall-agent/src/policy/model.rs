@@ -1,7 +1,8 @@
 //! The parsed policy input: zones, zone policies and the Kubernetes objects whose
-//! identity they describe. Produced by `policy::parse` from YAML (or, later, built from
-//! watched Kubernetes objects), checked by `policy::validate`, consumed by
-//! `policy::compile`. Pure data plus label-selector matching.
+//! identity they describe. Produced by `policy::parse` from YAML or built from watched
+//! Kubernetes objects (`source::kube`), both through the resource types of
+//! `policy::crd`; checked by `policy::validate`, consumed by `policy::compile`. Pure data
+//! plus label-selector matching.
 //!
 //! Semantics the compiler, `check` and the reference evaluator share:
 //!
@@ -29,6 +30,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// `apiVersion` of `Zone` and `ZonePolicy`.
 pub const API_VERSION: &str = "zonewall.dev/v1alpha1";
@@ -108,10 +111,15 @@ impl Zone {
     }
 }
 
-/// A Kubernetes `LabelSelector`. The empty selector matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A Kubernetes `LabelSelector`. The empty selector matches everything. The same type is
+/// the `namespaceSelector`/`podSelector` of the `Zone` resource (`policy::crd`); unknown
+/// fields are refused, as a typo in a selector would widen it silently.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<SelectorRequirement>,
 }
 
@@ -128,11 +136,22 @@ impl LabelSelector {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+}
+
+/// `field: null` (or `field:` with nothing after it in YAML) reads as the empty value.
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl SelectorRequirement {

@@ -1,0 +1,282 @@
+//! The Kubernetes source: Zones, ZonePolicies, Namespaces, Nodes, Services and Pods of the
+//! whole cluster, watched through the API server, turned into a `PolicySet` snapshot
+//! whenever they change, and the status of every Zone and ZonePolicy written back.
+//!
+//! - `watch`: one list-then-watch per kind, with backoff, objects trimmed on arrival.
+//! - `cache`: what the watchers keep and the snapshot built from it.
+//! - `status`: the Lease that elects one writer, and the conditions it writes.
+//!
+//! Nothing is enforced from a partial view: the first snapshot comes after every initial
+//! list; until then (and whenever the API server is unreachable) the run loop keeps what
+//! is enforced. Bursts of events are folded into one snapshot (a few milliseconds of
+//! quiet, at most [`MAX_DELAY`] after the first).
+
+mod cache;
+mod status;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::Notify;
+
+pub use status::StatusOptions;
+
+use self::cache::{Cache, Kind, Resource, Verdict};
+use self::status::{Desired, DesiredStatus, Summary};
+use super::{Outcome, PolicySource, SourceUpdate};
+
+/// Quiet time that ends a burst of events.
+const QUIET: Duration = Duration::from_millis(5);
+/// Longest a change waits for a burst to end.
+const MAX_DELAY: Duration = Duration::from_millis(50);
+
+/// Errors of the Kubernetes source.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("cannot read the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration: not in a cluster (no service account) and no kubeconfig \
+         ({0}); pass --kubeconfig, set KUBECONFIG, or run standalone with --config FILE"
+    )]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// How to reach the API server and who writes status.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// Kubeconfig files (KUBECONFIG may list several); none: in-cluster, then the default
+    /// kubeconfig.
+    pub kubeconfig: Vec<PathBuf>,
+    pub status: StatusOptions,
+}
+
+/// State shared by the watchers, the status writer and the source.
+pub(crate) struct Shared {
+    pub(crate) cache: Mutex<Cache>,
+    /// Woken by the watchers on every change; the debouncer turns wake-ups into
+    /// `changes()` notifications.
+    wake: Notify,
+    /// Failing kinds and why; a new failure is reported once through `poll`.
+    failing: Mutex<BTreeMap<Kind, String>>,
+    problems: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Records a watch failure; the first of a run of failures reaches the run loop.
+    fn report_problem(&self, kind: Kind, message: String) {
+        let mut failing = self.failing.lock().expect("failing lock");
+        if !failing.contains_key(&kind) {
+            self.problems.lock().expect("problems lock").push(message.clone());
+        }
+        failing.insert(kind, message);
+    }
+
+    fn recovered(&self, kind: Kind) {
+        self.failing.lock().expect("failing lock").remove(&kind);
+    }
+}
+
+/// The Kubernetes [`PolicySource`].
+pub struct KubeSource {
+    shared: Arc<Shared>,
+    changes: Arc<Notify>,
+    server: String,
+    statuses: tokio::sync::watch::Sender<Arc<Desired>>,
+    /// Verdicts of the snapshot the run loop is applying.
+    pending: Option<Vec<Verdict>>,
+    synced_logged: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Connects (lazily: nothing is sent before the watchers start) and starts the
+    /// watchers, the debouncer and the status writer on the current runtime.
+    pub async fn start(options: KubeOptions) -> Result<Self, KubeError> {
+        let config = match options.kubeconfig.as_slice() {
+            [] => kube::Config::infer().await?,
+            paths => {
+                let mut merged: Option<Kubeconfig> = None;
+                for path in paths {
+                    let read = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    merged = Some(match merged {
+                        None => read,
+                        Some(merged) => merged.merge(read).map_err(|source| KubeError::Kubeconfig {
+                            path: path.display().to_string(),
+                            source,
+                        })?,
+                    });
+                }
+                let merged = merged.expect("at least one path");
+                kube::Config::from_custom_kubeconfig(merged, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| KubeError::Kubeconfig {
+                        path: paths
+                            .iter()
+                            .map(|path| path.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(":"),
+                        source,
+                    })?
+            }
+        };
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        let shared = Arc::new(Shared {
+            cache: Mutex::new(Cache::default()),
+            wake: Notify::new(),
+            failing: Mutex::new(BTreeMap::new()),
+            problems: Mutex::new(Vec::new()),
+        });
+        let changes = Arc::new(Notify::new());
+        let (statuses, desired) = tokio::sync::watch::channel(Arc::new(Desired::new()));
+        let mut tasks = watch::spawn_all(&client, &shared);
+        tasks.push(tokio::spawn(debounce(Arc::clone(&shared), Arc::clone(&changes))));
+        tasks.push(status::spawn(client, Arc::clone(&shared), options.status, desired));
+        tracing::info!(%server, "watching the Kubernetes API; nothing changes until every initial list is complete");
+        Ok(Self {
+            shared,
+            changes,
+            server,
+            statuses,
+            pending: None,
+            synced_logged: false,
+            tasks,
+        })
+    }
+
+    fn publish(&self, update: impl FnOnce(&mut Desired)) {
+        self.statuses.send_modify(|desired| update(Arc::make_mut(desired)));
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Turns bursts of watcher wake-ups into one `changes()` notification.
+async fn debounce(shared: Arc<Shared>, changes: Arc<Notify>) {
+    loop {
+        shared.wake.notified().await;
+        let first = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(QUIET) => break,
+                _ = shared.wake.notified() => {
+                    if first.elapsed() >= MAX_DELAY {
+                        break;
+                    }
+                }
+            }
+        }
+        changes.notify_one();
+    }
+}
+
+impl PolicySource for KubeSource {
+    fn describe(&self) -> String {
+        format!("Kubernetes API {}", self.server)
+    }
+
+    fn poll(&mut self) -> SourceUpdate {
+        let problems = std::mem::take(&mut *self.shared.problems.lock().expect("problems lock"));
+        let snapshot = {
+            let mut cache = self.shared.cache.lock().expect("cache lock");
+            if cache.all_synced() && cache.dirty {
+                if !self.synced_logged {
+                    self.synced_logged = true;
+                    let counts: Vec<String> = cache
+                        .counts()
+                        .iter()
+                        .map(|(kind, count)| format!("{count} {}", kind.as_str()))
+                        .collect();
+                    tracing::info!(objects = %counts.join(", "), "every initial list complete: enforcing the cluster's policy");
+                }
+                Some(cache.snapshot())
+            } else {
+                None
+            }
+        };
+        if let Some(snapshot) = snapshot {
+            self.pending = Some(snapshot.verdicts);
+            return SourceUpdate::Changed(snapshot.set);
+        }
+        if !problems.is_empty() {
+            return SourceUpdate::Unavailable(problems.join("; "));
+        }
+        SourceUpdate::Unchanged
+    }
+
+    fn changes(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.changes))
+    }
+
+    fn outcome(&mut self, outcome: Outcome<'_>) {
+        match outcome {
+            Outcome::Applied { compiled, .. } => {
+                let Some(verdicts) = self.pending.take() else {
+                    return;
+                };
+                let summary = Summary::of(compiled);
+                let desired = status::desired(&verdicts, &summary);
+                self.publish(|current| *current = desired);
+            }
+            Outcome::Rejected(error) => {
+                // The snapshot had problems no single object could be blamed for (the
+                // source leaves out what it can blame): name the objects the error names.
+                self.pending = None;
+                let mut named: BTreeMap<(Resource, String), Vec<String>> = BTreeMap::new();
+                for issue in error.issues() {
+                    let target = if let Some(name) = issue.object.strip_prefix("Zone/") {
+                        (Resource::Zone, name.to_string())
+                    } else if let Some(name) = issue.object.strip_prefix("ZonePolicy/") {
+                        (Resource::ZonePolicy, name.to_string())
+                    } else {
+                        continue;
+                    };
+                    named.entry(target).or_default().push(format!("{}: {}", issue.field, issue.reason));
+                }
+                self.publish(|current| {
+                    for (key, problems) in named {
+                        if let Some(status) = current.get_mut(&key) {
+                            *status = DesiredStatus {
+                                accepted: false,
+                                message: format!("{}; the previous policy stays enforced", problems.join("; ")),
+                                ..status.clone()
+                            };
+                        }
+                    }
+                });
+            }
+            Outcome::Failed(_) => self.pending = None,
+        }
+    }
+
+    fn changed_by(&self) -> Option<String> {
+        self.shared.cache.lock().expect("cache lock").changed_by.clone()
+    }
+
+    fn synced(&self) -> bool {
+        self.shared.cache.lock().expect("cache lock").all_synced()
+    }
+}

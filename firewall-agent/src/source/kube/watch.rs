@@ -1,0 +1,486 @@
+//! One watcher per kind: kube-runtime's list-then-watch with backoff, objects trimmed to
+//! the fields zonewall reads before anything keeps them, then converted into the cache.
+//! A failed watch is relisted by the watcher itself (410 Gone included); until the relist
+//! completes the cache keeps what it had, so the last known state stays enforced.
+
+use std::fmt::Debug;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, Service, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use serde::de::DeserializeOwned;
+
+use super::Shared;
+use super::cache::{Cache, Change, Kind, Key, PodEntry, PolicyEntry, ResourceEntry, ZoneEntry};
+use crate::policy::crd::{Zone, ZonePolicy};
+use crate::policy::model;
+
+/// Exponential backoff with jitter between watch retries: quick after a blip, gentle on
+/// an API server that is down (every node's agent retries at once).
+pub(super) struct RetryBackoff {
+    next: Duration,
+    seed: u64,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+impl RetryBackoff {
+    pub(super) fn new(seed: u64) -> Self {
+        Self {
+            next: BACKOFF_FIRST,
+            seed: seed | 1,
+        }
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift: enough randomness to spread the retries of many agents.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        // Between half and all of the current step.
+        let jitter = (self.seed % 1000) as u32;
+        Some(base / 2 + base / 2 * jitter / 1000)
+    }
+}
+
+impl Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+}
+
+/// Drops what no kind's conversion reads; most of an object's size is there.
+fn trim_metadata(metadata: &mut ObjectMeta) {
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.owner_references = None;
+    metadata.finalizers = None;
+}
+
+/// Keeps the label, node, host-network, phase and IP fields of a pod.
+pub(super) fn trim_pod(pod: &mut Pod) {
+    trim_metadata(&mut pod.metadata);
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
+}
+
+fn trim_service(service: &mut Service) {
+    trim_metadata(&mut service.metadata);
+    service.spec = service.spec.take().map(|spec| ServiceSpec {
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips,
+        selector: spec.selector,
+        ..ServiceSpec::default()
+    });
+    service.status = None;
+}
+
+fn trim_node(node: &mut Node) {
+    trim_metadata(&mut node.metadata);
+    node.spec = None;
+    if let Some(status) = node.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
+}
+
+fn trim_namespace(namespace: &mut Namespace) {
+    trim_metadata(&mut namespace.metadata);
+    namespace.spec = None;
+    namespace.status = None;
+}
+
+/// Zones and policies are few: they keep managedFields, which say who changed them.
+fn trim_zone(zone: &mut Zone) {
+    zone.metadata.annotations = None;
+}
+
+fn trim_policy(policy: &mut ZonePolicy) {
+    policy.metadata.annotations = None;
+}
+
+/// The field manager that last wrote the spec: the newest managedFields entry of the main
+/// resource (not the status subresource) that owns something under `spec`.
+fn spec_author(metadata: &ObjectMeta) -> Option<String> {
+    metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.subresource.as_deref().is_none_or(str::is_empty))
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.get("f:spec").is_some())
+        })
+        .max_by_key(|entry| entry.time.as_ref().map(|time| time.0))
+        .and_then(|entry| entry.manager.clone())
+}
+
+fn name_of(metadata: &ObjectMeta) -> String {
+    metadata.name.clone().unwrap_or_default()
+}
+
+fn namespaced_key(metadata: &ObjectMeta) -> Key {
+    format!(
+        "{}/{}",
+        metadata.namespace.as_deref().unwrap_or("default"),
+        metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Adds `text` to `into` when it is an address (canonical, once). The API server
+/// validates addresses; anything else is skipped.
+fn push_ip(text: &str, into: &mut Vec<IpAddr>) {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        let address = address.to_canonical();
+        if !into.contains(&address) {
+            into.push(address);
+        }
+    }
+}
+
+pub(super) fn pod_entry(pod: &Pod) -> (Key, PodEntry) {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let mut ips = Vec::new();
+    if let Some(status) = status {
+        if let Some(ip) = status.pod_ip.as_deref() {
+            push_ip(ip, &mut ips);
+        }
+        for entry in status.pod_ips.iter().flatten() {
+            push_ip(&entry.ip, &mut ips);
+        }
+    }
+    let model = model::Pod {
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: name_of(&pod.metadata),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        node_name: spec.and_then(|spec| spec.node_name.clone()).filter(|node| !node.is_empty()),
+        host_network: spec.and_then(|spec| spec.host_network).unwrap_or(false),
+        phase: status.and_then(|status| status.phase.clone()),
+        ips,
+    };
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|time| time.0.to_string())
+        .unwrap_or_default();
+    (namespaced_key(&pod.metadata), PodEntry::new(model, created))
+}
+
+fn namespace_entry(namespace: &Namespace) -> (Key, model::Namespace) {
+    let name = name_of(&namespace.metadata);
+    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    (name.clone(), model::Namespace { name, labels })
+}
+
+fn service_entry(service: &Service) -> (Key, model::Service) {
+    let spec = service.spec.as_ref();
+    let mut cluster_ips = Vec::new();
+    if let Some(spec) = spec {
+        for text in spec.cluster_ip.iter().chain(spec.cluster_ips.iter().flatten()) {
+            if text != "None" {
+                push_ip(text, &mut cluster_ips);
+            }
+        }
+    }
+    let model = model::Service {
+        namespace: service.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: name_of(&service.metadata),
+        cluster_ips,
+        selector: spec.and_then(|spec| spec.selector.clone()).unwrap_or_default(),
+    };
+    (namespaced_key(&service.metadata), model)
+}
+
+fn node_entry(node: &Node) -> (Key, model::Node) {
+    let mut addresses = Vec::new();
+    for address in node.status.iter().flat_map(|status| status.addresses.iter().flatten()) {
+        if matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+            push_ip(&address.address, &mut addresses);
+        }
+    }
+    let name = name_of(&node.metadata);
+    (name.clone(), model::Node { name, addresses })
+}
+
+fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
+    let name = name_of(&zone.metadata);
+    let entry = ResourceEntry {
+        generation: zone.metadata.generation.unwrap_or(0),
+        model: zone.spec.to_model(&name),
+        status: zone.status.clone(),
+        accepted: None,
+        changed_by: spec_author(&zone.metadata),
+    };
+    (name, entry)
+}
+
+fn policy_entry(policy: &ZonePolicy) -> (Key, PolicyEntry) {
+    let name = name_of(&policy.metadata);
+    let entry = ResourceEntry {
+        generation: policy.metadata.generation.unwrap_or(0),
+        model: Ok(policy.spec.to_model(&name)),
+        status: policy.status.clone(),
+        accepted: None,
+        changed_by: spec_author(&policy.metadata),
+    };
+    (name, entry)
+}
+
+/// Starts the six watchers on the current runtime.
+pub(super) fn spawn_all(client: &kube::Client, shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        spawn(Api::<Zone>::all(client.clone()), Kind::Zones, shared, trim_zone, zone_entry, Cache::zones),
+        spawn(
+            Api::<ZonePolicy>::all(client.clone()),
+            Kind::ZonePolicies,
+            shared,
+            trim_policy,
+            policy_entry,
+            Cache::policies,
+        ),
+        spawn(
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespaces,
+            shared,
+            trim_namespace,
+            namespace_entry,
+            Cache::namespaces,
+        ),
+        spawn(Api::<Node>::all(client.clone()), Kind::Nodes, shared, trim_node, node_entry, Cache::nodes),
+        spawn(
+            Api::<Service>::all(client.clone()),
+            Kind::Services,
+            shared,
+            trim_service,
+            service_entry,
+            Cache::services,
+        ),
+        spawn(Api::<Pod>::all(client.clone()), Kind::Pods, shared, trim_pod, pod_entry, Cache::pods),
+    ]
+}
+
+fn spawn<K, T>(
+    api: Api<K>,
+    kind: Kind,
+    shared: &Arc<Shared>,
+    trim: fn(&mut K),
+    convert: fn(&K) -> (Key, T),
+    apply: fn(&mut Cache, Change<T>) -> bool,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { run(api, kind, shared, trim, convert, apply).await })
+}
+
+/// Follows one kind for as long as the agent runs. Never gives up: errors are logged and
+/// retried with backoff.
+async fn run<K, T>(
+    api: Api<K>,
+    kind: Kind,
+    shared: Arc<Shared>,
+    trim: fn(&mut K),
+    convert: fn(&K) -> (Key, T),
+    apply: fn(&mut Cache, Change<T>) -> bool,
+) where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    // Lists come from the API server's watch cache (resourceVersion=0), as informers do:
+    // every node runs an agent, and quorum reads from all of them would load etcd.
+    let config = watcher::Config::default().any_semantic();
+    let seed = std::process::id() as u64 ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let stream = watch_stream(api, config).modify(trim).backoff(RetryBackoff::new(seed));
+    let mut stream = pin!(stream);
+    let mut failures: u64 = 0;
+    let mut relisting = false;
+    let mut listed_once = false;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                failures += 1;
+                let message = describe_error(&error);
+                // First failure and then every tenth: an unreachable API server is retried
+                // every few seconds and must not flood the log.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(
+                        kind = kind.as_str(),
+                        failures,
+                        error = %message,
+                        "watch failed; retrying with backoff, the last known state stays enforced"
+                    );
+                }
+                shared.report_problem(kind, format!("watch of {} failed: {message}", kind.as_str()));
+                continue;
+            }
+        };
+        if failures > 0 && !matches!(event, Event::Init | Event::InitApply(_)) {
+            tracing::info!(kind = kind.as_str(), failures, "watch recovered");
+            failures = 0;
+            shared.recovered(kind);
+        }
+        let change = match event {
+            Event::Init => {
+                if listed_once {
+                    tracing::info!(kind = kind.as_str(), "relisting to resynchronise");
+                }
+                relisting = true;
+                Change::Relist
+            }
+            Event::InitApply(object) => {
+                let (key, value) = convert(&object);
+                Change::RelistItem(key, value)
+            }
+            Event::InitDone => Change::RelistDone,
+            Event::Apply(object) => {
+                let (key, value) = convert(&object);
+                Change::Applied(key, value)
+            }
+            Event::Delete(object) => Change::Deleted(convert(&object).0),
+        };
+        let done = matches!(change, Change::RelistDone);
+        let (changed, objects) = {
+            let mut cache = shared.cache.lock().expect("cache lock");
+            let changed = apply(&mut cache, change);
+            let objects = cache
+                .counts()
+                .iter()
+                .find(|(counted, _)| *counted == kind)
+                .map_or(0, |(_, count)| *count);
+            (changed, objects)
+        };
+        if done && relisting {
+            relisting = false;
+            if listed_once {
+                tracing::info!(kind = kind.as_str(), objects, changed, "resynchronised");
+            } else {
+                tracing::info!(kind = kind.as_str(), objects, "initial list complete");
+            }
+            listed_once = true;
+            failures = 0;
+            shared.recovered(kind);
+        }
+        if changed {
+            shared.wake();
+        }
+    }
+}
+
+/// The error with its causes, on one line.
+fn describe_error(error: &watcher::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_trimmed_to_what_is_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-1", "namespace": "shop", "uid": "u1",
+                "labels": {"app": "web"},
+                "annotations": {"big": "x".repeat(1000)},
+                "managedFields": [{"manager": "kubelet"}],
+                "creationTimestamp": "2024-01-01T00:00:00Z"
+            },
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "podIP": "10.1.0.5",
+                       "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        trim_pod(&mut pod);
+        assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
+        assert!(pod.spec.as_ref().unwrap().containers.is_empty());
+        assert!(pod.status.as_ref().unwrap().conditions.is_none());
+        let (key, entry) = pod_entry(&pod);
+        assert_eq!(key, "shop/web-1");
+        assert_eq!(entry.pod.ips.len(), 2);
+        assert_eq!(entry.pod.node_name.as_deref(), Some("node-a"));
+        assert_eq!(entry.pod.labels["app"], "web");
+        assert!(entry.created.starts_with("2024-01-01T00:00:00"));
+    }
+
+    #[test]
+    fn nodes_and_services_keep_their_addresses() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n1"},
+                {"type": "InternalIP", "address": "198.18.0.1"},
+                {"type": "ExternalIP", "address": "203.0.113.9"}]}
+        }))
+        .unwrap();
+        let (_, node) = node_entry(&node);
+        assert_eq!(node.addresses.len(), 2);
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+                     "selector": {"app": "web"}}
+        }))
+        .unwrap();
+        let (key, service) = service_entry(&service);
+        assert_eq!(key, "shop/web");
+        assert_eq!(service.cluster_ips.len(), 2);
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "shop"}, "spec": {"clusterIP": "None"}
+        }))
+        .unwrap();
+        assert!(service_entry(&headless).1.cluster_ips.is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut backoff = RetryBackoff::new(42);
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next().unwrap()).collect();
+        assert!(delays[0] <= BACKOFF_FIRST && delays[0] >= BACKOFF_FIRST / 2);
+        assert!(delays[7] <= BACKOFF_MAX && delays[7] >= BACKOFF_MAX / 2);
+        backoff.reset();
+        assert!(backoff.next().unwrap() <= BACKOFF_FIRST);
+    }
+}
