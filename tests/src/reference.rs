@@ -9,7 +9,8 @@
 //! Semantics (as documented in `firewall_agent::policy::model`):
 //! - Zone of an address: a node's address is `host`; else a pod's address is its pod's
 //!   zone; else a Service's cluster IP has the zone of the pods it selects when they are
-//!   all in one zone; else the zone of the longest `spec.networks` prefix containing it;
+//!   all in one zone (what the destination pod decides once kube-proxy has translated the
+//!   address; the datapath defers Service addresses to it); else the zone of the longest `spec.networks` prefix containing it;
 //!   else `world`. Two pods (or services) with one address: the `namespace/name` that
 //!   sorts first.
 //! - Zone of a pod: `host` for host-network pods; else the first selector zone by name
@@ -412,7 +413,9 @@ mod tests {
         yaml += "---\nkind: Pod\nmetadata: {name: agent, namespace: ns0}\nspec: {hostNetwork: true}\nstatus: {podIP: 192.168.1.1}\n";
         yaml += "---\nkind: Pod\nmetadata: {name: loner, namespace: nowhere}\nstatus: {podIP: 198.18.99.1}\n";
         yaml += "---\nkind: Service\nmetadata: {name: workers, namespace: ns1}\nspec: {clusterIP: 10.96.0.1, selector: {role: worker}}\n";
-        addresses.extend([ip("198.18.99.1"), ip("10.96.0.1")]);
+        // The Service's cluster IP is not drawn: the datapath never decides it from the
+        // tables (it defers to the destination pod after DNAT; tests/tests/services.rs).
+        addresses.extend([ip("198.18.99.1")]);
         let every = [
             "z0",
             "z1",
