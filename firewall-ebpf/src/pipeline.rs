@@ -374,32 +374,15 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     if unknown {
         flags |= CT_FLAG_UNKNOWN;
     }
-    ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    {
-        CT_STATE_SYN_SENT
-    } else {
-        // Anything else, TCP picked up mid-stream included (tracking lost): judged as new,
-        // then followed.
-        CT_STATE_ESTABLISHED
+    let flow_id = unsafe { ((bpf_get_prandom_u32() as u64) << 32) | bpf_get_prandom_u32() as u64 };
+    let decision = Decision {
+        flow_id,
+        zones: [src_zone, dst_zone],
+        rule,
+        audit_rule,
+        flags,
     };
-    ct.flow_id = unsafe { ((bpf_get_prandom_u32() as u64) << 32) | bpf_get_prandom_u32() as u64 };
-    ct.start_ns = run.now;
-    ct.last_seen_ns = run.now;
-    ct.last_report_ns = run.now;
-    ct.packets = [run.counting as u64, 0];
-    ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
-    ct.local = [is_local(&run.src_endpoint), is_local(&run.dst_endpoint)];
-    ct._pad = [0; 6];
-    ct.initiator_zone = src_zone;
-    ct.responder_zone = dst_zone;
-    ct.rule = rule;
-    ct.audit_rule = audit_rule;
-    ct.generation = config.generation;
-    ct.flags = flags;
-    ct.tcp_flags = [packet.tcp_flags, 0];
-    if CONNTRACK.insert(key, &*ct, 0).is_err() {
-        count(COUNTER_CT_INSERT_FAILED);
-    }
+    track(packet, key, ct, run, config, &decision);
     let kind = if audit { EVENT_AUDIT } else { EVENT_START };
     emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW));
     if packet.fragment == Fragment::First {
@@ -417,12 +400,38 @@ fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Con
     if run.src_is_hi {
         flags |= CT_FLAG_INITIATOR_IS_HI;
     }
+    let decision = Decision {
+        flow_id: 0,
+        zones: [ZONE_NONE, ZONE_NONE],
+        rule: RULE_SERVICE_DEFERRED,
+        audit_rule: RULE_NONE,
+        flags,
+    };
+    track(packet, key, ct, run, config, &decision);
+    PASS
+}
+
+/// What a new conntrack entry records about the decision.
+struct Decision {
+    flow_id: u64,
+    /// [initiator, responder].
+    zones: [u32; 2],
+    rule: u32,
+    audit_rule: u32,
+    flags: u8,
+}
+
+/// Builds the entry of a new flow in `ct` (scratch memory) and inserts it.
+#[inline(always)]
+fn track(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Config, decision: &Decision) {
     ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         CT_STATE_SYN_SENT
     } else {
+        // Anything else, TCP picked up mid-stream included (tracking lost): judged as new,
+        // then followed.
         CT_STATE_ESTABLISHED
     };
-    ct.flow_id = 0;
+    ct.flow_id = decision.flow_id;
     ct.start_ns = run.now;
     ct.last_seen_ns = run.now;
     ct.last_report_ns = run.now;
@@ -430,15 +439,14 @@ fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Con
     ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
     ct.local = [is_local(&run.src_endpoint), is_local(&run.dst_endpoint)];
     ct._pad = [0; 6];
-    ct.initiator_zone = ZONE_NONE;
-    ct.responder_zone = ZONE_NONE;
-    ct.rule = RULE_SERVICE_DEFERRED;
-    ct.audit_rule = RULE_NONE;
+    ct.initiator_zone = decision.zones[0];
+    ct.responder_zone = decision.zones[1];
+    ct.rule = decision.rule;
+    ct.audit_rule = decision.audit_rule;
     ct.generation = config.generation;
-    ct.flags = flags;
+    ct.flags = decision.flags;
     ct.tcp_flags = [packet.tcp_flags, 0];
     if CONNTRACK.insert(key, &*ct, 0).is_err() {
         count(COUNTER_CT_INSERT_FAILED);
     }
-    PASS
 }
