@@ -25,6 +25,8 @@ pub enum AgentError {
     Datapath(#[from] crate::datapath::DatapathError),
     #[error(transparent)]
     Sink(#[from] crate::flows::SinkError),
+    #[error(transparent)]
+    Kube(#[from] crate::source::kube::KubeError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -326,8 +328,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         Some(path) => Box::new(FileSource::new(path)),
         None => Box::new(
             crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref()))
-                .await
-                .map_err(|error| AgentError::Config(error.to_string()))?,
+                .await?,
         ),
     };
     let sinks = Dispatcher::start(
@@ -339,7 +340,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if previous.ready != 0 {
         tracing::info!(
             generation = previous.generation,
-            "adopting pinned state: the previous policy stays enforced until the file is applied"
+            "adopting pinned state: the previous policy stays enforced until the source is applied"
         );
     }
     let ring = datapath

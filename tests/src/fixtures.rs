@@ -110,7 +110,7 @@ impl PolicyFile {
         }
         let pod_ips: Vec<String> = ips.iter().map(|ip| format!("    - ip: \"{ip}\"")).collect();
         self.documents.push(format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {zone}\n  uid: uid-{name}\n  labels:\n    app: {name}\nstatus:\n  podIP: \"{}\"\n  podIPs:\n{}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {zone}\n  uid: uid-{name}\n  labels:\n    app: {name}\n    pod-template-hash: 7f9c\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: ReplicaSet, name: {name}-7f9c, uid: rs-{name}, controller: true}}\nstatus:\n  podIP: \"{}\"\n  podIPs:\n{}\n",
             ips[0],
             pod_ips.join("\n")
         ));

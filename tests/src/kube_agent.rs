@@ -39,10 +39,18 @@ impl KubeAgent {
             .expect("temporary folder under /run");
         let bpffs = dir.path().join("bpffs");
         std::fs::create_dir_all(&bpffs).expect("bpffs folder");
-        nix::mount::mount(Some("bpffs"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .expect("mounting a bpffs for the test");
+        nix::mount::mount(
+            Some("bpffs"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mounting a bpffs for the test");
         let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig, listener).expect("kubeconfig");
+        server
+            .write_kubeconfig(&kubeconfig, listener)
+            .expect("kubeconfig");
         let mut agent = Self {
             child: None,
             node: node.name().to_owned(),
@@ -90,7 +98,11 @@ impl KubeAgent {
             .args(&self.extra_args)
             .env_remove("ZONEWALL_CONFIG")
             .env_remove("KUBECONFIG")
-            .env("RUST_LOG", "info")
+            // ZONEWALL_TEST_AGENT_LOG (e.g. `info,firewall_agent=debug`) to see more.
+            .env(
+                "RUST_LOG",
+                std::env::var("ZONEWALL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
@@ -134,13 +146,19 @@ impl KubeAgent {
     pub fn wait_generation(&mut self, generation: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.generation().is_some_and(|current| current >= generation) {
+            if self
+                .generation()
+                .is_some_and(|current| current >= generation)
+            {
                 return;
             }
             assert!(self.running(), "the agent exited early:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no policy generation {generation} within 30 s:\n{}", self.logs());
+        panic!(
+            "no policy generation {generation} within 30 s:\n{}",
+            self.logs()
+        );
     }
 
     /// Waits (10 s) until the ready file lists `interface` as attached.
@@ -159,7 +177,11 @@ impl KubeAgent {
                 return;
             }
             assert!(self.running(), "the agent exited:\n{}", self.logs());
-            assert!(Instant::now() < deadline, "{interface} not attached within 10 s:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{interface} not attached within 10 s:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -176,7 +198,11 @@ impl KubeAgent {
     pub fn wait_log(&mut self, text: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.logs().contains(text) {
-            assert!(Instant::now() < deadline, "the agent never logged {text:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "the agent never logged {text:?}:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -184,7 +210,9 @@ impl KubeAgent {
     /// Every flow record written so far.
     pub fn flow_records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.flow_log).unwrap_or_default();
-        text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// The identity the kernel holds for `ip` (the pinned ENDPOINTS map), if any.

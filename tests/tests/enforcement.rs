@@ -112,6 +112,9 @@ fn zone_matrix(layout: Layout) {
     assert_eq!(deny["src"]["zone"], "dmz");
     assert_eq!(deny["src"]["namespace"], "dmz");
     assert_eq!(deny["src"]["pod"], "web");
+    assert_eq!(deny["src"]["workload"]["kind"], "Deployment", "the ReplicaSet stands for its Deployment");
+    assert_eq!(deny["src"]["workload"]["name"], "web");
+    assert_eq!(deny["src"]["labels"]["app"], "web");
     assert_eq!(deny["dst"]["ip"], app_ip);
     assert_eq!(deny["dst"]["zone"], "trusted");
     assert_eq!(deny["dst"]["pod"], "app");

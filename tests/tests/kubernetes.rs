@@ -9,11 +9,11 @@
 //!   old rules stay; two agents and one status writer; a Service's ClusterIP judged by
 //!   the zone of its pods through kube-proxy's nftables DNAT.
 
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -48,14 +48,24 @@ fn until(expected: bool, within: Duration, mut probe: impl FnMut() -> bool) -> O
 }
 
 /// Waits until `condition` holds for an object of the API server (10 s).
-fn wait_object(server: &ApiServer, kind: &str, namespace: &str, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+fn wait_object(
+    server: &ApiServer,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    condition: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let object = server.get(kind, namespace, name);
         if let Some(object) = object.as_ref().filter(|object| condition(object)) {
             return object.clone();
         }
-        assert!(Instant::now() < deadline, "{kind} {name}: {what} not within 10 s; now:\n{object:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{kind} {name}: {what} not within 10 s; now:\n{object:#?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -93,8 +103,20 @@ fn base_objects(server: &ApiServer) {
         selector_zone("restricted", &[("tier", "restricted")], &[]),
         selector_zone("quarantine", &[], &[("quarantine", "true")]),
         network_zone("partners", &["203.0.113.0/24"]),
-        zone_policy("dmz-to-trusted", &["dmz"], &["trusted"], json!([{"protocol": "TCP", "port": 8080}]), "Allow"),
-        zone_policy("trusted-to-restricted", &["trusted"], &["restricted"], json!([{"protocol": "TCP", "port": 5432}]), "Allow"),
+        zone_policy(
+            "dmz-to-trusted",
+            &["dmz"],
+            &["trusted"],
+            json!([{"protocol": "TCP", "port": 8080}]),
+            "Allow",
+        ),
+        zone_policy(
+            "trusted-to-restricted",
+            &["trusted"],
+            &["restricted"],
+            json!([{"protocol": "TCP", "port": 5432}]),
+            "Allow",
+        ),
     ] {
         server.create(object).expect("creating a base object");
     }
@@ -105,13 +127,18 @@ fn base_objects(server: &ApiServer) {
 
 /// Polls the source until it hands over a snapshot (10 s); the runtime runs the
 /// watchers and the status writer meanwhile.
-async fn next_snapshot(source: &mut KubeSource, unavailable: &mut Vec<String>) -> policy::PolicySet {
+async fn next_snapshot(
+    source: &mut KubeSource,
+    unavailable: &mut Vec<String>,
+) -> policy::PolicySet {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match source.poll() {
             SourceUpdate::Changed(set) => return set,
             SourceUpdate::Unavailable(message) => unavailable.push(message),
-            SourceUpdate::Invalid(error) => panic!("the Kubernetes source never hands over invalid input: {error}"),
+            SourceUpdate::Invalid(error) => {
+                panic!("the Kubernetes source never hands over invalid input: {error}")
+            }
             SourceUpdate::Unchanged => {}
         }
         assert!(Instant::now() < deadline, "no snapshot within 10 s");
@@ -120,20 +147,40 @@ async fn next_snapshot(source: &mut KubeSource, unavailable: &mut Vec<String>) -
 }
 
 /// Compiles and reports `set` as applied, as the run loop does.
-fn apply(source: &mut KubeSource, set: &policy::PolicySet, generation: u32) -> policy::CompiledPolicy {
+fn apply(
+    source: &mut KubeSource,
+    set: &policy::PolicySet,
+    generation: u32,
+) -> policy::CompiledPolicy {
     let compiled = policy::compile(set).expect("the source hands over valid sets");
-    source.outcome(Outcome::Applied { generation, compiled: &compiled });
+    source.outcome(Outcome::Applied {
+        generation,
+        compiled: &compiled,
+    });
     compiled
 }
 
 /// Waits, letting the runtime run, until `condition` holds for an object (10 s).
-async fn settle(server: &ApiServer, kind: &str, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+async fn settle(
+    server: &ApiServer,
+    kind: &str,
+    name: &str,
+    what: &str,
+    condition: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(object) = server.get(kind, "", name).filter(|object| condition(object)) {
+        if let Some(object) = server
+            .get(kind, "", name)
+            .filter(|object| condition(object))
+        {
             return object;
         }
-        assert!(Instant::now() < deadline, "{kind}/{name}: {what} not within 10 s: {:#?}", server.get(kind, "", name));
+        assert!(
+            Instant::now() < deadline,
+            "{kind}/{name}: {what} not within 10 s: {:#?}",
+            server.get(kind, "", name)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -154,9 +201,35 @@ fn source_options(path: &std::path::Path, identity: &str) -> KubeOptions {
 fn the_source_follows_the_api_and_one_writer_writes_status() {
     let server = ApiServer::start().unwrap();
     base_objects(&server);
-    server.create(pod("web", "web-1", &[("app", "web")], &[ip("198.18.1.10")], "node-a")).unwrap();
-    server.create(pod("app", "app-1", &[("app", "app")], &[ip("198.18.1.20"), ip("2001:db8:1::20")], "node-a")).unwrap();
+    server
+        .create(pod(
+            "web",
+            "web-1",
+            &[("app", "web")],
+            &[ip("198.18.1.10")],
+            "node-a",
+        ))
+        .unwrap();
+    server
+        .create(pod(
+            "app",
+            "app-1",
+            &[("app", "app")],
+            &[ip("198.18.1.20"), ip("2001:db8:1::20")],
+            "node-a",
+        ))
+        .unwrap();
     server.create(node("node-a", ip("198.18.0.1"))).unwrap();
+    // A host-network pod sends from its node's address: it is the node, zone host.
+    let mut host_pod = pod(
+        LEASE_NAMESPACE,
+        "agent-a",
+        &[("app", "zonewall")],
+        &[ip("198.18.0.1")],
+        "node-a",
+    );
+    host_pod["spec"]["hostNetwork"] = json!(true);
+    server.create(host_pod).unwrap();
     let second_port = server.listen_again().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let first_config = dir.path().join("first");
@@ -165,22 +238,34 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
     server.write_kubeconfig(&second_config, 1).unwrap();
     assert_ne!(second_port, server.port());
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let mut unavailable = Vec::new();
-        let mut first = KubeSource::start(source_options(&first_config, "agent-one")).await.unwrap();
+        let mut first = KubeSource::start(source_options(&first_config, "agent-one"))
+            .await
+            .unwrap();
         assert!(!first.synced());
         let set = next_snapshot(&mut first, &mut unavailable).await;
         assert!(first.synced());
         assert_eq!(set.zones.len(), 5);
         assert_eq!(set.policies.len(), 2);
-        assert_eq!(set.pods.len(), 2);
+        assert_eq!(set.pods.len(), 3);
+        assert!(set.pods.iter().any(|pod| pod.host_network));
         assert_eq!(set.nodes[0].addresses, [ip("198.18.0.1")]);
         let web = set.pods.iter().find(|pod| pod.name == "web-1").unwrap();
         assert_eq!(web.labels["app"], "web");
         assert!(!web.uid.is_empty());
         let compiled = apply(&mut first, &set, 1);
         assert_eq!(compiled.zones["dmz"].members, ["web/web-1"]);
+        let node_address = &compiled.endpoints[&ip("198.18.0.1")];
+        assert_eq!(node_address.zone, firewall_common::ZONE_HOST);
+        assert!(matches!(
+            node_address.kind,
+            policy::compiled::EndpointKind::Node { .. }
+        ));
 
         // Status: written by the Lease holder, server-side applied to /status.
         let dmz = settle(&server, "Zone", "dmz", "Accepted=True", |zone| {
@@ -191,7 +276,10 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         assert_eq!(dmz["status"]["observedGeneration"], 1);
         assert_eq!(accepted_status(&dmz).unwrap().1, "enforced: 1 pod");
         assert_eq!(accepted_condition(&dmz).unwrap()["reason"], "Accepted");
-        let partners = settle(&server, "Zone", "partners", "Accepted", |zone| accepted_status(zone).is_some()).await;
+        let partners = settle(&server, "Zone", "partners", "Accepted", |zone| {
+            accepted_status(zone).is_some()
+        })
+        .await;
         assert_eq!(accepted_status(&partners).unwrap().1, "enforced: 1 network");
         let managers: Vec<&str> = dmz["metadata"]["managedFields"]
             .as_array()
@@ -201,11 +289,15 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
             .map(|entry| entry["manager"].as_str().unwrap())
             .collect();
         assert_eq!(managers, ["zonewall-agent"]);
-        let lease = server.get("Lease", LEASE_NAMESPACE, "zonewall-status").expect("the writer holds a Lease");
+        let lease = server
+            .get("Lease", LEASE_NAMESPACE, "zonewall-status")
+            .expect("the writer holds a Lease");
         assert_eq!(lease["spec"]["holderIdentity"], "agent-one");
 
         // A second source on another port: it follows the same objects but does not write.
-        let mut second = KubeSource::start(source_options(&second_config, "agent-two")).await.unwrap();
+        let mut second = KubeSource::start(source_options(&second_config, "agent-two"))
+            .await
+            .unwrap();
         let set_two = next_snapshot(&mut second, &mut unavailable).await;
         apply(&mut second, &set_two, 1);
 
@@ -215,14 +307,26 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
             policy["spec"]["ports"] = json!([{"protocol": "TCP", "port": 8080, "endPort": 80}]);
         });
         let set = next_snapshot(&mut first, &mut unavailable).await;
-        let kept = set.policies.iter().find(|policy| policy.name == "dmz-to-trusted").unwrap();
-        assert_eq!(kept.to, ["trusted"], "the accepted generation stays in the snapshot");
+        let kept = set
+            .policies
+            .iter()
+            .find(|policy| policy.name == "dmz-to-trusted")
+            .unwrap();
+        assert_eq!(
+            kept.to,
+            ["trusted"],
+            "the accepted generation stays in the snapshot"
+        );
         apply(&mut first, &set, 2);
         let set_two = next_snapshot(&mut second, &mut unavailable).await;
         apply(&mut second, &set_two, 2);
-        let rejected = settle(&server, "ZonePolicy", "dmz-to-trusted", "Accepted=False", |policy| {
-            accepted_status(policy).is_some_and(|(status, _, _)| status == "False")
-        })
+        let rejected = settle(
+            &server,
+            "ZonePolicy",
+            "dmz-to-trusted",
+            "Accepted=False",
+            |policy| accepted_status(policy).is_some_and(|(status, _, _)| status == "False"),
+        )
         .await;
         let (_, message, observed) = accepted_status(&rejected).unwrap();
         assert_eq!(observed, generation(&rejected));
@@ -244,9 +348,17 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         apply(&mut first, &set, 3);
         let set_two = next_snapshot(&mut second, &mut unavailable).await;
         apply(&mut second, &set_two, 3);
-        settle(&server, "ZonePolicy", "dmz-to-trusted", "accepted again", |policy| {
-            accepted_status(policy).is_some_and(|(status, _, observed)| status == "True" && observed == generation(policy))
-        })
+        settle(
+            &server,
+            "ZonePolicy",
+            "dmz-to-trusted",
+            "accepted again",
+            |policy| {
+                accepted_status(policy).is_some_and(|(status, _, observed)| {
+                    status == "True" && observed == generation(policy)
+                })
+            },
+        )
         .await;
         let writers: std::collections::BTreeSet<usize> = server
             .requests()
@@ -258,19 +370,34 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 
         // The holder goes away: after the Lease duration the other one takes over.
         drop(first);
-        server.modify("Zone", "", "trusted", |zone| zone["spec"]["namespaceSelector"]["matchLabels"]["tier"] = json!("trusted-2"));
+        server.modify("Zone", "", "trusted", |zone| {
+            zone["spec"]["namespaceSelector"]["matchLabels"]["tier"] = json!("trusted-2")
+        });
         let set_two = next_snapshot(&mut second, &mut unavailable).await;
         apply(&mut second, &set_two, 4);
-        let trusted = settle(&server, "Zone", "trusted", "status from the new writer", |zone| {
-            accepted_status(zone).is_some_and(|(_, _, observed)| observed == generation(zone))
-        })
+        let trusted = settle(
+            &server,
+            "Zone",
+            "trusted",
+            "status from the new writer",
+            |zone| {
+                accepted_status(zone).is_some_and(|(_, _, observed)| observed == generation(zone))
+            },
+        )
         .await;
         assert_eq!(trusted["status"]["members"], 0);
-        assert_eq!(server.get("Lease", LEASE_NAMESPACE, "zonewall-status").unwrap()["spec"]["holderIdentity"], "agent-two");
-        assert!(server
-            .requests()
-            .iter()
-            .any(|request| request.method == "PATCH" && request.listener == 1));
+        assert_eq!(
+            server
+                .get("Lease", LEASE_NAMESPACE, "zonewall-status")
+                .unwrap()["spec"]["holderIdentity"],
+            "agent-two"
+        );
+        assert!(
+            server
+                .requests()
+                .iter()
+                .any(|request| request.method == "PATCH" && request.listener == 1)
+        );
 
         // An outage: reported once, nothing handed over, then a resync with the changes
         // made meanwhile (after a compaction, so the watches must relist).
@@ -286,8 +413,13 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(unavailable.last().unwrap().contains("watch of"), "{unavailable:?}");
-        server.modify("Pod", "web", "web-1", |pod| pod["metadata"]["labels"]["quarantine"] = json!("true"));
+        assert!(
+            unavailable.last().unwrap().contains("watch of"),
+            "{unavailable:?}"
+        );
+        server.modify("Pod", "web", "web-1", |pod| {
+            pod["metadata"]["labels"]["quarantine"] = json!("true")
+        });
         server.compact();
         server.restart().unwrap();
         let set = next_snapshot(&mut second, &mut unavailable).await;
@@ -321,12 +453,24 @@ fn lab() -> Lab {
     ];
     let server = ApiServer::start_in(topology.node()).unwrap();
     base_objects(&server);
-    server.create(node("node-a", topology.node_ipv4().into())).unwrap();
-    for (netns, namespace, name, app) in [("client", "web", "web-1", "web"), ("app", "app", "app-1", "app"), ("db", "db", "db-1", "db")] {
+    server
+        .create(node("node-a", topology.node_ipv4().into()))
+        .unwrap();
+    for (netns, namespace, name, app) in [
+        ("client", "web", "web-1", "web"),
+        ("app", "app", "app-1", "app"),
+        ("db", "db", "db-1", "db"),
+    ] {
         let ips = pod_ips(&topology, netns);
-        server.create(pod(namespace, name, &[("app", app)], &ips, "node-a")).unwrap();
+        server
+            .create(pod(namespace, name, &[("app", app)], &ips, "node-a"))
+            .unwrap();
     }
-    Lab { topology, server, _servers: servers }
+    Lab {
+        topology,
+        server,
+        _servers: servers,
+    }
 }
 
 fn pod_ips(topology: &Topology, name: &str) -> Vec<IpAddr> {
@@ -345,16 +489,29 @@ fn start_agent(lab: &Lab, extra: &[&str]) -> KubeAgent {
 }
 
 fn check(expected: bool, observed: bool, what: &str, agent: &KubeAgent) {
-    assert_eq!(observed, expected, "{what}: expected {}, observed {}\nagent log:\n{}",
+    assert_eq!(
+        observed,
+        expected,
+        "{what}: expected {}, observed {}\nagent log:\n{}",
         if expected { "allowed" } else { "denied" },
         if observed { "allowed" } else { "denied" },
-        agent.logs());
+        agent.logs()
+    );
 }
 
 /// Waits until `probe` gives `expected`; a verdict change must arrive within 3 s.
-fn converge(expected: bool, what: &str, agent: &KubeAgent, probe: impl FnMut() -> bool) -> Duration {
+fn converge(
+    expected: bool,
+    what: &str,
+    agent: &KubeAgent,
+    probe: impl FnMut() -> bool,
+) -> Duration {
     until(expected, Duration::from_secs(3), probe).unwrap_or_else(|| {
-        panic!("{what}: still {} after 3 s\nagent log:\n{}", if expected { "denied" } else { "allowed" }, agent.logs())
+        panic!(
+            "{what}: still {} after 3 s\nagent log:\n{}",
+            if expected { "denied" } else { "allowed" },
+            agent.logs()
+        )
     })
 }
 
@@ -378,18 +535,32 @@ impl Prober {
                 nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let allowed = TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(300)).is_ok();
+                    let allowed = TcpStream::connect_timeout(
+                        &SocketAddr::new(ip, port),
+                        Duration::from_millis(300),
+                    )
+                    .is_ok();
                     results.lock().unwrap().push((started, allowed));
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
         });
-        Self { stop, results, thread: Some(thread) }
+        Self {
+            stop,
+            results,
+            thread: Some(thread),
+        }
     }
 
     /// Results of attempts started at or after `since`.
     fn since(&self, since: Instant) -> Vec<bool> {
-        self.results.lock().unwrap().iter().filter(|(at, _)| *at >= since).map(|(_, allowed)| *allowed).collect()
+        self.results
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, allowed)| *allowed)
+            .collect()
     }
 }
 
@@ -403,14 +574,25 @@ impl Drop for Prober {
 }
 
 /// After `changed`, the probes must switch to `expected` within `within` and stay there.
-fn assert_switches(prober: &Prober, changed: Instant, expected: bool, within: Duration, what: &str, agent: &KubeAgent) {
+fn assert_switches(
+    prober: &Prober,
+    changed: Instant,
+    expected: bool,
+    within: Duration,
+    what: &str,
+    agent: &KubeAgent,
+) {
     let deadline = Instant::now() + within + Duration::from_secs(2);
     loop {
         let settled = prober.since(changed + within);
         if settled.len() >= 5 {
-            assert!(settled.iter().all(|allowed| *allowed == expected),
+            assert!(
+                settled.iter().all(|allowed| *allowed == expected),
                 "{what}: after {within:?} every probe must be {}: {:?}\nagent log:\n{}",
-                if expected { "allowed" } else { "denied" }, prober.since(changed), agent.logs());
+                if expected { "allowed" } else { "denied" },
+                prober.since(changed),
+                agent.logs()
+            );
             return;
         }
         assert!(Instant::now() < deadline, "{what}: too few probes ran");
@@ -432,29 +614,79 @@ fn pods_come_go_relabel_and_reuse_ips_while_probes_run() {
     let client_ips = pod_ips(topology, "client");
     let server = &lab.server;
 
-    check(true, tcp_connect(client, app_ip, 8080, T), "dmz -> trusted:8080", &agent);
-    check(false, tcp_connect(client, db_ip, 5432, T), "dmz -> restricted:5432", &agent);
-    check(true, tcp_connect(client, topology.pod("app").ipv6.into(), 8080, T), "v6 dmz -> trusted:8080", &agent);
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "dmz -> trusted:8080",
+        &agent,
+    );
+    check(
+        false,
+        tcp_connect(client, db_ip, 5432, T),
+        "dmz -> restricted:5432",
+        &agent,
+    );
+    check(
+        true,
+        tcp_connect(client, topology.pod("app").ipv6.into(), 8080, T),
+        "v6 dmz -> trusted:8080",
+        &agent,
+    );
 
     // Relabelling the pod moves it to the quarantine zone, and back.
     let prober = Prober::start(client, app_ip, 8080);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(prober.since(Instant::now() - Duration::from_millis(300)).iter().all(|allowed| *allowed));
-    let changed = Instant::now();
-    server.modify("Pod", "web", "web-1", |pod| pod["metadata"]["labels"]["quarantine"] = json!("true"));
-    assert_switches(&prober, changed, false, Duration::from_secs(1), "quarantined pod -> trusted:8080", &agent);
+    assert!(
+        prober
+            .since(Instant::now() - Duration::from_millis(300))
+            .iter()
+            .all(|allowed| *allowed)
+    );
     let changed = Instant::now();
     server.modify("Pod", "web", "web-1", |pod| {
-        pod["metadata"]["labels"].as_object_mut().unwrap().remove("quarantine");
+        pod["metadata"]["labels"]["quarantine"] = json!("true")
     });
-    assert_switches(&prober, changed, true, Duration::from_secs(1), "released pod -> trusted:8080", &agent);
+    assert_switches(
+        &prober,
+        changed,
+        false,
+        Duration::from_secs(1),
+        "quarantined pod -> trusted:8080",
+        &agent,
+    );
+    let changed = Instant::now();
+    server.modify("Pod", "web", "web-1", |pod| {
+        pod["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("quarantine");
+    });
+    assert_switches(
+        &prober,
+        changed,
+        true,
+        Duration::from_secs(1),
+        "released pod -> trusted:8080",
+        &agent,
+    );
     drop(prober);
 
     // Relabelling its namespace moves it to trusted (which may reach the database).
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("trusted"));
-    converge(true, "trusted (relabelled namespace) -> restricted:5432", &agent, || tcp_connect(client, db_ip, 5432, T));
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("dmz"));
-    converge(false, "dmz again -> restricted:5432", &agent, || tcp_connect(client, db_ip, 5432, T));
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("trusted")
+    });
+    converge(
+        true,
+        "trusted (relabelled namespace) -> restricted:5432",
+        &agent,
+        || tcp_connect(client, db_ip, 5432, T),
+    );
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("dmz")
+    });
+    converge(false, "dmz again -> restricted:5432", &agent, || {
+        tcp_connect(client, db_ip, 5432, T)
+    });
 
     // IP reuse while probes run: web-1 goes, app-2 (trusted) gets its IPs, then app-2
     // goes and web-2 (dmz) gets them. An established connection of app-2 must not carry
@@ -462,9 +694,26 @@ fn pods_come_go_relabel_and_reuse_ips_while_probes_run() {
     let prober = Prober::start(client, db_ip, 5432);
     server.delete("Pod", "web", "web-1").unwrap();
     let changed = Instant::now();
-    server.create(pod("app", "app-2", &[("app", "app")], &client_ips, "node-a")).unwrap();
-    assert_switches(&prober, changed, true, Duration::from_secs(1), "reused IP as app-2 (trusted) -> restricted:5432", &agent);
-    let app2 = agent.endpoint(client_ips[0]).expect("the reused IP is known");
+    server
+        .create(pod(
+            "app",
+            "app-2",
+            &[("app", "app")],
+            &client_ips,
+            "node-a",
+        ))
+        .unwrap();
+    assert_switches(
+        &prober,
+        changed,
+        true,
+        Duration::from_secs(1),
+        "reused IP as app-2 (trusted) -> restricted:5432",
+        &agent,
+    );
+    let app2 = agent
+        .endpoint(client_ips[0])
+        .expect("the reused IP is known");
     let mut held = client
         .enter(|| TcpStream::connect_timeout(&SocketAddr::new(db_ip, 5432), T))
         .unwrap()
@@ -472,26 +721,60 @@ fn pods_come_go_relabel_and_reuse_ips_while_probes_run() {
     held.set_read_timeout(Some(T)).unwrap();
     held.write_all(b"ping").unwrap();
     let mut echo = [0u8; 4];
-    held.read_exact(&mut echo).expect("echo over app-2's connection");
+    held.read_exact(&mut echo)
+        .expect("echo over app-2's connection");
     server.delete("Pod", "app", "app-2").unwrap();
     let changed = Instant::now();
-    server.create(pod("web", "web-2", &[("app", "web")], &client_ips, "node-a")).unwrap();
-    assert_switches(&prober, changed, false, Duration::from_secs(1), "reused IP as web-2 (dmz) -> restricted:5432", &agent);
+    server
+        .create(pod(
+            "web",
+            "web-2",
+            &[("app", "web")],
+            &client_ips,
+            "node-a",
+        ))
+        .unwrap();
+    assert_switches(
+        &prober,
+        changed,
+        false,
+        Duration::from_secs(1),
+        "reused IP as web-2 (dmz) -> restricted:5432",
+        &agent,
+    );
     drop(prober);
-    let web2 = agent.endpoint(client_ips[0]).expect("the reused IP is known");
+    let web2 = agent
+        .endpoint(client_ips[0])
+        .expect("the reused IP is known");
     assert_ne!(app2.epoch, web2.epoch, "a new owner gets a new epoch");
     assert_ne!(app2.zone, web2.zone);
     let carried = held.write_all(b"ping").is_ok() && held.read_exact(&mut echo).is_ok();
-    assert!(!carried, "app-2's connection must not carry over to web-2\n{}", agent.logs());
+    assert!(
+        !carried,
+        "app-2's connection must not carry over to web-2\n{}",
+        agent.logs()
+    );
     let _ = held.shutdown(Shutdown::Both);
 
     // Gone without a successor: the IP is unknown and follows --unknown-source (deny).
     server.delete("Pod", "web", "web-2").unwrap();
-    converge(false, "unknown source -> trusted:8080", &agent, || tcp_connect(client, app_ip, 8080, T));
+    converge(false, "unknown source -> trusted:8080", &agent, || {
+        tcp_connect(client, app_ip, 8080, T)
+    });
     assert!(agent.endpoint(client_ips[0]).is_none());
     // And a new pod with that IP is enforced from its first event.
-    server.create(pod("web", "web-3", &[("app", "web")], &client_ips, "node-a")).unwrap();
-    converge(true, "web-3 -> trusted:8080", &agent, || tcp_connect(client, app_ip, 8080, T));
+    server
+        .create(pod(
+            "web",
+            "web-3",
+            &[("app", "web")],
+            &client_ips,
+            "node-a",
+        ))
+        .unwrap();
+    converge(true, "web-3 -> trusted:8080", &agent, || {
+        tcp_connect(client, app_ip, 8080, T)
+    });
 }
 
 #[test]
@@ -507,55 +790,127 @@ fn the_api_server_dies_restarts_and_nothing_is_lost() {
     let client_ip: IpAddr = topology.pod("client").ipv4.into();
     let app_ip: IpAddr = topology.pod("app").ipv4.into();
     let server = &lab.server;
-    check(true, tcp_connect(client, app_ip, 8080, T), "dmz -> trusted:8080", &agent);
-    check(false, tcp_connect(app, client_ip, 9000, T), "trusted -> dmz:9000", &agent);
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "dmz -> trusted:8080",
+        &agent,
+    );
+    check(
+        false,
+        tcp_connect(app, client_ip, 9000, T),
+        "trusted -> dmz:9000",
+        &agent,
+    );
 
     // Killed: enforcement goes on unchanged, and the agent says what happened.
     server.kill();
-    agent.wait_log("watch failed; retrying with backoff, the last known state stays enforced", Duration::from_secs(10));
+    agent.wait_log(
+        "watch failed; retrying with backoff, the last known state stays enforced",
+        Duration::from_secs(10),
+    );
     agent.wait_log("policy source unavailable", Duration::from_secs(10));
-    check(true, tcp_connect(client, app_ip, 8080, T), "dmz -> trusted:8080 while the API is down", &agent);
-    check(false, tcp_connect(app, client_ip, 9000, T), "trusted -> dmz:9000 while the API is down", &agent);
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "dmz -> trusted:8080 while the API is down",
+        &agent,
+    );
+    check(
+        false,
+        tcp_connect(app, client_ip, 9000, T),
+        "trusted -> dmz:9000 while the API is down",
+        &agent,
+    );
 
     // Changed while it is down (and the history compacted, so the watches must relist):
     // the client's namespace becomes trusted.
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("trusted"));
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("trusted")
+    });
     server.compact();
     std::thread::sleep(Duration::from_secs(2));
-    check(false, tcp_connect(app, client_ip, 9000, T), "nothing changes before the API is back", &agent);
+    check(
+        false,
+        tcp_connect(app, client_ip, 9000, T),
+        "nothing changes before the API is back",
+        &agent,
+    );
     server.restart().unwrap();
     // The watchers retry with backoff (at most 8 s between attempts).
-    until(true, Duration::from_secs(12), || tcp_connect(app, client_ip, 9000, T))
-        .unwrap_or_else(|| panic!("the change made during the outage never arrived:\n{}", agent.logs()));
+    until(true, Duration::from_secs(12), || {
+        tcp_connect(app, client_ip, 9000, T)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the change made during the outage never arrived:\n{}",
+            agent.logs()
+        )
+    });
     agent.wait_log("relisting to resynchronise", Duration::from_secs(5));
     agent.wait_log("resynchronised", Duration::from_secs(5));
 
     // Changes made after the restart arrive through the new watches.
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("dmz"));
-    converge(false, "dmz again after the restart", &agent, || tcp_connect(app, client_ip, 9000, T));
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("dmz")
+    });
+    converge(false, "dmz again after the restart", &agent, || {
+        tcp_connect(app, client_ip, 9000, T)
+    });
 
     // A slow API server: changes arrive, later.
     server.set_latency(Duration::from_millis(1500));
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("trusted"));
-    until(true, Duration::from_secs(10), || tcp_connect(app, client_ip, 9000, T))
-        .unwrap_or_else(|| panic!("a change through a slow API server never arrived:\n{}", agent.logs()));
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("trusted")
+    });
+    until(true, Duration::from_secs(10), || {
+        tcp_connect(app, client_ip, 9000, T)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a change through a slow API server never arrived:\n{}",
+            agent.logs()
+        )
+    });
     server.set_latency(Duration::ZERO);
 
     // Refused connections with the watches still open: they keep delivering.
     server.refuse_connections();
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("dmz"));
-    converge(false, "change delivered over open watches", &agent, || tcp_connect(app, client_ip, 9000, T));
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("dmz")
+    });
+    converge(false, "change delivered over open watches", &agent, || {
+        tcp_connect(app, client_ip, 9000, T)
+    });
     server.restart().unwrap();
 
     // Killed again, restarted without compaction: the watches resume where they were.
     server.kill();
     agent.wait_log("policy source unavailable", Duration::from_secs(10));
     server.restart().unwrap();
-    server.modify("Namespace", "", "web", |namespace| namespace["metadata"]["labels"]["tier"] = json!("trusted"));
-    until(true, Duration::from_secs(15), || tcp_connect(app, client_ip, 9000, T))
-        .unwrap_or_else(|| panic!("a change after the second restart never arrived:\n{}", agent.logs()));
-    assert!(agent.running(), "the agent survives every outage:\n{}", agent.logs());
-    check(true, tcp_connect(client, app_ip, 8080, T), "trusted -> trusted:8080 at the end", &agent);
+    server.modify("Namespace", "", "web", |namespace| {
+        namespace["metadata"]["labels"]["tier"] = json!("trusted")
+    });
+    until(true, Duration::from_secs(15), || {
+        tcp_connect(app, client_ip, 9000, T)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a change after the second restart never arrived:\n{}",
+            agent.logs()
+        )
+    });
+    assert!(
+        agent.running(),
+        "the agent survives every outage:\n{}",
+        agent.logs()
+    );
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "trusted -> trusted:8080 at the end",
+        &agent,
+    );
 }
 
 #[test]
@@ -569,40 +924,95 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
     let topology = &lab.topology;
     let client = &topology.pod("client").netns;
     let app_ip: IpAddr = topology.pod("app").ipv4.into();
-    check(true, tcp_connect(client, app_ip, 8080, T), "dmz -> trusted:8080", &agent);
-    let accepted = wait_object(server, "ZonePolicy", "", "dmz-to-trusted", "Accepted=True", |policy| {
-        accepted_status(policy).is_some_and(|(status, _, _)| status == "True")
-    });
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "dmz -> trusted:8080",
+        &agent,
+    );
+    let accepted = wait_object(
+        server,
+        "ZonePolicy",
+        "",
+        "dmz-to-trusted",
+        "Accepted=True",
+        |policy| accepted_status(policy).is_some_and(|(status, _, _)| status == "True"),
+    );
     assert_eq!(accepted_status(&accepted).unwrap().1, "enforced");
-    let dmz = wait_object(server, "Zone", "", "dmz", "member count", |zone| zone["status"]["members"] == 1);
+    let dmz = wait_object(server, "Zone", "", "dmz", "member count", |zone| {
+        zone["status"]["members"] == 1
+    });
     assert_eq!(accepted_status(&dmz).unwrap().0, "True");
 
     // Broken: the destination zone does not exist. Old rules stay.
-    server.modify("ZonePolicy", "", "dmz-to-trusted", |policy| policy["spec"]["to"] = json!(["trusted", "trustd"]));
-    let rejected = wait_object(server, "ZonePolicy", "", "dmz-to-trusted", "Accepted=False", |policy| {
-        accepted_status(policy).is_some_and(|(status, _, observed)| status == "False" && observed == generation(policy))
+    server.modify("ZonePolicy", "", "dmz-to-trusted", |policy| {
+        policy["spec"]["to"] = json!(["trusted", "trustd"])
     });
+    let rejected = wait_object(
+        server,
+        "ZonePolicy",
+        "",
+        "dmz-to-trusted",
+        "Accepted=False",
+        |policy| {
+            accepted_status(policy).is_some_and(|(status, _, observed)| {
+                status == "False" && observed == generation(policy)
+            })
+        },
+    );
     let message = accepted_status(&rejected).unwrap().1;
-    assert!(message.contains("spec.to[1]: zone \"trustd\" does not exist; did you mean \"trusted\"?"), "{message}");
-    assert!(message.contains("generation 1 of this ZonePolicy stays enforced"), "{message}");
-    check(true, tcp_connect(client, app_ip, 8080, T), "the old rule stays enforced", &agent);
+    assert!(
+        message.contains("spec.to[1]: zone \"trustd\" does not exist; did you mean \"trusted\"?"),
+        "{message}"
+    );
+    assert!(
+        message.contains("generation 1 of this ZonePolicy stays enforced"),
+        "{message}"
+    );
+    check(
+        true,
+        tcp_connect(client, app_ip, 8080, T),
+        "the old rule stays enforced",
+        &agent,
+    );
 
     // A broken zone: rejected with the field named, the others go on.
-    server.create(network_zone("bad-net", &["10.0.0.0/33"])).unwrap();
+    server
+        .create(network_zone("bad-net", &["10.0.0.0/33"]))
+        .unwrap();
     let bad = wait_object(server, "Zone", "", "bad-net", "Accepted=False", |zone| {
         accepted_status(zone).is_some_and(|(status, _, _)| status == "False")
     });
-    assert!(accepted_status(&bad).unwrap().1.contains("spec.networks[0]: \"10.0.0.0/33\" is not a CIDR"));
+    assert!(
+        accepted_status(&bad)
+            .unwrap()
+            .1
+            .contains("spec.networks[0]: \"10.0.0.0/33\" is not a CIDR")
+    );
 
     // Fixed: accepted, and the edit (a new port) is enforced.
     server.modify("ZonePolicy", "", "dmz-to-trusted", |policy| {
         policy["spec"]["to"] = json!(["trusted"]);
         policy["spec"]["ports"] = json!([{"protocol": "TCP", "port": 8081}]);
     });
-    converge(false, "the fixed policy no longer allows 8080", &agent, || tcp_connect(client, app_ip, 8080, T));
-    wait_object(server, "ZonePolicy", "", "dmz-to-trusted", "accepted again", |policy| {
-        accepted_status(policy).is_some_and(|(status, _, observed)| status == "True" && observed == generation(policy))
-    });
+    converge(
+        false,
+        "the fixed policy no longer allows 8080",
+        &agent,
+        || tcp_connect(client, app_ip, 8080, T),
+    );
+    wait_object(
+        server,
+        "ZonePolicy",
+        "",
+        "dmz-to-trusted",
+        "accepted again",
+        |policy| {
+            accepted_status(policy).is_some_and(|(status, _, observed)| {
+                status == "True" && observed == generation(policy)
+            })
+        },
+    );
     agent.wait_log("policy enforced", Duration::from_secs(1));
 }
 
@@ -616,9 +1026,23 @@ fn only_the_lease_holder_writes_status() {
     let server = &lab.server;
     server.listen_in(other_node.node()).unwrap();
     let first = start_agent(&lab, &["--status-lease-seconds", "2"]);
-    let mut second = KubeAgent::start(other_node.node(), server, 1, &["--node-name", "node-b", "--status-lease-seconds", "2"]);
-    wait_object(server, "Zone", "", "dmz", "status", |zone| zone["status"]["members"] == 1);
-    wait_object(server, "ZonePolicy", "", "trusted-to-restricted", "status", |policy| accepted_status(policy).is_some());
+    let mut second = KubeAgent::start(
+        other_node.node(),
+        server,
+        1,
+        &["--node-name", "node-b", "--status-lease-seconds", "2"],
+    );
+    wait_object(server, "Zone", "", "dmz", "status", |zone| {
+        zone["status"]["members"] == 1
+    });
+    wait_object(
+        server,
+        "ZonePolicy",
+        "",
+        "trusted-to-restricted",
+        "status",
+        |policy| accepted_status(policy).is_some(),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let writers: std::collections::BTreeSet<usize> = server
         .requests()
@@ -627,21 +1051,40 @@ fn only_the_lease_holder_writes_status() {
         .map(|request| request.listener)
         .collect();
     assert_eq!(writers.len(), 1, "one writer, got listeners {writers:?}");
-    let holder = server.get("Lease", LEASE_NAMESPACE, "zonewall-status").unwrap()["spec"]["holderIdentity"]
+    let holder = server
+        .get("Lease", LEASE_NAMESPACE, "zonewall-status")
+        .unwrap()["spec"]["holderIdentity"]
         .as_str()
         .unwrap()
         .to_string();
     let writer = *writers.first().unwrap();
-    assert_eq!(holder.starts_with("node-a"), writer == 0, "the holder {holder} is the writer (listener {writer})");
+    assert_eq!(
+        holder.starts_with("node-a"),
+        writer == 0,
+        "the holder {holder} is the writer (listener {writer})"
+    );
 
     // The holder dies: the other agent takes the Lease and writes what changes next.
-    let (mut survivor, survivor_listener, mut dead) = if writer == 0 { (second, 1, first) } else { (first, 0, second) };
+    let (mut survivor, survivor_listener, mut dead) = if writer == 0 {
+        (second, 1, first)
+    } else {
+        (first, 0, second)
+    };
     dead.kill(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
-    server.modify("ZonePolicy", "", "trusted-to-restricted", |policy| policy["spec"]["ports"] = json!([{"protocol": "TCP", "port": 5433}]));
-    wait_object(server, "ZonePolicy", "", "trusted-to-restricted", "status of the new generation", |policy| {
-        accepted_status(policy).is_some_and(|(_, _, observed)| observed == generation(policy))
+    server.modify("ZonePolicy", "", "trusted-to-restricted", |policy| {
+        policy["spec"]["ports"] = json!([{"protocol": "TCP", "port": 5433}])
     });
+    wait_object(
+        server,
+        "ZonePolicy",
+        "",
+        "trusted-to-restricted",
+        "status of the new generation",
+        |policy| {
+            accepted_status(policy).is_some_and(|(_, _, observed)| observed == generation(policy))
+        },
+    );
     let late: Vec<usize> = server
         .requests()
         .iter()
@@ -701,49 +1144,107 @@ fn a_cluster_ip_is_judged_by_the_zone_of_its_pods() {
     let cluster_ip = ip("198.18.100.10");
     let app_ip: IpAddr = topology.pod("app").ipv4.into();
     // Port 80 of the Service reaches the pods' 8080, which dmz may reach.
-    server.create(service("app", "app", cluster_ip, &[("app", "app")], 80, 8080)).unwrap();
+    server
+        .create(service(
+            "app",
+            "app",
+            cluster_ip,
+            &[("app", "app")],
+            80,
+            8080,
+        ))
+        .unwrap();
     let rules = kube_proxy_rules(cluster_ip, 80, app_ip, 8080);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), rules).unwrap();
-    topology.node().run(&["nft", "-f", &file.path().display().to_string()]).expect("loading kube-proxy's rules");
+    topology
+        .node()
+        .run(&["nft", "-f", &file.path().display().to_string()])
+        .expect("loading kube-proxy's rules");
     let agent = start_agent(&lab, &[]);
     let client = &topology.pod("client").netns;
     let db = &topology.pod("db").netns;
     let client_ip = topology.pod("client").ipv4.to_string();
 
     // The ClusterIP is known (from the Service object), its decision deferred to the pod.
-    let vip = agent.endpoint(cluster_ip).expect("the ClusterIP is an endpoint");
+    let vip = agent
+        .endpoint(cluster_ip)
+        .expect("the ClusterIP is an endpoint");
     assert_eq!(vip.zone, firewall_common::ZONE_NONE);
-    check(true, tcp_connect(client, cluster_ip, 80, T), "dmz -> Service of trusted pods:80 (pods' 8080)", &agent);
+    check(
+        true,
+        tcp_connect(client, cluster_ip, 80, T),
+        "dmz -> Service of trusted pods:80 (pods' 8080)",
+        &agent,
+    );
     let start = agent_record(&agent, |record| {
-        record["event"] == "start" && record["dst"]["pod"] == "app-1" && record["src"]["ip"] == client_ip
+        record["event"] == "start"
+            && record["dst"]["pod"] == "app-1"
+            && record["src"]["ip"] == client_ip
     });
     assert_eq!(start["dst"]["zone"], "trusted", "{start}");
     assert_eq!(start["dst"]["port"], 8080, "{start}");
     assert_eq!(start["policy"], "dmz-to-trusted");
-    check(false, tcp_connect(db, cluster_ip, 80, T), "restricted -> Service of trusted pods", &agent);
-    let deny = agent_record(&agent, |record| record["event"] == "deny" && record["src"]["pod"] == "db-1");
+    check(
+        false,
+        tcp_connect(db, cluster_ip, 80, T),
+        "restricted -> Service of trusted pods",
+        &agent,
+    );
+    let deny = agent_record(&agent, |record| {
+        record["event"] == "deny" && record["src"]["pod"] == "db-1"
+    });
     assert_eq!(deny["dst"]["zone"], "trusted", "{deny}");
-    assert!(agent.flow_records().iter().all(|record| record["dst"]["zone"] != "world"), "a Service address was judged as world");
+    assert!(
+        agent
+            .flow_records()
+            .iter()
+            .all(|record| record["dst"]["zone"] != "world"),
+        "a Service address was judged as world"
+    );
 
     // Without the Service the ClusterIP is nobody's: world, denied at the client's veth.
     server.delete("Service", "app", "app").unwrap();
-    converge(false, "dmz -> an address no Service owns", &agent, || tcp_connect(client, cluster_ip, 80, T));
+    converge(false, "dmz -> an address no Service owns", &agent, || {
+        tcp_connect(client, cluster_ip, 80, T)
+    });
     assert!(agent.endpoint(cluster_ip).is_none());
-    let deny = agent_record(&agent, |record| record["event"] == "deny" && record["dst"]["ip"] == cluster_ip.to_string());
+    let deny = agent_record(&agent, |record| {
+        record["event"] == "deny" && record["dst"]["ip"] == cluster_ip.to_string()
+    });
     assert_eq!(deny["dst"]["zone"], "world", "{deny}");
     // Back again: judged by the pod once more.
-    server.create(service("app", "app", cluster_ip, &[("app", "app")], 80, 8080)).unwrap();
-    converge(true, "dmz -> the Service again", &agent, || tcp_connect(client, cluster_ip, 80, T));
+    server
+        .create(service(
+            "app",
+            "app",
+            cluster_ip,
+            &[("app", "app")],
+            80,
+            8080,
+        ))
+        .unwrap();
+    converge(true, "dmz -> the Service again", &agent, || {
+        tcp_connect(client, cluster_ip, 80, T)
+    });
 }
 
 fn agent_record(agent: &KubeAgent, predicate: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(record) = agent.flow_records().into_iter().find(|record| predicate(record)) {
+        if let Some(record) = agent
+            .flow_records()
+            .into_iter()
+            .find(|record| predicate(record))
+        {
             return record;
         }
-        assert!(Instant::now() < deadline, "no such flow record within 10 s:\n{:#?}\n{}", agent.flow_records(), agent.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no such flow record within 10 s:\n{:#?}\n{}",
+            agent.flow_records(),
+            agent.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -24,6 +24,9 @@ pub struct Peer {
     pub pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pod's owner: `{"kind": "Deployment", "name": "web"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::policy::model::Workload>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -127,6 +130,7 @@ struct Owner {
     namespace: Option<String>,
     pod: Option<String>,
     node: Option<String>,
+    workload: Option<crate::policy::model::Workload>,
     labels: BTreeMap<String, String>,
 }
 
@@ -197,21 +201,25 @@ impl Enricher {
                         name,
                         labels,
                         node,
+                        workload,
                         ..
                     } => Owner {
                         namespace: Some(namespace.clone()),
+                        workload: workload.clone(),
                         pod: Some(name.clone()),
                         node: node.clone(),
                         labels: labels.clone(),
                     },
                     EndpointKind::Node { name } => Owner {
                         namespace: None,
+                        workload: None,
                         pod: None,
                         node: Some(name.clone()),
                         labels: BTreeMap::new(),
                     },
                     EndpointKind::Service { namespace, .. } => Owner {
                         namespace: Some(namespace.clone()),
+                        workload: None,
                         pod: None,
                         node: None,
                         labels: BTreeMap::new(),
@@ -308,6 +316,7 @@ impl Enricher {
             namespace: owner.and_then(|owner| owner.namespace.clone()),
             pod: owner.and_then(|owner| owner.pod.clone()),
             node: owner.and_then(|owner| owner.node.clone()),
+            workload: owner.and_then(|owner| owner.workload.clone()),
             labels: owner.map(|owner| owner.labels.clone()).unwrap_or_default(),
         }
     }

@@ -301,6 +301,7 @@ fn resolve_endpoints(
                         uid: pod.uid.clone(),
                         labels: pod.labels.clone(),
                         node: pod.node_name.clone(),
+                        workload: pod.workload.clone(),
                     },
                 },
             );

@@ -54,6 +54,8 @@ pub enum EndpointKind {
         labels: BTreeMap<String, String>,
         /// spec.nodeName when given.
         node: Option<String>,
+        /// The owning workload, when the pod has a controller.
+        workload: Option<crate::policy::model::Workload>,
     },
     Node {
         name: String,

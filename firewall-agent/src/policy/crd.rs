@@ -36,6 +36,8 @@ pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_INVALID: &str = "Invalid";
 
 /// Who belongs to a zone: pods chosen by selectors, or networks outside the cluster.
+// Clippy reads the printcolumns' repeated `type_` as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "zonewall.dev",
@@ -47,10 +49,28 @@ pub const REASON_INVALID: &str = "Invalid";
     status = "ZoneStatus",
     derive = "PartialEq",
     doc = "A security zone: pods chosen by namespaceSelector/podSelector, or networks (CIDRs) outside the cluster.",
-    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members", description = "pods in the zone"),
-    printcolumn(name = "Networks", type_ = "string", json_path = ".spec.networks", description = "CIDRs of a network zone"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.members",
+        description = "pods in the zone"
+    ),
+    printcolumn(
+        name = "Networks",
+        type_ = "string",
+        json_path = ".spec.networks",
+        description = "CIDRs of a network zone"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -65,7 +85,11 @@ pub struct ZoneSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
     /// CIDRs outside the cluster, e.g. 203.0.113.0/24 or 2001:db8::/32.
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(schema_with = "networks_schema")]
     pub networks: Vec<String>,
 }
@@ -103,12 +127,12 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
         return Ok(network);
     }
     Err(match text.trim().parse::<IpAddr>() {
-        Ok(IpAddr::V4(_)) => format!(
-            "\"{text}\" is an address, not a CIDR; write {text}/32 for a single address"
-        ),
-        Ok(IpAddr::V6(_)) => format!(
-            "\"{text}\" is an address, not a CIDR; write {text}/128 for a single address"
-        ),
+        Ok(IpAddr::V4(_)) => {
+            format!("\"{text}\" is an address, not a CIDR; write {text}/32 for a single address")
+        }
+        Ok(IpAddr::V6(_)) => {
+            format!("\"{text}\" is an address, not a CIDR; write {text}/128 for a single address")
+        }
         Err(_) => format!(
             "\"{text}\" is not a CIDR; write address/prefix-length, for example 10.0.0.0/8 or \
              fd00::/8"
@@ -150,6 +174,7 @@ pub struct ZoneStatus {
 }
 
 /// What traffic from some zones to others gets.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "zonewall.dev",
@@ -165,8 +190,16 @@ pub struct ZoneStatus {
     printcolumn(name = "To", type_ = "string", json_path = ".spec.to"),
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ZonePolicySpec {
@@ -177,12 +210,21 @@ pub struct ZonePolicySpec {
     #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 253)))]
     pub to: Vec<String>,
     /// Protocols and ports; empty for all traffic.
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 256))]
     pub ports: Vec<PolicyPort>,
     pub action: Action,
     /// Lower values are decided first; ties go to the smaller name. Default 1000.
-    #[serde(default, deserialize_with = "priority", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "priority",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = -2147483648, max = 2147483647))]
     pub priority: Option<i32>,
     /// Enforce (default) or Audit: report what would be denied and drop nothing.
     #[serde(default)]
@@ -221,11 +263,19 @@ pub struct PolicyPort {
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
     /// Without it, every port of the protocol.
-    #[serde(default, deserialize_with = "port_number", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "port_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// The last port of the range starting at `port`.
-    #[serde(default, deserialize_with = "port_number", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "port_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = 65535))]
     pub end_port: Option<i32>,
 }
@@ -265,7 +315,8 @@ pub struct ZonePolicyStatus {
 }
 
 /// Both CustomResourceDefinitions, as `deploy/` ships them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![Zone::crd(), ZonePolicy::crd()]
@@ -377,7 +428,11 @@ fn word<'de, D: Deserializer<'de>, T: Copy>(
     deserializer: D,
     words: &[(&'static str, T)],
 ) -> Result<T, D::Error> {
-    let expected = words.iter().map(|(word, _)| *word).collect::<Vec<_>>().join(", ");
+    let expected = words
+        .iter()
+        .map(|(word, _)| *word)
+        .collect::<Vec<_>>()
+        .join(", ");
     let accept = |value: Scalar<'_>| match value {
         Scalar::Str(text) => {
             if let Some((_, meaning)) = words.iter().find(|(word, _)| *word == text) {
@@ -390,7 +445,10 @@ fn word<'de, D: Deserializer<'de>, T: Copy>(
                 .unwrap_or_default();
             Err(format!("\"{text}\" is not one of {expected}{hint}"))
         }
-        other => Err(format!("must be one of {expected}, found {}", other.describe())),
+        other => Err(format!(
+            "must be one of {expected}, found {}",
+            other.describe()
+        )),
     };
     deserializer.deserialize_any(Describe {
         expecting: "one of a fixed set of words",
@@ -400,13 +458,19 @@ fn word<'de, D: Deserializer<'de>, T: Copy>(
 
 /// A port number: an integer (range checks are the validator's, so that 0 and 70000 are
 /// explained there); `null` is no port.
-pub(crate) fn port_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i32>, D::Error> {
+pub(crate) fn port_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i32>, D::Error> {
     let accept = |value: Scalar<'_>| match (&value, value.integer()) {
         (Scalar::Null, _) => Ok(None),
-        (_, Some(number)) => i32::try_from(number).map(Some).map_err(|_| match i64::try_from(number) {
-            Ok(number) => super::validate::port_out_of_range(number),
-            Err(_) => format!("port {number} is out of range; ports are 1..=65535"),
-        }),
+        (_, Some(number)) => {
+            i32::try_from(number)
+                .map(Some)
+                .map_err(|_| match i64::try_from(number) {
+                    Ok(number) => super::validate::port_out_of_range(number),
+                    Err(_) => format!("port {number} is out of range; ports are 1..=65535"),
+                })
+        }
         (Scalar::Str(text), None) => Err(format!(
             "must be a port number, found the string \"{text}\" (named ports are not supported)"
         )),
@@ -419,7 +483,9 @@ pub(crate) fn port_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
 }
 
 /// A priority: any `i32`; `null` is the default.
-pub(crate) fn priority<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i32>, D::Error> {
+pub(crate) fn priority<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i32>, D::Error> {
     let accept = |value: Scalar<'_>| match (&value, value.integer()) {
         (Scalar::Null, _) => Ok(None),
         (_, Some(number)) => i32::try_from(number).map(Some).map_err(|_| {
@@ -478,9 +544,21 @@ impl Mode {
 }
 
 word_type!(Action, "Action", "Allow or Deny the matching traffic.");
-word_type!(Mode, "Mode", "Enforce decides traffic; Audit only reports what it would deny.");
-word_type!(Protocol, "Protocol", "IP protocol; ICMP and ICMPv6 have no ports.");
-word_type!(SelectorOperator, "SelectorOperator", "How the label's value is tested.");
+word_type!(
+    Mode,
+    "Mode",
+    "Enforce decides traffic; Audit only reports what it would deny."
+);
+word_type!(
+    Protocol,
+    "Protocol",
+    "IP protocol; ICMP and ICMPv6 have no ports."
+);
+word_type!(
+    SelectorOperator,
+    "SelectorOperator",
+    "How the label's value is tested."
+);
 
 #[cfg(test)]
 mod tests {
@@ -491,9 +569,17 @@ mod tests {
 
     use super::*;
 
-    fn spec_properties(crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> serde_json::Value {
+    fn spec_properties(
+        crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    ) -> serde_json::Value {
         let version = &crd.spec.versions[0];
-        let schema = version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+        let schema = version
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap();
         serde_json::to_value(schema).unwrap()["properties"]["spec"].clone()
     }
 
@@ -511,7 +597,10 @@ mod tests {
         let zone = spec_properties(&Zone::crd());
         assert_eq!(names(&zone), ZoneSpec::FIELDS.map(String::from).into());
         let policy = spec_properties(&ZonePolicy::crd());
-        assert_eq!(names(&policy), ZonePolicySpec::FIELDS.map(String::from).into());
+        assert_eq!(
+            names(&policy),
+            ZonePolicySpec::FIELDS.map(String::from).into()
+        );
         assert_eq!(
             names(&policy["properties"]["ports"]["items"]),
             PolicyPort::FIELDS.map(String::from).into()
@@ -526,7 +615,13 @@ mod tests {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1alpha1");
             assert!(version.subresources.as_ref().unwrap().status.is_some());
-            assert!(crd.spec.names.short_names.as_ref().is_some_and(|names| !names.is_empty()));
+            assert!(
+                crd.spec
+                    .names
+                    .short_names
+                    .as_ref()
+                    .is_some_and(|names| !names.is_empty())
+            );
         }
         let yaml = crds_yaml();
         for expected in [
@@ -543,9 +638,15 @@ mod tests {
             "maximum: 65535",
             "default: Enforce",
         ] {
-            assert!(yaml.contains(expected), "CRD YAML lacks {expected:?}:\n{yaml}");
+            assert!(
+                yaml.contains(expected),
+                "CRD YAML lacks {expected:?}:\n{yaml}"
+            );
         }
-        assert!(!yaml.contains("$ref"), "structural schemas have no references:\n{yaml}");
+        assert!(
+            !yaml.contains("$ref"),
+            "structural schemas have no references:\n{yaml}"
+        );
         assert_eq!(Zone::api_version(&()), model::API_VERSION);
         assert_eq!(ZonePolicy::kind(&()), "ZonePolicy");
     }
@@ -561,7 +662,10 @@ mod tests {
         }))
         .unwrap();
         let model = zone.spec.to_model("dmz").unwrap();
-        assert_eq!(model.namespace_selector.unwrap().match_labels["tier"], "dmz");
+        assert_eq!(
+            model.namespace_selector.unwrap().match_labels["tier"],
+            "dmz"
+        );
         let policy: ZonePolicy = serde_json::from_value(serde_json::json!({
             "apiVersion": "zonewall.dev/v1alpha1",
             "kind": "ZonePolicy",
@@ -574,18 +678,39 @@ mod tests {
         assert_eq!(model.action, Action::Deny);
         assert_eq!(model.mode, Mode::Audit);
         assert_eq!(model.priority, model::DEFAULT_PRIORITY);
-        assert_eq!(model.ports[0], PortRule { protocol: Protocol::Tcp, port: Some(80), end_port: Some(90) });
+        assert_eq!(
+            model.ports[0],
+            PortRule {
+                protocol: Protocol::Tcp,
+                port: Some(80),
+                end_port: Some(90)
+            }
+        );
         assert_eq!(model.ports[1].protocol, Protocol::Icmp);
     }
 
     #[test]
     fn words_and_numbers_explain_themselves() {
         let error = serde_json::from_value::<Action>(serde_json::json!("allow")).unwrap_err();
-        assert!(error.to_string().contains("\"allow\" is not one of Allow, Deny (spelling is case-sensitive: write Allow)"), "{error}");
+        assert!(
+            error.to_string().contains(
+                "\"allow\" is not one of Allow, Deny (spelling is case-sensitive: write Allow)"
+            ),
+            "{error}"
+        );
         let error = serde_json::from_value::<Protocol>(serde_json::json!(6)).unwrap_err();
-        assert!(error.to_string().contains("must be one of TCP, UDP, SCTP, ICMP, ICMPv6, found the number 6"), "{error}");
-        let error = serde_json::from_value::<PolicyPort>(serde_json::json!({"port": "https"})).unwrap_err();
-        assert!(error.to_string().contains("named ports are not supported"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("must be one of TCP, UDP, SCTP, ICMP, ICMPv6, found the number 6"),
+            "{error}"
+        );
+        let error =
+            serde_json::from_value::<PolicyPort>(serde_json::json!({"port": "https"})).unwrap_err();
+        assert!(
+            error.to_string().contains("named ports are not supported"),
+            "{error}"
+        );
         let port: PolicyPort = serde_json::from_value(serde_json::json!({"port": null})).unwrap();
         assert_eq!(port.port, None);
         assert_eq!(serde_json::to_value(Protocol::Icmpv6).unwrap(), "ICMPv6");

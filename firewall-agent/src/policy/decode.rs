@@ -487,9 +487,9 @@ impl Decoder {
                     "port" | "endPort" => {
                         self.scalar(target, &field_path, crd::port_number(value.clone()));
                     }
-                    _ => self.issues.push(
-                        target.issue(field_path, unknown_field(key, &PolicyPort::FIELDS)),
-                    ),
+                    _ => self
+                        .issues
+                        .push(target.issue(field_path, unknown_field(key, &PolicyPort::FIELDS))),
                 }
             }
         }
@@ -537,11 +537,19 @@ impl Decoder {
                     }
                 }
                 if self.issues.len() == before {
+                    let labels = raw.metadata.labels.unwrap_or_default();
+                    let owners = raw.metadata.owner_references.unwrap_or_default();
+                    let workload = owners
+                        .iter()
+                        .find(|owner| owner.controller == Some(true))
+                        .or(owners.first())
+                        .map(|owner| crate::policy::model::Workload::from_owner(&owner.kind, &owner.name, &labels));
                     self.set.pods.push(Pod {
                         namespace: namespace_or_default(raw.metadata.namespace),
                         name,
                         uid: raw.metadata.uid.unwrap_or_default(),
-                        labels: raw.metadata.labels.unwrap_or_default(),
+                        workload,
+                        labels,
                         node_name: spec.node_name.filter(|node| !node.is_empty()),
                         host_network: spec.host_network.unwrap_or(false),
                         phase: status.phase,
@@ -699,6 +707,16 @@ struct RawMetadata {
     namespace: Option<String>,
     uid: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "ownerReferences")]
+    owner_references: Option<Vec<RawOwnerReference>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RawOwnerReference {
+    kind: String,
+    name: String,
+    controller: Option<bool>,
 }
 
 #[derive(Deserialize)]

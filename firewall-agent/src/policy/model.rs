@@ -117,9 +117,17 @@ impl Zone {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub match_labels: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub match_expressions: Vec<SelectorRequirement>,
 }
 
@@ -141,7 +149,11 @@ impl LabelSelector {
 pub struct SelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
-    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub values: Vec<String>,
 }
 
@@ -328,6 +340,53 @@ pub struct Pod {
     pub phase: Option<String>,
     /// status.podIP and status.podIPs, deduplicated, in input order.
     pub ips: Vec<IpAddr>,
+    /// The controller that owns the pod (from metadata.ownerReferences), for flow records.
+    pub workload: Option<Workload>,
+}
+
+/// A pod's owning workload: `kind` and `name`; a ReplicaSet made by a Deployment is
+/// reported as that Deployment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use super::*;
+
+    #[test]
+    fn replica_sets_stand_for_their_deployment() {
+        let labels: BTreeMap<String, String> = [("pod-template-hash".to_string(), "5d9f8".to_string())].into();
+        let workload = Workload::from_owner("ReplicaSet", "web-5d9f8", &labels);
+        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("Deployment", "web"));
+        // Without the matching hash label it stays a ReplicaSet.
+        let workload = Workload::from_owner("ReplicaSet", "web-5d9f8", &BTreeMap::new());
+        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("ReplicaSet", "web-5d9f8"));
+        let workload = Workload::from_owner("StatefulSet", "db", &labels);
+        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("StatefulSet", "db"));
+    }
+}
+
+impl Workload {
+    /// The workload of a pod from its controller owner reference and its labels: a
+    /// ReplicaSet named `<deployment>-<pod-template-hash>` stands for the Deployment.
+    pub fn from_owner(kind: &str, name: &str, labels: &BTreeMap<String, String>) -> Self {
+        if kind == "ReplicaSet"
+            && let Some(hash) = labels.get("pod-template-hash")
+            && let Some(deployment) = name.strip_suffix(&format!("-{hash}"))
+        {
+            return Self {
+                kind: "Deployment".into(),
+                name: deployment.into(),
+            };
+        }
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
 }
 
 impl Pod {

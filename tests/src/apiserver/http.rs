@@ -83,7 +83,9 @@ fn decode(text: &str) -> String {
 }
 
 fn truthy(params: &HashMap<String, String>, key: &str) -> bool {
-    params.get(key).is_some_and(|value| value == "true" || value == "1")
+    params
+        .get(key)
+        .is_some_and(|value| value == "true" || value == "1")
 }
 
 /// What a path names.
@@ -93,19 +95,34 @@ enum Route {
     Groups,
     Group(&'static str),
     Resources(&'static str, &'static str),
-    Collection { resource: &'static ResourceType, namespace: Option<String> },
-    Object { resource: &'static ResourceType, namespace: String, name: String, status: bool },
+    Collection {
+        resource: &'static ResourceType,
+        namespace: Option<String>,
+    },
+    Object {
+        resource: &'static ResourceType,
+        namespace: String,
+        name: String,
+        status: bool,
+    },
 }
 
 fn route(path: &str) -> Option<Route> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|segment| !segment.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .collect();
     let (group, version, rest) = match segments.as_slice() {
         ["version"] => return Some(Route::Version),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
         ["api", "v1"] => return Some(Route::Resources("", "v1")),
         ["apis", group] => {
-            return RESOURCES.iter().find(|resource| resource.group == *group).map(|resource| Route::Group(resource.group));
+            return RESOURCES
+                .iter()
+                .find(|resource| resource.group == *group)
+                .map(|resource| Route::Group(resource.group));
         }
         ["apis", group, version] => {
             return RESOURCES
@@ -119,40 +136,64 @@ fn route(path: &str) -> Option<Route> {
     };
     let find = |plural: &str| resource(group, version, plural);
     match rest {
-        [plural] => Some(Route::Collection { resource: find(plural)?, namespace: None }),
-        ["namespaces", namespace, plural] if find(plural).is_some_and(|resource| resource.namespaced) => {
-            Some(Route::Collection { resource: find(plural)?, namespace: Some(namespace.to_string()) })
+        [plural] => Some(Route::Collection {
+            resource: find(plural)?,
+            namespace: None,
+        }),
+        ["namespaces", namespace, plural]
+            if find(plural).is_some_and(|resource| resource.namespaced) =>
+        {
+            Some(Route::Collection {
+                resource: find(plural)?,
+                namespace: Some(namespace.to_string()),
+            })
         }
-        ["namespaces", namespace, plural, name] if find(plural).is_some_and(|resource| resource.namespaced) => Some(Route::Object {
-            resource: find(plural)?,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            status: false,
-        }),
-        ["namespaces", namespace, plural, name, "status"] if find(plural).is_some_and(|resource| resource.namespaced) => Some(Route::Object {
-            resource: find(plural)?,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            status: true,
-        }),
-        [plural, name] if find(plural).is_some_and(|resource| !resource.namespaced) => Some(Route::Object {
-            resource: find(plural)?,
-            namespace: String::new(),
-            name: name.to_string(),
-            status: false,
-        }),
-        [plural, name, "status"] if find(plural).is_some_and(|resource| !resource.namespaced) => Some(Route::Object {
-            resource: find(plural)?,
-            namespace: String::new(),
-            name: name.to_string(),
-            status: true,
-        }),
+        ["namespaces", namespace, plural, name]
+            if find(plural).is_some_and(|resource| resource.namespaced) =>
+        {
+            Some(Route::Object {
+                resource: find(plural)?,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                status: false,
+            })
+        }
+        ["namespaces", namespace, plural, name, "status"]
+            if find(plural).is_some_and(|resource| resource.namespaced) =>
+        {
+            Some(Route::Object {
+                resource: find(plural)?,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                status: true,
+            })
+        }
+        [plural, name] if find(plural).is_some_and(|resource| !resource.namespaced) => {
+            Some(Route::Object {
+                resource: find(plural)?,
+                namespace: String::new(),
+                name: name.to_string(),
+                status: false,
+            })
+        }
+        [plural, name, "status"] if find(plural).is_some_and(|resource| !resource.namespaced) => {
+            Some(Route::Object {
+                resource: find(plural)?,
+                namespace: String::new(),
+                name: name.to_string(),
+                status: true,
+            })
+        }
         _ => None,
     }
 }
 
 /// Serves one request.
-pub async fn handle(inner: Arc<Inner>, listener: usize, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    inner: Arc<Inner>,
+    listener: usize,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let latency = inner.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -191,40 +232,78 @@ async fn dispatch(
     body: &Bytes,
 ) -> Response<Body> {
     let Some(route) = route(path) else {
-        return error(&ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     };
     match (route, method) {
-        (Route::Version, &Method::GET) => respond(200, &json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-zonewall-test",
-            "platform": "linux/amd64", "goVersion": "go1.24", "compiler": "gc",
-            "buildDate": "2026-01-01T00:00:00Z", "gitCommit": "0000000", "gitTreeState": "clean"
-        })),
-        (Route::CoreVersions, &Method::GET) => respond(200, &json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
-        })),
+        (Route::Version, &Method::GET) => respond(
+            200,
+            &json!({
+                "major": "1", "minor": "33", "gitVersion": "v1.33.0-zonewall-test",
+                "platform": "linux/amd64", "goVersion": "go1.24", "compiler": "gc",
+                "buildDate": "2026-01-01T00:00:00Z", "gitCommit": "0000000", "gitTreeState": "clean"
+            }),
+        ),
+        (Route::CoreVersions, &Method::GET) => respond(
+            200,
+            &json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
+            }),
+        ),
         (Route::Groups, &Method::GET) => {
             let mut groups: Vec<&ResourceType> = Vec::new();
-            for resource in RESOURCES.iter().filter(|resource| !resource.group.is_empty()) {
+            for resource in RESOURCES
+                .iter()
+                .filter(|resource| !resource.group.is_empty())
+            {
                 if !groups.iter().any(|known| known.group == resource.group) {
                     groups.push(resource);
                 }
             }
-            let groups: Vec<Value> = groups.iter().map(|resource| group_document(resource.group)).collect();
-            respond(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|resource| group_document(resource.group))
+                .collect();
+            respond(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
         }
         (Route::Group(group), &Method::GET) => respond(200, &group_document(group)),
-        (Route::Resources(group, version), &Method::GET) => respond(200, &resource_list(group, version)),
-        (Route::Collection { resource, namespace }, &Method::GET) => {
+        (Route::Resources(group, version), &Method::GET) => {
+            respond(200, &resource_list(group, version))
+        }
+        (
+            Route::Collection {
+                resource,
+                namespace,
+            },
+            &Method::GET,
+        ) => {
             if truthy(params, "watch") {
                 watch(inner, resource, namespace, params).await
             } else {
                 list(inner, resource, namespace.as_deref(), params)
             }
         }
-        (Route::Collection { resource, namespace }, &Method::POST) => {
-            let Some(namespace) = namespace.or_else(|| (!resource.namespaced).then(String::new)) else {
-                return error(&ApiError::new(405, "MethodNotAllowed", "create needs a namespace"));
+        (
+            Route::Collection {
+                resource,
+                namespace,
+            },
+            &Method::POST,
+        ) => {
+            let Some(namespace) = namespace.or_else(|| (!resource.namespaced).then(String::new))
+            else {
+                return error(&ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "create needs a namespace",
+                ));
             };
             let object = match parse_body(body, content_type) {
                 Ok(object) => object,
@@ -236,53 +315,114 @@ async fn dispatch(
                 Err(failure) => error(&failure),
             }
         }
-        (Route::Object { resource, namespace, name, .. }, &Method::GET) => match inner.store().get(resource, &namespace, &name) {
+        (
+            Route::Object {
+                resource,
+                namespace,
+                name,
+                ..
+            },
+            &Method::GET,
+        ) => match inner.store().get(resource, &namespace, &name) {
             Some(object) => respond(200, &object),
             None => error(&ApiError::not_found(resource, &name)),
         },
-        (Route::Object { resource, namespace, name, status }, &Method::PUT) => {
+        (
+            Route::Object {
+                resource,
+                namespace,
+                name,
+                status,
+            },
+            &Method::PUT,
+        ) => {
             if status && !resource.status {
-                return error(&ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+                return error(&ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ));
             }
             let object = match parse_body(body, content_type) {
                 Ok(object) => object,
                 Err(failure) => return error(&failure),
             };
-            let result = inner.store().update(resource, &namespace, &name, object, status, true);
+            let result = inner
+                .store()
+                .update(resource, &namespace, &name, object, status, true);
             match result {
                 Ok(object) => respond(200, &object),
                 Err(failure) => error(&failure),
             }
         }
-        (Route::Object { resource, namespace, name, status }, &Method::PATCH) => {
+        (
+            Route::Object {
+                resource,
+                namespace,
+                name,
+                status,
+            },
+            &Method::PATCH,
+        ) => {
             if !content_type.starts_with("application/apply-patch+yaml") {
-                return error(&ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml (not {content_type})")));
+                return error(&ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml (not {content_type})"
+                    ),
+                ));
             }
             if !status || !resource.status {
-                return error(&ApiError::new(415, "UnsupportedMediaType", "this server applies the status subresource only"));
+                return error(&ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    "this server applies the status subresource only",
+                ));
             }
-            let Some(manager) = params.get("fieldManager").filter(|manager| !manager.is_empty()) else {
-                return error(&ApiError::new(400, "BadRequest", "PATCH, application/apply-patch+yaml requests require fieldManager to be set"));
+            let Some(manager) = params
+                .get("fieldManager")
+                .filter(|manager| !manager.is_empty())
+            else {
+                return error(&ApiError::new(
+                    400,
+                    "BadRequest",
+                    "PATCH, application/apply-patch+yaml requests require fieldManager to be set",
+                ));
             };
             let applied = match parse_body(body, content_type) {
                 Ok(object) => object,
                 Err(failure) => return error(&failure),
             };
             let force = truthy(params, "force");
-            let result = inner.store().apply_status(resource, &namespace, &name, &applied, manager, force);
+            let result = inner
+                .store()
+                .apply_status(resource, &namespace, &name, &applied, manager, force);
             match result {
                 Ok(object) => respond(200, &object),
                 Err(failure) => error(&failure),
             }
         }
-        (Route::Object { resource, namespace, name, status: false }, &Method::DELETE) => {
+        (
+            Route::Object {
+                resource,
+                namespace,
+                name,
+                status: false,
+            },
+            &Method::DELETE,
+        ) => {
             let result = inner.store().delete(resource, &namespace, &name);
             match result {
                 Ok(object) => respond(200, &object),
                 Err(failure) => error(&failure),
             }
         }
-        _ => error(&ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported on {path}"))),
+        _ => error(&ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported on {path}"),
+        )),
     }
 }
 
@@ -293,18 +433,30 @@ fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, ApiError> {
     } else {
         serde_json::from_slice::<Value>(body).map_err(|failure| failure.to_string())
     };
-    parsed.map_err(|message| ApiError::new(400, "BadRequest", format!("cannot decode the body: {message}")))
+    parsed.map_err(|message| {
+        ApiError::new(
+            400,
+            "BadRequest",
+            format!("cannot decode the body: {message}"),
+        )
+    })
 }
 
 fn group_document(group: &str) -> Value {
-    let version = RESOURCES.iter().find(|resource| resource.group == group).map_or("v1", |resource| resource.version);
+    let version = RESOURCES
+        .iter()
+        .find(|resource| resource.group == group)
+        .map_or("v1", |resource| resource.version);
     let group_version = json!({"groupVersion": format!("{group}/{version}"), "version": version});
     json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [group_version], "preferredVersion": group_version})
 }
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for resource in RESOURCES.iter().filter(|resource| resource.group == group && resource.version == version) {
+    for resource in RESOURCES
+        .iter()
+        .filter(|resource| resource.group == group && resource.version == version)
+    {
         resources.push(json!({
             "name": resource.plural,
             "singularName": resource.singular,
@@ -323,31 +475,55 @@ fn resource_list(group: &str, version: &str) -> Value {
             }));
         }
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
 }
 
 fn selectors(params: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(params.get("labelSelector").map_or("", String::as_str))
-        .map_err(|message| ApiError::new(400, "BadRequest", format!("unable to parse requirement: {message}")))?;
+        .map_err(|message| {
+            ApiError::new(
+                400,
+                "BadRequest",
+                format!("unable to parse requirement: {message}"),
+            )
+        })?;
     let fields = FieldSelector::parse(params.get("fieldSelector").map_or("", String::as_str))
         .map_err(|message| ApiError::new(400, "BadRequest", message))?;
     Ok((labels, fields))
 }
 
-fn list(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: Option<&str>, params: &HashMap<String, String>) -> Response<Body> {
+fn list(
+    inner: &Arc<Inner>,
+    resource: &'static ResourceType,
+    namespace: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Response<Body> {
     let (labels, fields) = match selectors(params) {
         Ok(selectors) => selectors,
         Err(failure) => return error(&failure),
     };
-    let limit = params.get("limit").and_then(|limit| limit.parse::<usize>().ok()).filter(|limit| *limit > 0);
+    let limit = params
+        .get("limit")
+        .and_then(|limit| limit.parse::<usize>().ok())
+        .filter(|limit| *limit > 0);
     let mut store = inner.store();
     let (revision, items, offset) = match params.get("continue").filter(|token| !token.is_empty()) {
         Some(token) => {
             let resumed = token
                 .split_once(':')
-                .and_then(|(id, offset)| Some((id.parse::<u64>().ok()?, offset.parse::<usize>().ok()?)))
-                .and_then(|(id, offset)| store.resume(id).map(|(revision, items)| (revision, items, offset)));
+                .and_then(|(id, offset)| {
+                    Some((id.parse::<u64>().ok()?, offset.parse::<usize>().ok()?))
+                })
+                .and_then(|(id, offset)| {
+                    store
+                        .resume(id)
+                        .map(|(revision, items)| (revision, items, offset))
+                });
             match resumed {
                 Some(resumed) => resumed,
                 None => {
@@ -360,19 +536,39 @@ fn list(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: Option<&
             }
         }
         None => {
-            if params.get("resourceVersionMatch").is_some_and(|matching| matching == "Exact")
-                && params.get("resourceVersion").and_then(|version| version.parse::<u64>().ok()) != Some(store.revision())
+            if params
+                .get("resourceVersionMatch")
+                .is_some_and(|matching| matching == "Exact")
+                && params
+                    .get("resourceVersion")
+                    .and_then(|version| version.parse::<u64>().ok())
+                    != Some(store.revision())
             {
-                return error(&ApiError::new(410, "Expired", "the requested resourceVersion is no longer available"));
+                return error(&ApiError::new(
+                    410,
+                    "Expired",
+                    "the requested resourceVersion is no longer available",
+                ));
             }
-            (store.revision(), Arc::new(store.list(resource, namespace, &labels, &fields)), 0)
+            (
+                store.revision(),
+                Arc::new(store.list(resource, namespace, &labels, &fields)),
+                0,
+            )
         }
     };
     let end = limit.map_or(items.len(), |limit| (offset + limit).min(items.len()));
-    let page: Vec<&Value> = items[offset.min(items.len())..end].iter().map(|item| item.as_ref()).collect();
+    let page: Vec<&Value> = items[offset.min(items.len())..end]
+        .iter()
+        .map(|item| item.as_ref())
+        .collect();
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if end < items.len() {
-        let id = match params.get("continue").and_then(|token| token.split_once(':')).and_then(|(id, _)| id.parse::<u64>().ok()) {
+        let id = match params
+            .get("continue")
+            .and_then(|token| token.split_once(':'))
+            .and_then(|(id, _)| id.parse::<u64>().ok())
+        {
             Some(id) => id,
             None => store.continuation(revision, Arc::clone(&items)),
         };
@@ -380,12 +576,15 @@ fn list(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: Option<&
         metadata["remainingItemCount"] = json!(items.len() - end);
     }
     drop(store);
-    respond(200, &json!({
-        "kind": format!("{}List", resource.kind),
-        "apiVersion": resource.api_version(),
-        "metadata": metadata,
-        "items": page,
-    }))
+    respond(
+        200,
+        &json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version(),
+            "metadata": metadata,
+            "items": page,
+        }),
+    )
 }
 
 /// What one watch sends for a change, if anything.
@@ -424,7 +623,12 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(text)
 }
 
-async fn watch(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: Option<String>, params: &HashMap<String, String>) -> Response<Body> {
+async fn watch(
+    inner: &Arc<Inner>,
+    resource: &'static ResourceType,
+    namespace: Option<String>,
+    params: &HashMap<String, String>,
+) -> Response<Body> {
     let (labels, fields) = match selectors(params) {
         Ok(selectors) => selectors,
         Err(failure) => return error(&failure),
@@ -435,7 +639,9 @@ async fn watch(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: O
         .get("timeoutSeconds")
         .and_then(|seconds| seconds.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
-    let requested = params.get("resourceVersion").filter(|version| !version.is_empty() && *version != "0");
+    let requested = params
+        .get("resourceVersion")
+        .filter(|version| !version.is_empty() && *version != "0");
     let (tx, rx) = mpsc::channel::<Bytes>(4096);
     let (initial, backlog, receiver, start) = {
         let store = inner.store();
@@ -446,14 +652,20 @@ async fn watch(inner: &Arc<Inner>, resource: &'static ResourceType, namespace: O
             }
             Some(version) => {
                 let Ok(revision) = version.parse::<u64>() else {
-                    return error(&ApiError::new(400, "BadRequest", format!("invalid resourceVersion {version:?}")));
+                    return error(&ApiError::new(
+                        400,
+                        "BadRequest",
+                        format!("invalid resourceVersion {version:?}"),
+                    ));
                 };
                 match store.watch_from(revision) {
                     Ok((backlog, receiver)) => (Vec::new(), backlog, receiver, revision),
                     Err(gone) => {
                         // As the API server does: a 200 stream with one ERROR event.
                         let event = line("ERROR", &gone.to_status());
-                        let body = StreamBody::new(futures::stream::iter([Ok::<_, Infallible>(Frame::data(event))]));
+                        let body = StreamBody::new(futures::stream::iter([Ok::<_, Infallible>(
+                            Frame::data(event),
+                        )]));
                         return Response::builder()
                             .status(StatusCode::OK)
                             .header("content-type", "application/json")
@@ -518,7 +730,10 @@ async fn produce(mut watch: Produce) {
         if end_of_initial {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        line("BOOKMARK", &json!({"kind": watch.resource.kind, "apiVersion": watch.resource.api_version(), "metadata": metadata}))
+        line(
+            "BOOKMARK",
+            &json!({"kind": watch.resource.kind, "apiVersion": watch.resource.api_version(), "metadata": metadata}),
+        )
     };
     for object in std::mem::take(&mut watch.initial) {
         if watch.tx.send(line("ADDED", &object)).await.is_err() {
@@ -532,8 +747,13 @@ async fn produce(mut watch: Produce) {
     let mut seen = watch.start;
     for change in std::mem::take(&mut watch.backlog) {
         seen = seen.max(change.revision);
-        if let Some((kind, object)) = watch_event(&change, watch.resource, watch.namespace.as_deref(), &watch.labels, &watch.fields)
-            && watch.tx.send(line(kind, &object)).await.is_err()
+        if let Some((kind, object)) = watch_event(
+            &change,
+            watch.resource,
+            watch.namespace.as_deref(),
+            &watch.labels,
+            &watch.fields,
+        ) && watch.tx.send(line(kind, &object)).await.is_err()
         {
             return;
         }
@@ -586,12 +806,36 @@ mod tests {
 
     #[test]
     fn routes_follow_the_api_layout() {
-        assert!(matches!(route("/api/v1/pods"), Some(Route::Collection { namespace: None, .. })));
-        assert!(matches!(route("/api/v1/namespaces/a/pods"), Some(Route::Collection { namespace: Some(_), .. })));
-        assert!(matches!(route("/api/v1/namespaces/a"), Some(Route::Object { status: false, .. })));
-        assert!(matches!(route("/apis/zonewall.dev/v1alpha1/zones/z/status"), Some(Route::Object { status: true, .. })));
-        assert!(matches!(route("/apis/coordination.k8s.io/v1/namespaces/s/leases/l"), Some(Route::Object { .. })));
-        assert!(route("/apis/zonewall.dev/v1alpha1/namespaces/a/zones").is_none(), "zones are cluster scoped");
+        assert!(matches!(
+            route("/api/v1/pods"),
+            Some(Route::Collection {
+                namespace: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            route("/api/v1/namespaces/a/pods"),
+            Some(Route::Collection {
+                namespace: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            route("/api/v1/namespaces/a"),
+            Some(Route::Object { status: false, .. })
+        ));
+        assert!(matches!(
+            route("/apis/zonewall.dev/v1alpha1/zones/z/status"),
+            Some(Route::Object { status: true, .. })
+        ));
+        assert!(matches!(
+            route("/apis/coordination.k8s.io/v1/namespaces/s/leases/l"),
+            Some(Route::Object { .. })
+        ));
+        assert!(
+            route("/apis/zonewall.dev/v1alpha1/namespaces/a/zones").is_none(),
+            "zones are cluster scoped"
+        );
         assert!(route("/api/v1/nodes/n/x/y").is_none());
     }
 }

@@ -165,12 +165,16 @@ impl ApiServer {
     /// Also listens on another port in the first listener's namespace (so that the
     /// requests of two clients can be told apart); returns the port.
     pub fn listen_again(&self) -> Result<u16> {
-        let netns = self.listeners.lock().expect("listeners lock")[0].netns.clone();
+        let netns = self.listeners.lock().expect("listeners lock")[0]
+            .netns
+            .clone();
         self.add_listener(netns, 0)
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("runtime lives as long as the server")
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the server")
     }
 
     fn add_listener(&self, netns: Option<PathBuf>, port: u16) -> Result<u16> {
@@ -179,11 +183,19 @@ impl ApiServer {
         let mut listeners = self.listeners.lock().expect("listeners lock");
         let index = listeners.len();
         let accept = self.spawn_accept(listener, index)?;
-        listeners.push(Listener { netns, port, accept: Some(accept) });
+        listeners.push(Listener {
+            netns,
+            port,
+            accept: Some(accept),
+        });
         Ok(port)
     }
 
-    fn spawn_accept(&self, listener: std::net::TcpListener, index: usize) -> Result<tokio::task::JoinHandle<()>> {
+    fn spawn_accept(
+        &self,
+        listener: std::net::TcpListener,
+        index: usize,
+    ) -> Result<tokio::task::JoinHandle<()>> {
         let _guard = self.runtime().enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let inner = Arc::clone(&self.inner);
@@ -217,12 +229,16 @@ impl ApiServer {
 
     fn resource_of(object: &Value) -> &'static ResourceType {
         let kind = object["kind"].as_str().unwrap_or_default();
-        resource_of_kind(kind).unwrap_or_else(|| panic!("the API server does not serve kind {kind:?}"))
+        resource_of_kind(kind)
+            .unwrap_or_else(|| panic!("the API server does not serve kind {kind:?}"))
     }
 
     fn namespace_of(resource: &ResourceType, object: &Value) -> String {
         if resource.namespaced {
-            object["metadata"]["namespace"].as_str().unwrap_or("default").to_string()
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         }
@@ -232,7 +248,9 @@ impl ApiServer {
     pub fn create(&self, object: Value) -> std::result::Result<Value, ApiError> {
         let resource = Self::resource_of(&object);
         let namespace = Self::namespace_of(resource, &object);
-        self.store().create(resource, &namespace, object, false).map(|object| (*object).clone())
+        self.store()
+            .create(resource, &namespace, object, false)
+            .map(|object| (*object).clone())
     }
 
     /// Creates the object, or replaces the one of that name (keeping nothing but the
@@ -240,45 +258,74 @@ impl ApiServer {
     pub fn apply(&self, mut object: Value) -> Value {
         let resource = Self::resource_of(&object);
         let namespace = Self::namespace_of(resource, &object);
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let mut store = self.store();
         if store.get(resource, &namespace, &name).is_some() {
             if let Some(metadata) = object["metadata"].as_object_mut() {
                 metadata.remove("resourceVersion");
             }
-            (*store.update(resource, &namespace, &name, object, false, false).expect("replacing an object")).clone()
+            (*store
+                .update(resource, &namespace, &name, object, false, false)
+                .expect("replacing an object"))
+            .clone()
         } else {
-            (*store.create(resource, &namespace, object, false).expect("creating an object")).clone()
+            (*store
+                .create(resource, &namespace, object, false)
+                .expect("creating an object"))
+            .clone()
         }
     }
 
     /// Reads, changes and writes back one object (labels, status...), atomically.
-    pub fn modify(&self, kind: &str, namespace: &str, name: &str, change: impl FnOnce(&mut Value)) -> Value {
+    pub fn modify(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Value {
         let resource = resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
         let mut store = self.store();
         let mut object = (*store
             .get(resource, namespace, name)
-            .unwrap_or_else(|| panic!("{kind} {namespace}/{name} does not exist"))).clone();
+            .unwrap_or_else(|| panic!("{kind} {namespace}/{name} does not exist")))
+        .clone();
         change(&mut object);
-        (*store.update(resource, namespace, name, object, false, false).expect("modifying an object")).clone()
+        (*store
+            .update(resource, namespace, name, object, false, false)
+            .expect("modifying an object"))
+        .clone()
     }
 
     /// Deletes an object; returns it, if it existed.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let resource = resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
-        self.store().delete(resource, namespace, name).ok().map(|object| (*object).clone())
+        self.store()
+            .delete(resource, namespace, name)
+            .ok()
+            .map(|object| (*object).clone())
     }
 
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let resource = resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
-        self.store().get(resource, namespace, name).map(|object| (*object).clone())
+        self.store()
+            .get(resource, namespace, name)
+            .map(|object| (*object).clone())
     }
 
     /// Every object of `kind`.
     pub fn list(&self, kind: &str) -> Vec<Value> {
         let resource = resource_of_kind(kind).unwrap_or_else(|| panic!("unknown kind {kind}"));
         self.store()
-            .list(resource, None, &LabelSelector::default(), &FieldSelector::default())
+            .list(
+                resource,
+                None,
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+            )
             .into_iter()
             .map(|object| (*object).clone())
             .collect()
@@ -386,7 +433,13 @@ mod tests {
     use super::*;
 
     /// Minimal HTTP/1.1 client for the tests of the double itself.
-    fn request(port: u16, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+    fn request(
+        port: u16,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, String) {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(
@@ -398,7 +451,10 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let status = response[9..12].parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -410,21 +466,42 @@ mod tests {
                 .create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{index}"), "labels": {"even": (index % 2 == 0).to_string()}}}))
                 .unwrap();
         }
-        let (status, body) = request(server.port(), "GET", "/api/v1/namespaces?limit=2&labelSelector=even%3Dtrue", "", "");
+        let (status, body) = request(
+            server.port(),
+            "GET",
+            "/api/v1/namespaces?limit=2&labelSelector=even%3Dtrue",
+            "",
+            "",
+        );
         assert_eq!(status, 200, "{body}");
         let list: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
         let token = list["metadata"]["continue"].as_str().unwrap().to_string();
-        let (_, body) = request(server.port(), "GET", &format!("/api/v1/namespaces?limit=2&labelSelector=even%3Dtrue&continue={token}"), "", "");
+        let (_, body) = request(
+            server.port(),
+            "GET",
+            &format!("/api/v1/namespaces?limit=2&labelSelector=even%3Dtrue&continue={token}"),
+            "",
+            "",
+        );
         let page: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(page["items"].as_array().unwrap().len(), 1);
-        assert_eq!(page["metadata"]["resourceVersion"], list["metadata"]["resourceVersion"]);
+        assert_eq!(
+            page["metadata"]["resourceVersion"],
+            list["metadata"]["resourceVersion"]
+        );
         let (status, body) = request(server.port(), "GET", "/api/v1/namespaces/nope", "", "");
         assert_eq!(status, 404);
         assert!(body.contains("\"reason\":\"NotFound\""));
         let (status, _) = request(server.port(), "GET", "/apis/zonewall.dev/v1alpha1", "", "");
         assert_eq!(status, 200);
-        let (status, body) = request(server.port(), "POST", "/api/v1/namespaces/missing/pods", "application/json", "{\"metadata\":{\"name\":\"p\"}}");
+        let (status, body) = request(
+            server.port(),
+            "POST",
+            "/api/v1/namespaces/missing/pods",
+            "application/json",
+            "{\"metadata\":{\"name\":\"p\"}}",
+        );
         assert_eq!(status, 404, "{body}");
     }
 

@@ -11,11 +11,22 @@ pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
 }
 
 fn map(pairs: &[(&str, &str)]) -> Value {
-    Value::Object(pairs.iter().map(|(key, value)| (key.to_string(), json!(value))).collect())
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), json!(value)))
+            .collect(),
+    )
 }
 
 /// A running pod on `node` with `ips` (the first is `status.podIP`).
-pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], ips: &[IpAddr], node: &str) -> Value {
+pub fn pod(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ips: &[IpAddr],
+    node: &str,
+) -> Value {
     let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
     json!({
         "apiVersion": "v1",
@@ -43,7 +54,11 @@ pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], ips: &[IpAddr],
 
 /// A Zone of pods: namespaces labelled `namespace_labels` and/or pods labelled
 /// `pod_labels` (an empty list leaves that selector out).
-pub fn selector_zone(name: &str, namespace_labels: &[(&str, &str)], pod_labels: &[(&str, &str)]) -> Value {
+pub fn selector_zone(
+    name: &str,
+    namespace_labels: &[(&str, &str)],
+    pod_labels: &[(&str, &str)],
+) -> Value {
     let mut spec = json!({});
     if !namespace_labels.is_empty() {
         spec["namespaceSelector"] = json!({"matchLabels": map(namespace_labels)});
@@ -70,7 +85,14 @@ pub fn zone_policy(name: &str, from: &[&str], to: &[&str], ports: Value, action:
 }
 
 /// A ClusterIP Service selecting pods labelled `selector`, port `port` -> `target_port`.
-pub fn service(namespace: &str, name: &str, cluster_ip: IpAddr, selector: &[(&str, &str)], port: u16, target_port: u16) -> Value {
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ip: IpAddr,
+    selector: &[(&str, &str)],
+    port: u16,
+    target_port: u16,
+) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",

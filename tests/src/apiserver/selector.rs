@@ -39,7 +39,11 @@ fn split_terms(text: &str) -> Vec<&str> {
         }
     }
     terms.push(&text[start..]);
-    terms.into_iter().map(str::trim).filter(|term| !term.is_empty()).collect()
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|term| !term.is_empty())
+        .collect()
 }
 
 fn valid_key(key: &str) -> bool {
@@ -99,14 +103,20 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|requirement| match requirement {
-            Requirement::Equals(key, value) => labels.get(key) == Some(value),
-            Requirement::NotEquals(key, value) => labels.get(key) != Some(value),
-            Requirement::In(key, values) => labels.get(key).is_some_and(|value| values.contains(value)),
-            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|value| !values.contains(value)),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(key),
-        })
+        self.requirements
+            .iter()
+            .all(|requirement| match requirement {
+                Requirement::Equals(key, value) => labels.get(key) == Some(value),
+                Requirement::NotEquals(key, value) => labels.get(key) != Some(value),
+                Requirement::In(key, values) => {
+                    labels.get(key).is_some_and(|value| values.contains(value))
+                }
+                Requirement::NotIn(key, values) => {
+                    labels.get(key).is_none_or(|value| !values.contains(value))
+                }
+                Requirement::Exists(key) => labels.contains_key(key),
+                Requirement::DoesNotExist(key) => !labels.contains_key(key),
+            })
     }
 
     /// Whether `object`'s `metadata.labels` match.
@@ -176,15 +186,24 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
     }
 
     #[test]
     fn selectors_follow_the_api_syntax() {
-        let selector = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
+        let selector =
+            LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,team").unwrap();
         assert!(selector.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a")])));
         assert!(!selector.matches(&labels(&[("app", "web"), ("env", "dev"), ("team", "a")])));
-        assert!(!selector.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "a"), ("legacy", "1")])));
+        assert!(!selector.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("team", "a"),
+            ("legacy", "1")
+        ])));
         assert!(!selector.matches(&labels(&[("app", "web"), ("env", "prod")])));
         let notin = LabelSelector::parse("env notin (prod)").unwrap();
         assert!(notin.matches(&labels(&[])));

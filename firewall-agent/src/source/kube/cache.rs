@@ -10,8 +10,9 @@
 //!   accepted version, if any: a broken edit never opens or closes anything by itself.
 //!   The verdicts say which object was rejected and why, for its status.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::policy::crd::{ZonePolicyStatus, ZoneStatus};
 use crate::policy::model::{self, Namespace, Node, PolicySet, Service};
@@ -71,8 +72,8 @@ pub(crate) trait Entry {
     /// accepted spec) from the version it replaces.
     fn adopt(&mut self, _previous: Option<&Self>, _claims: &mut u64) {}
     /// The order in which a relist adopts entries (so that claims follow creation).
-    fn relist_order(&self) -> &str {
-        ""
+    fn relist_order(&self) -> i64 {
+        0
     }
 }
 
@@ -102,12 +103,14 @@ impl<T: Entry> Store<T> {
                 false
             }
             Change::RelistItem(key, value) => {
-                self.relist.get_or_insert_with(BTreeMap::new).insert(key, value);
+                self.relist
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key, value);
                 false
             }
             Change::RelistDone => {
                 let listed = self.relist.take().unwrap_or_default();
-                let mut order: Vec<(&str, &Key)> = listed
+                let mut order: Vec<(i64, &Key)> = listed
                     .iter()
                     .map(|(key, value)| (value.relist_order(), key))
                     .collect();
@@ -155,25 +158,107 @@ impl Entry for Service {
     }
 }
 
+/// A pod as a watcher converted it, before the cache interns it.
+#[derive(Debug)]
+pub(crate) struct NewPod {
+    pub(crate) pod: model::Pod,
+    /// metadata.creationTimestamp, in seconds.
+    pub(crate) created: i64,
+}
+
+/// Shared copies of the strings and label sets many pods have in common (namespaces,
+/// nodes, phases; the labels of a Deployment's pods): the cache holds each once.
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Arc<str>>,
+    labels: HashSet<Arc<BTreeMap<String, String>>>,
+}
+
+impl Interner {
+    fn string(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    fn labels(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        if let Some(shared) = self.labels.get(&labels) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(labels);
+        self.labels.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Forgets what no pod uses any more.
+    fn prune(&mut self) {
+        self.strings.retain(|shared| Arc::strong_count(shared) > 1);
+        self.labels.retain(|shared| Arc::strong_count(shared) > 1);
+    }
+}
+
+/// A pod as the cache keeps it: the model's fields, compact and shared where they repeat.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CompactPod {
+    namespace: Arc<str>,
+    name: Box<str>,
+    uid: Box<str>,
+    labels: Arc<BTreeMap<String, String>>,
+    node_name: Option<Arc<str>>,
+    host_network: bool,
+    phase: Option<Arc<str>>,
+    pub(crate) ips: Box<[IpAddr]>,
+    workload: Option<Box<model::Workload>>,
+}
+
+impl CompactPod {
+    fn new(pod: model::Pod, interner: &mut Interner) -> Self {
+        Self {
+            namespace: interner.string(&pod.namespace),
+            name: pod.name.into_boxed_str(),
+            uid: pod.uid.into_boxed_str(),
+            labels: interner.labels(pod.labels),
+            node_name: pod.node_name.as_deref().map(|node| interner.string(node)),
+            host_network: pod.host_network,
+            phase: pod.phase.as_deref().map(|phase| interner.string(phase)),
+            ips: pod.ips.into_boxed_slice(),
+            workload: pod.workload.map(Box::new),
+        }
+    }
+
+    pub(crate) fn to_model(&self) -> model::Pod {
+        model::Pod {
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            uid: self.uid.to_string(),
+            labels: (*self.labels).clone(),
+            node_name: self.node_name.as_deref().map(str::to_string),
+            host_network: self.host_network,
+            phase: self.phase.as_deref().map(str::to_string),
+            ips: self.ips.to_vec(),
+            workload: self.workload.as_deref().cloned(),
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+}
+
 /// A pod and when it claimed its IPs.
 #[derive(Debug)]
 pub(crate) struct PodEntry {
-    pub(crate) pod: model::Pod,
-    /// metadata.creationTimestamp as written by the API server (RFC 3339 sorts as text).
-    pub(crate) created: String,
+    pub(crate) pod: CompactPod,
+    /// metadata.creationTimestamp, in seconds: the order in which a relist claims IPs.
+    created: i64,
     /// Larger is more recent; set when the pod's IPs (or uid) change.
     pub(crate) claim: u64,
 }
 
 impl PodEntry {
-    pub(crate) fn new(pod: model::Pod, created: String) -> Self {
-        Self {
-            pod,
-            created,
-            claim: 0,
-        }
-    }
-
     /// Whether the pod sends from (and owns) its own IPs.
     fn owns_ips(&self) -> bool {
         !self.pod.host_network && !self.pod.is_terminated()
@@ -201,8 +286,8 @@ impl Entry for PodEntry {
         }
     }
 
-    fn relist_order(&self) -> &str {
-        &self.created
+    fn relist_order(&self) -> i64 {
+        self.created
     }
 }
 
@@ -286,6 +371,10 @@ pub(crate) struct Cache {
     pub(crate) pods: Store<PodEntry>,
     /// Counter behind pod IP claims.
     claims: u64,
+    interner: Interner,
+    /// IP -> (claim, pod key) of every pod that owns it; more than one entry only while
+    /// the API has an IP in sequence.
+    ip_owners: HashMap<IpAddr, Vec<(u64, Key)>>,
     /// Set by any change of the policy input, cleared by [`Cache::snapshot`].
     pub(crate) dirty: bool,
     /// Who made the last change to a Zone or ZonePolicy spec, when known.
@@ -339,10 +428,69 @@ impl Cache {
         changed
     }
 
-    pub(crate) fn pods(&mut self, change: Change<PodEntry>) -> bool {
+    pub(crate) fn pods(&mut self, change: Change<NewPod>) -> bool {
+        let interner = &mut self.interner;
+        let mut intern = |new: NewPod| PodEntry {
+            pod: CompactPod::new(new.pod, interner),
+            created: new.created,
+            claim: 0,
+        };
+        let change = match change {
+            Change::Relist => Change::Relist,
+            Change::RelistItem(key, new) => Change::RelistItem(key, intern(new)),
+            Change::RelistDone => Change::RelistDone,
+            Change::Applied(key, new) => Change::Applied(key, intern(new)),
+            Change::Deleted(key) => Change::Deleted(key),
+        };
+        let touched = match &change {
+            Change::Applied(key, _) | Change::Deleted(key) => Some(key.clone()),
+            Change::RelistDone => None,
+            Change::Relist | Change::RelistItem(..) => {
+                return self.pods.change(change, &mut self.claims);
+            }
+        };
+        if let Some(key) = &touched {
+            self.forget_claims(key);
+        }
         let changed = self.pods.change(change, &mut self.claims);
+        match touched {
+            Some(key) => self.record_claims(&key),
+            None => {
+                self.ip_owners.clear();
+                let keys: Vec<Key> = self.pods.items.keys().cloned().collect();
+                for key in keys {
+                    self.record_claims(&key);
+                }
+            }
+        }
         self.dirty |= changed;
         changed
+    }
+
+    fn forget_claims(&mut self, key: &Key) {
+        let Some(entry) = self.pods.items.get(key) else {
+            return;
+        };
+        for ip in &entry.pod.ips {
+            if let Some(owners) = self.ip_owners.get_mut(ip) {
+                owners.retain(|(_, owner)| owner != key);
+                if owners.is_empty() {
+                    self.ip_owners.remove(ip);
+                }
+            }
+        }
+    }
+
+    fn record_claims(&mut self, key: &Key) {
+        let Some(entry) = self.pods.items.get(key).filter(|entry| entry.owns_ips()) else {
+            return;
+        };
+        for ip in &entry.pod.ips {
+            self.ip_owners
+                .entry(*ip)
+                .or_default()
+                .push((entry.claim, key.clone()));
+        }
     }
 
     /// Whether the kind's initial list has completed.
@@ -375,37 +523,33 @@ impl Cache {
 
     /// The pods of the snapshot: each IP stays only with the pod that claimed it last.
     fn snapshot_pods(&self) -> Vec<model::Pod> {
-        let mut owners: HashMap<IpAddr, (u64, &str)> = HashMap::new();
-        for (key, entry) in &self.pods.items {
-            if !entry.owns_ips() {
-                continue;
-            }
-            for ip in &entry.pod.ips {
-                let claim = (entry.claim, key.as_str());
-                owners
-                    .entry(*ip)
-                    .and_modify(|owner| *owner = (*owner).max(claim))
-                    .or_insert(claim);
-            }
-        }
-        self.pods
-            .items
+        // Contested IPs and their newest claimant; usually none.
+        let winners: HashMap<IpAddr, &str> = self
+            .ip_owners
             .iter()
-            .map(|(key, entry)| {
-                let mut pod = entry.pod.clone();
-                if entry.owns_ips() {
-                    pod.ips
-                        .retain(|ip| owners.get(ip).is_some_and(|(_, owner)| *owner == key));
-                }
-                pod
+            .filter(|(_, owners)| owners.len() > 1)
+            .filter_map(|(ip, owners)| {
+                let (_, key) = owners.iter().max()?;
+                Some((*ip, key.as_str()))
             })
-            .collect()
+            .collect();
+        let mut pods = Vec::with_capacity(self.pods.items.len());
+        for (key, entry) in &self.pods.items {
+            let mut pod = entry.pod.to_model();
+            if !winners.is_empty() && entry.owns_ips() {
+                pod.ips
+                    .retain(|ip| winners.get(ip).is_none_or(|winner| *winner == key.as_str()));
+            }
+            pods.push(pod);
+        }
+        pods
     }
 
     /// A valid [`PolicySet`] of everything cached, and a verdict per custom resource.
     /// Clears the dirty flag.
     pub(crate) fn snapshot(&mut self) -> Snapshot {
         self.dirty = false;
+        self.interner.prune();
         let mut set = PolicySet {
             namespaces: self.namespaces.items.values().cloned().collect(),
             nodes: self.nodes.items.values().cloned().collect(),
@@ -421,9 +565,16 @@ impl Cache {
                 Err(found) => {
                     problems.insert(
                         (Resource::Zone, name.clone()),
-                        found.iter().map(|(field, reason)| format!("{field}: {reason}")).collect(),
+                        found
+                            .iter()
+                            .map(|(field, reason)| format!("{field}: {reason}"))
+                            .collect(),
                     );
-                    if entry.accepted.is_some() { Pick::Accepted } else { Pick::Left }
+                    if entry.accepted.is_some() {
+                        Pick::Accepted
+                    } else {
+                        Pick::Left
+                    }
                 }
             };
             zone_picks.insert(name.clone(), pick);
@@ -462,11 +613,17 @@ impl Cache {
                 let (picks, accepted_exists) = match resource {
                     Resource::Zone => (
                         &mut zone_picks,
-                        self.zones.items.get(&name).is_some_and(|entry| entry.accepted.is_some()),
+                        self.zones
+                            .items
+                            .get(&name)
+                            .is_some_and(|entry| entry.accepted.is_some()),
                     ),
                     Resource::ZonePolicy => (
                         &mut policy_picks,
-                        self.policies.items.get(&name).is_some_and(|entry| entry.accepted.is_some()),
+                        self.policies
+                            .items
+                            .get(&name)
+                            .is_some_and(|entry| entry.accepted.is_some()),
                     ),
                 };
                 let Some(pick) = picks.get_mut(&name) else {
@@ -474,8 +631,15 @@ impl Cache {
                 };
                 match pick {
                     Pick::Current => {
-                        problems.entry((resource, name.clone())).or_default().extend(reasons);
-                        *pick = if accepted_exists { Pick::Accepted } else { Pick::Left };
+                        problems
+                            .entry((resource, name.clone()))
+                            .or_default()
+                            .extend(reasons);
+                        *pick = if accepted_exists {
+                            Pick::Accepted
+                        } else {
+                            Pick::Left
+                        };
                         progressed = true;
                     }
                     Pick::Accepted => {
@@ -495,14 +659,28 @@ impl Cache {
         let mut verdicts = Vec::new();
         for (name, entry) in self.zones.items.iter_mut() {
             let pick = &zone_picks[name];
-            verdicts.push(verdict(Resource::Zone, name, entry, pick, &problems, &existing_zones));
+            verdicts.push(verdict(
+                Resource::Zone,
+                name,
+                entry,
+                pick,
+                &problems,
+                &existing_zones,
+            ));
             if let (Pick::Current, Ok(model)) = (pick, &entry.model) {
                 entry.accepted = Some((entry.generation, model.clone()));
             }
         }
         for (name, entry) in self.policies.items.iter_mut() {
             let pick = &policy_picks[name];
-            verdicts.push(verdict(Resource::ZonePolicy, name, entry, pick, &problems, &existing_zones));
+            verdicts.push(verdict(
+                Resource::ZonePolicy,
+                name,
+                entry,
+                pick,
+                &problems,
+                &existing_zones,
+            ));
             if let (Pick::Current, Ok(model)) = (pick, &entry.model) {
                 entry.accepted = Some((entry.generation, model.clone()));
             }
@@ -521,7 +699,10 @@ fn author<M, S>(change: &Change<ResourceEntry<M, S>>) -> Option<Option<String>> 
 }
 
 /// The models the picks choose.
-fn picked<M: Clone, S>(items: &BTreeMap<Key, ResourceEntry<M, S>>, picks: &BTreeMap<String, Pick>) -> Vec<M> {
+fn picked<M: Clone, S>(
+    items: &BTreeMap<Key, ResourceEntry<M, S>>,
+    picks: &BTreeMap<String, Pick>,
+) -> Vec<M> {
     items
         .iter()
         .filter_map(|(name, entry)| match picks.get(name) {
@@ -616,7 +797,7 @@ mod tests {
         )
     }
 
-    fn pod(name: &str, uid: &str, ip: &str, phase: &str, created: &str) -> (Key, PodEntry) {
+    fn pod(name: &str, uid: &str, ip: &str, phase: &str, created: i64) -> (Key, NewPod) {
         let pod = model::Pod {
             namespace: "ns".into(),
             name: name.into(),
@@ -625,7 +806,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             ..model::Pod::default()
         };
-        (format!("ns/{name}"), PodEntry::new(pod, created.into()))
+        (format!("ns/{name}"), NewPod { pod, created })
     }
 
     fn synced_cache() -> Cache {
@@ -653,9 +834,12 @@ mod tests {
         let mut cache = Cache::default();
         assert!(!cache.all_synced());
         cache.pods(Change::Relist);
-        let (key, entry) = pod("a", "1", "10.0.0.1", "Running", "1");
+        let (key, entry) = pod("a", "1", "10.0.0.1", "Running", 1);
         cache.pods(Change::RelistItem(key, entry));
-        assert!(cache.pods.items.is_empty(), "relisted objects wait for the end of the list");
+        assert!(
+            cache.pods.items.is_empty(),
+            "relisted objects wait for the end of the list"
+        );
         assert!(cache.pods(Change::RelistDone));
         assert_eq!(cache.pods.items.len(), 1);
         assert!(cache.synced(Kind::Pods) && !cache.all_synced());
@@ -664,19 +848,19 @@ mod tests {
     #[test]
     fn the_newest_claim_of_an_ip_wins() {
         let mut cache = synced_cache();
-        let (key, old) = pod("old", "1", "10.0.0.5", "Running", "2024-01-01T00:00:00Z");
+        let (key, old) = pod("old", "1", "10.0.0.5", "Running", 1000);
         cache.pods(Change::Applied(key, old));
         // The old pod is still listed (terminating) when a new pod gets its IP.
-        let (key, new) = pod("new", "2", "10.0.0.5", "Running", "2024-01-01T00:01:00Z");
+        let (key, new) = pod("new", "2", "10.0.0.5", "Running", 1060);
         cache.pods(Change::Applied(key, new));
         assert_eq!(owners(&cache.snapshot().set, "10.0.0.5"), ["new"]);
         // A status update of the old pod does not make it the newest claimant.
-        let (key, old) = pod("old", "1", "10.0.0.5", "Running", "2024-01-01T00:00:00Z");
+        let (key, old) = pod("old", "1", "10.0.0.5", "Running", 1000);
         assert!(!cache.pods(Change::Applied(key, old)));
         assert_eq!(owners(&cache.snapshot().set, "10.0.0.5"), ["new"]);
         // After a relist the claims stay as they were.
         cache.pods(Change::Relist);
-        for (name, uid, created) in [("old", "1", "2024-01-01T00:00:00Z"), ("new", "2", "2024-01-01T00:01:00Z")] {
+        for (name, uid, created) in [("old", "1", 1000), ("new", "2", 1060)] {
             let (key, entry) = pod(name, uid, "10.0.0.5", "Running", created);
             cache.pods(Change::RelistItem(key, entry));
         }
@@ -691,7 +875,7 @@ mod tests {
     fn a_relist_orders_new_claims_by_creation() {
         let mut cache = synced_cache();
         cache.pods(Change::Relist);
-        for (name, uid, created) in [("a-newer", "2", "2024-01-02T00:00:00Z"), ("z-older", "1", "2024-01-01T00:00:00Z")] {
+        for (name, uid, created) in [("a-newer", "2", 2000), ("z-older", "1", 1000)] {
             let (key, entry) = pod(name, uid, "10.0.0.7", "Running", created);
             cache.pods(Change::RelistItem(key, entry));
         }
@@ -715,29 +899,51 @@ mod tests {
         assert!(cache.policies(Change::Applied(key, entry)));
         let snapshot = cache.snapshot();
         assert_eq!(snapshot.set.policies.len(), 1);
-        assert_eq!(snapshot.set.policies[0].to, ["b"], "generation 1 stays enforced");
-        let verdict = snapshot.verdicts.iter().find(|verdict| verdict.name == "a-to-b").unwrap();
+        assert_eq!(
+            snapshot.set.policies[0].to,
+            ["b"],
+            "generation 1 stays enforced"
+        );
+        let verdict = snapshot
+            .verdicts
+            .iter()
+            .find(|verdict| verdict.name == "a-to-b")
+            .unwrap();
         assert!(!verdict.accepted());
         assert_eq!(verdict.generation, 2);
         assert_eq!(verdict.enforced_instead, Some(1));
-        assert!(verdict.problems[0].starts_with("spec.to[0]: zone \"nowhere\" does not exist"), "{verdict:?}");
+        assert!(
+            verdict.problems[0].starts_with("spec.to[0]: zone \"nowhere\" does not exist"),
+            "{verdict:?}"
+        );
 
         // A new policy that never was valid is left out.
         let (key, entry) = policy("broken", 1, "nowhere");
         cache.policies(Change::Applied(key, entry));
         let snapshot = cache.snapshot();
         assert_eq!(snapshot.set.policies.len(), 1);
-        let verdict = snapshot.verdicts.iter().find(|verdict| verdict.name == "broken").unwrap();
+        let verdict = snapshot
+            .verdicts
+            .iter()
+            .find(|verdict| verdict.name == "broken")
+            .unwrap();
         assert_eq!(verdict.enforced_instead, None);
 
         // A broken zone: its policies fall back as well, and say why.
         let mut bad = zone("b", 2, "b");
-        bad.1.model = Err(vec![("spec.networks[0]".into(), "\"x\" is not a CIDR".into())]);
+        bad.1.model = Err(vec![(
+            "spec.networks[0]".into(),
+            "\"x\" is not a CIDR".into(),
+        )]);
         let (key, entry) = bad;
         cache.zones(Change::Applied(key, entry));
         let snapshot = cache.snapshot();
         assert_eq!(snapshot.set.zones.len(), 2, "zone b generation 1 stays");
-        let verdict = snapshot.verdicts.iter().find(|verdict| verdict.name == "b").unwrap();
+        let verdict = snapshot
+            .verdicts
+            .iter()
+            .find(|verdict| verdict.name == "b")
+            .unwrap();
         assert_eq!(verdict.enforced_instead, Some(1));
         assert_eq!(verdict.problems, ["spec.networks[0]: \"x\" is not a CIDR"]);
     }
@@ -752,51 +958,9 @@ mod tests {
         entry.status = Some(ZoneStatus::default());
         assert!(!cache.zones(Change::Applied(key, entry)));
         assert!(!cache.dirty);
-        assert!(cache.zones.items["a"].accepted.is_some(), "kept across updates");
-    }
-}
-#[cfg(test)]
-mod timing_tmp {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn snapshot_cost() {
-        let mut cache = Cache::default();
-        for kind in [0; 1] { let _ = kind; }
-        cache.zones(Change::RelistDone);
-        cache.policies(Change::RelistDone);
-        cache.namespaces(Change::RelistDone);
-        cache.nodes(Change::RelistDone);
-        cache.services(Change::RelistDone);
-        cache.pods(Change::RelistDone);
-        for name in ["a", "b", "c"] {
-            let spec = crate::policy::crd::ZoneSpec { pod_selector: Some(model::LabelSelector { match_labels: [("zone".to_string(), name.to_string())].into(), match_expressions: vec![] }), ..Default::default() };
-            cache.zones(Change::Applied(name.into(), ResourceEntry { generation: 1, model: spec.to_model(name), status: None, accepted: None, changed_by: None }));
-        }
-        for index in 0..10_000u32 {
-            let pod = model::Pod { namespace: "bench".into(), name: format!("pod-{index}"), uid: format!("7a3c0000-0000-4000-8000-{index:012x}"),
-                labels: [("zone".to_string(), "c".to_string()), ("app".to_string(), format!("app-{}", index % 50)), ("pod-template-hash".to_string(), "7d4b9c8f6".to_string())].into(),
-                node_name: Some(format!("node-{}", index % 100)), host_network: false, phase: Some("Running".into()),
-                ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xc612_4000 + index))] };
-            cache.pods(Change::Applied(format!("bench/pod-{index}"), PodEntry::new(pod, "2026".into())));
-        }
-        for _ in 0..3 {
-            let started = std::time::Instant::now();
-            let snapshot = cache.snapshot();
-            let snap = started.elapsed();
-            let started = std::time::Instant::now();
-            crate::policy::validate(&snapshot.set).unwrap();
-            let validate = started.elapsed();
-            let started = std::time::Instant::now();
-            let compiled = crate::policy::compile(&snapshot.set).unwrap();
-            let compile = started.elapsed();
-            let started = std::time::Instant::now();
-            let copy = snapshot.set.clone();
-            let clone = started.elapsed();
-            let started = std::time::Instant::now();
-            let equal = copy == snapshot.set;
-            let eq = started.elapsed();
-            eprintln!("snapshot {snap:?} validate {validate:?} compile {compile:?} clone {clone:?} eq {eq:?} {equal} {}", compiled.endpoints.len());
-        }
+        assert!(
+            cache.zones.items["a"].accepted.is_some(),
+            "kept across updates"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Nothing is enforced from a partial view: the first snapshot comes after every initial
 //! list; until then (and whenever the API server is unreachable) the run loop keeps what
-//! is enforced. Bursts of events are folded into one snapshot (a few milliseconds of
+//! is enforced. Bursts of events are folded into one snapshot (a millisecond of
 //! quiet, at most [`MAX_DELAY`] after the first).
 
 mod cache;
@@ -30,7 +30,7 @@ use self::status::{Desired, DesiredStatus, Summary};
 use super::{Outcome, PolicySource, SourceUpdate};
 
 /// Quiet time that ends a burst of events.
-const QUIET: Duration = Duration::from_millis(5);
+const QUIET: Duration = Duration::from_millis(1);
 /// Longest a change waits for a burst to end.
 const MAX_DELAY: Duration = Duration::from_millis(50);
 
@@ -80,7 +80,10 @@ impl Shared {
     fn report_problem(&self, kind: Kind, message: String) {
         let mut failing = self.failing.lock().expect("failing lock");
         if !failing.contains_key(&kind) {
-            self.problems.lock().expect("problems lock").push(message.clone());
+            self.problems
+                .lock()
+                .expect("problems lock")
+                .push(message.clone());
         }
         failing.insert(kind, message);
     }
@@ -111,16 +114,19 @@ impl KubeSource {
             paths => {
                 let mut merged: Option<Kubeconfig> = None;
                 for path in paths {
-                    let read = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                    merged = Some(match merged {
-                        None => read,
-                        Some(merged) => merged.merge(read).map_err(|source| KubeError::Kubeconfig {
+                    let read =
+                        Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
                             path: path.display().to_string(),
                             source,
-                        })?,
+                        })?;
+                    merged = Some(match merged {
+                        None => read,
+                        Some(merged) => {
+                            merged.merge(read).map_err(|source| KubeError::Kubeconfig {
+                                path: path.display().to_string(),
+                                source,
+                            })?
+                        }
                     });
                 }
                 let merged = merged.expect("at least one path");
@@ -147,8 +153,16 @@ impl KubeSource {
         let changes = Arc::new(Notify::new());
         let (statuses, desired) = tokio::sync::watch::channel(Arc::new(Desired::new()));
         let mut tasks = watch::spawn_all(&client, &shared);
-        tasks.push(tokio::spawn(debounce(Arc::clone(&shared), Arc::clone(&changes))));
-        tasks.push(status::spawn(client, Arc::clone(&shared), options.status, desired));
+        tasks.push(tokio::spawn(debounce(
+            Arc::clone(&shared),
+            Arc::clone(&changes),
+        )));
+        tasks.push(status::spawn(
+            client,
+            Arc::clone(&shared),
+            options.status,
+            desired,
+        ));
         tracing::info!(%server, "watching the Kubernetes API; nothing changes until every initial list is complete");
         Ok(Self {
             shared,
@@ -162,7 +176,8 @@ impl KubeSource {
     }
 
     fn publish(&self, update: impl FnOnce(&mut Desired)) {
-        self.statuses.send_modify(|desired| update(Arc::make_mut(desired)));
+        self.statuses
+            .send_modify(|desired| update(Arc::make_mut(desired)));
     }
 }
 
@@ -212,7 +227,14 @@ impl PolicySource for KubeSource {
                         .collect();
                     tracing::info!(objects = %counts.join(", "), "every initial list complete: enforcing the cluster's policy");
                 }
-                Some(cache.snapshot())
+                let started = std::time::Instant::now();
+                let snapshot = cache.snapshot();
+                tracing::debug!(
+                    pods = snapshot.set.pods.len(),
+                    took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "snapshot built"
+                );
+                Some(snapshot)
             } else {
                 None
             }
@@ -254,14 +276,20 @@ impl PolicySource for KubeSource {
                     } else {
                         continue;
                     };
-                    named.entry(target).or_default().push(format!("{}: {}", issue.field, issue.reason));
+                    named
+                        .entry(target)
+                        .or_default()
+                        .push(format!("{}: {}", issue.field, issue.reason));
                 }
                 self.publish(|current| {
                     for (key, problems) in named {
                         if let Some(status) = current.get_mut(&key) {
                             *status = DesiredStatus {
                                 accepted: false,
-                                message: format!("{}; the previous policy stays enforced", problems.join("; ")),
+                                message: format!(
+                                    "{}; the previous policy stays enforced",
+                                    problems.join("; ")
+                                ),
                                 ..status.clone()
                             };
                         }
@@ -273,7 +301,12 @@ impl PolicySource for KubeSource {
     }
 
     fn changed_by(&self) -> Option<String> {
-        self.shared.cache.lock().expect("cache lock").changed_by.clone()
+        self.shared
+            .cache
+            .lock()
+            .expect("cache lock")
+            .changed_by
+            .clone()
     }
 
     fn synced(&self) -> bool {

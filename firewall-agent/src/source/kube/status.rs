@@ -131,19 +131,26 @@ pub(super) fn desired(verdicts: &[Verdict], summary: &Summary) -> Desired {
             warnings.truncate(WARNING_LIMIT);
             warnings.push(format!("... and {more} more"));
         }
-        let (members, networks) = summary.members.get(&verdict.name).copied().unwrap_or_default();
+        let (members, networks) = summary
+            .members
+            .get(&verdict.name)
+            .copied()
+            .unwrap_or_default();
         let message = if verdict.accepted() {
             match verdict.resource {
                 Resource::Zone if networks > 0 => {
                     format!("enforced: {networks} network{}", plural(networks))
                 }
                 Resource::Zone => format!("enforced: {members} pod{}", plural(members)),
-                Resource::ZonePolicy => match summary.modes.get(&verdict.name).map(String::as_str) {
-                    Some("Audit") => {
-                        "audited: matching traffic is reported, never dropped (mode Audit)".into()
+                Resource::ZonePolicy => {
+                    match summary.modes.get(&verdict.name).map(String::as_str) {
+                        Some("Audit") => {
+                            "audited: matching traffic is reported, never dropped (mode Audit)"
+                                .into()
+                        }
+                        _ => "enforced".into(),
                     }
-                    _ => "enforced".into(),
-                },
+                }
             }
         } else {
             let mut text = verdict.problems.join("; ");
@@ -217,11 +224,19 @@ fn accepted_condition(previous: &[Condition], desired: &DesiredStatus) -> Condit
     let last_transition_time = previous
         .iter()
         .find(|condition| condition.type_ == CONDITION_ACCEPTED && condition.status == status)
-        .map_or_else(|| Time(Timestamp::now()), |condition| condition.last_transition_time.clone());
+        .map_or_else(
+            || Time(Timestamp::now()),
+            |condition| condition.last_transition_time.clone(),
+        );
     Condition {
         type_: CONDITION_ACCEPTED.into(),
         status: status.into(),
-        reason: if desired.accepted { REASON_ACCEPTED } else { REASON_INVALID }.into(),
+        reason: if desired.accepted {
+            REASON_ACCEPTED
+        } else {
+            REASON_INVALID
+        }
+        .into(),
         message: desired.message.clone(),
         observed_generation: Some(desired.generation),
         last_transition_time,
@@ -283,7 +298,9 @@ impl Writer {
     }
 
     async fn elect(&mut self) {
-        let leading = match tokio::time::timeout(CALL_TIMEOUT, self.elector.try_acquire_or_renew()).await {
+        let leading = match tokio::time::timeout(CALL_TIMEOUT, self.elector.try_acquire_or_renew())
+            .await
+        {
             Ok(Ok(leading)) => leading,
             Ok(Err(error)) => {
                 if self.leading {
@@ -354,7 +371,12 @@ impl Writer {
                 self.written.insert(key.clone(), status.clone());
                 continue;
             }
-            match tokio::time::timeout(CALL_TIMEOUT, self.apply(*resource, name, &observed.conditions, status)).await {
+            match tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.apply(*resource, name, &observed.conditions, status),
+            )
+            .await
+            {
                 Ok(Ok(())) => {
                     tracing::debug!(kind = resource.kind(), %name, accepted = status.accepted, "status written");
                     self.written.insert(key.clone(), status.clone());
@@ -427,7 +449,8 @@ struct Elector {
 impl Elector {
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let now = MicroTime(Timestamp::now());
-        let seconds = i32::try_from(self.options.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let seconds =
+            i32::try_from(self.options.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.options.lease_name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -451,7 +474,10 @@ impl Elector {
             };
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        let holder = spec.holder_identity.clone().filter(|holder| !holder.is_empty());
+        let holder = spec
+            .holder_identity
+            .clone()
+            .filter(|holder| !holder.is_empty());
         let renewed = spec.renew_time.as_ref().map(|time| time.0.to_string());
         let unchanged = matches!(&self.observed, Some((seen_holder, seen_renewed, _)) if *seen_holder == holder && *seen_renewed == renewed);
         if !unchanged {
@@ -459,8 +485,13 @@ impl Elector {
         }
         let held_for = spec
             .lease_duration_seconds
-            .map_or(self.options.lease_duration, |seconds| Duration::from_secs(seconds.max(1) as u64));
-        let seen_at = self.observed.as_ref().map_or_else(Instant::now, |(_, _, at)| *at);
+            .map_or(self.options.lease_duration, |seconds| {
+                Duration::from_secs(seconds.max(1) as u64)
+            });
+        let seen_at = self
+            .observed
+            .as_ref()
+            .map_or_else(Instant::now, |(_, _, at)| *at);
         let mine = holder.as_deref() == Some(self.options.identity.as_str());
         let free = holder.is_none() || seen_at.elapsed() > held_for;
         if !mine && !free {
@@ -475,7 +506,11 @@ impl Elector {
         spec.lease_duration_seconds = Some(seconds);
         // The resourceVersion from the read makes this a compare-and-swap: of two agents
         // taking a free Lease at once, one gets 409 Conflict.
-        match self.api.replace(&self.options.lease_name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.options.lease_name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(response)) if response.code == 409 => Ok(false),
             Err(error) => Err(error),
@@ -539,17 +574,31 @@ status: {podIP: 198.18.0.11}
             verdict(Resource::Zone, "dmz", &[], None),
             verdict(Resource::Zone, "partners", &[], None),
             verdict(Resource::ZonePolicy, "staged", &[], None),
-            verdict(Resource::ZonePolicy, "broken", &["spec.to[0]: zone \"x\" does not exist"], Some(1)),
+            verdict(
+                Resource::ZonePolicy,
+                "broken",
+                &["spec.to[0]: zone \"x\" does not exist"],
+                Some(1),
+            ),
         ];
         let desired = desired(&verdicts, &summary);
         let dmz = &desired[&(Resource::Zone, "dmz".into())];
         assert_eq!(dmz.members, Some(2));
         assert_eq!(dmz.message, "enforced: 2 pods");
-        assert!(dmz.warnings.iter().any(|warning| warning.contains("matches zones dmz, edge")), "{dmz:?}");
+        assert!(
+            dmz.warnings
+                .iter()
+                .any(|warning| warning.contains("matches zones dmz, edge")),
+            "{dmz:?}"
+        );
         let partners = &desired[&(Resource::Zone, "partners".into())];
         assert_eq!(partners.members, None);
         assert_eq!(partners.message, "enforced: 1 network");
-        assert!(desired[&(Resource::ZonePolicy, "staged".into())].message.starts_with("audited"));
+        assert!(
+            desired[&(Resource::ZonePolicy, "staged".into())]
+                .message
+                .starts_with("audited")
+        );
         let broken = &desired[&(Resource::ZonePolicy, "broken".into())];
         assert!(!broken.accepted);
         assert_eq!(
@@ -584,11 +633,23 @@ status: {podIP: 198.18.0.11}
             warnings: vec![],
         };
         assert!(!already_written(&observed(vec![old.clone()], 2), &status));
-        assert!(already_written(&observed(vec![condition.clone()], 3), &status));
-        let with_members = DesiredStatus { members: Some(1), ..status.clone() };
-        assert!(!already_written(&observed(vec![condition], 3), &with_members));
-        let rejected = DesiredStatus { accepted: false, ..status };
-        let condition = accepted_condition(&[old.clone()], &rejected);
+        assert!(already_written(
+            &observed(vec![condition.clone()], 3),
+            &status
+        ));
+        let with_members = DesiredStatus {
+            members: Some(1),
+            ..status.clone()
+        };
+        assert!(!already_written(
+            &observed(vec![condition], 3),
+            &with_members
+        ));
+        let rejected = DesiredStatus {
+            accepted: false,
+            ..status
+        };
+        let condition = accepted_condition(std::slice::from_ref(&old), &rejected);
         assert_ne!(condition.last_transition_time, old.last_transition_time);
         assert_eq!(condition.reason, REASON_INVALID);
     }

@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
-use super::cache::{Cache, Change, Kind, Key, PodEntry, PolicyEntry, ResourceEntry, ZoneEntry};
+use super::cache::{Cache, Change, Key, Kind, NewPod, PolicyEntry, ResourceEntry, ZoneEntry};
 use crate::policy::crd::{Zone, ZonePolicy};
 use crate::policy::model;
 
@@ -72,9 +72,17 @@ fn trim_metadata(metadata: &mut ObjectMeta) {
     metadata.finalizers = None;
 }
 
-/// Keeps the label, node, host-network, phase and IP fields of a pod.
+/// Keeps the label, node, host-network, phase and IP fields of a pod, and its controller
+/// (the workload of flow records).
 pub(super) fn trim_pod(pod: &mut Pod) {
+    let controller = pod.metadata.owner_references.take().and_then(|owners| {
+        owners
+            .into_iter()
+            .find(|owner| owner.controller == Some(true))
+            .map(|owner| vec![owner])
+    });
     trim_metadata(&mut pod.metadata);
+    pod.metadata.owner_references = controller;
     pod.spec = pod.spec.take().map(|spec| PodSpec {
         node_name: spec.node_name,
         host_network: spec.host_network,
@@ -166,7 +174,7 @@ fn push_ip(text: &str, into: &mut Vec<IpAddr>) {
     }
 }
 
-pub(super) fn pod_entry(pod: &Pod) -> (Key, PodEntry) {
+pub(super) fn pod_entry(pod: &Pod) -> (Key, NewPod) {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let mut ips = Vec::new();
@@ -179,11 +187,30 @@ pub(super) fn pod_entry(pod: &Pod) -> (Key, PodEntry) {
         }
     }
     let model = model::Pod {
-        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: name_of(&pod.metadata),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
-        node_name: spec.and_then(|spec| spec.node_name.clone()).filter(|node| !node.is_empty()),
+        workload: pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|owner| owner.controller == Some(true))
+            .map(|owner| {
+                model::Workload::from_owner(
+                    &owner.kind,
+                    &owner.name,
+                    pod.metadata.labels.as_ref().unwrap_or(&Default::default()),
+                )
+            }),
+        node_name: spec
+            .and_then(|spec| spec.node_name.clone())
+            .filter(|node| !node.is_empty()),
         host_network: spec.and_then(|spec| spec.host_network).unwrap_or(false),
         phase: status.and_then(|status| status.phase.clone()),
         ips,
@@ -192,9 +219,14 @@ pub(super) fn pod_entry(pod: &Pod) -> (Key, PodEntry) {
         .metadata
         .creation_timestamp
         .as_ref()
-        .map(|time| time.0.to_string())
-        .unwrap_or_default();
-    (namespaced_key(&pod.metadata), PodEntry::new(model, created))
+        .map_or(0, |time| time.0.as_second());
+    (
+        namespaced_key(&pod.metadata),
+        NewPod {
+            pod: model,
+            created,
+        },
+    )
 }
 
 fn namespace_entry(namespace: &Namespace) -> (Key, model::Namespace) {
@@ -207,24 +239,38 @@ fn service_entry(service: &Service) -> (Key, model::Service) {
     let spec = service.spec.as_ref();
     let mut cluster_ips = Vec::new();
     if let Some(spec) = spec {
-        for text in spec.cluster_ip.iter().chain(spec.cluster_ips.iter().flatten()) {
+        for text in spec
+            .cluster_ip
+            .iter()
+            .chain(spec.cluster_ips.iter().flatten())
+        {
             if text != "None" {
                 push_ip(text, &mut cluster_ips);
             }
         }
     }
     let model = model::Service {
-        namespace: service.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: name_of(&service.metadata),
         cluster_ips,
-        selector: spec.and_then(|spec| spec.selector.clone()).unwrap_or_default(),
+        selector: spec
+            .and_then(|spec| spec.selector.clone())
+            .unwrap_or_default(),
     };
     (namespaced_key(&service.metadata), model)
 }
 
 fn node_entry(node: &Node) -> (Key, model::Node) {
     let mut addresses = Vec::new();
-    for address in node.status.iter().flat_map(|status| status.addresses.iter().flatten()) {
+    for address in node
+        .status
+        .iter()
+        .flat_map(|status| status.addresses.iter().flatten())
+    {
         if matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
             push_ip(&address.address, &mut addresses);
         }
@@ -258,9 +304,19 @@ fn policy_entry(policy: &ZonePolicy) -> (Key, PolicyEntry) {
 }
 
 /// Starts the six watchers on the current runtime.
-pub(super) fn spawn_all(client: &kube::Client, shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+pub(super) fn spawn_all(
+    client: &kube::Client,
+    shared: &Arc<Shared>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
-        spawn(Api::<Zone>::all(client.clone()), Kind::Zones, shared, trim_zone, zone_entry, Cache::zones),
+        spawn(
+            Api::<Zone>::all(client.clone()),
+            Kind::Zones,
+            shared,
+            trim_zone,
+            zone_entry,
+            Cache::zones,
+        ),
         spawn(
             Api::<ZonePolicy>::all(client.clone()),
             Kind::ZonePolicies,
@@ -277,7 +333,14 @@ pub(super) fn spawn_all(client: &kube::Client, shared: &Arc<Shared>) -> Vec<toki
             namespace_entry,
             Cache::namespaces,
         ),
-        spawn(Api::<Node>::all(client.clone()), Kind::Nodes, shared, trim_node, node_entry, Cache::nodes),
+        spawn(
+            Api::<Node>::all(client.clone()),
+            Kind::Nodes,
+            shared,
+            trim_node,
+            node_entry,
+            Cache::nodes,
+        ),
         spawn(
             Api::<Service>::all(client.clone()),
             Kind::Services,
@@ -286,7 +349,14 @@ pub(super) fn spawn_all(client: &kube::Client, shared: &Arc<Shared>) -> Vec<toki
             service_entry,
             Cache::services,
         ),
-        spawn(Api::<Pod>::all(client.clone()), Kind::Pods, shared, trim_pod, pod_entry, Cache::pods),
+        spawn(
+            Api::<Pod>::all(client.clone()),
+            Kind::Pods,
+            shared,
+            trim_pod,
+            pod_entry,
+            Cache::pods,
+        ),
     ]
 }
 
@@ -322,7 +392,9 @@ async fn run<K, T>(
     // every node runs an agent, and quorum reads from all of them would load etcd.
     let config = watcher::Config::default().any_semantic();
     let seed = std::process::id() as u64 ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let stream = watch_stream(api, config).modify(trim).backoff(RetryBackoff::new(seed));
+    let stream = watch_stream(api, config)
+        .modify(trim)
+        .backoff(RetryBackoff::new(seed));
     let mut stream = pin!(stream);
     let mut failures: u64 = 0;
     let mut relisting = false;
@@ -335,7 +407,7 @@ async fn run<K, T>(
                 let message = describe_error(&error);
                 // First failure and then every tenth: an unreachable API server is retried
                 // every few seconds and must not flood the log.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(
                         kind = kind.as_str(),
                         failures,
@@ -343,7 +415,10 @@ async fn run<K, T>(
                         "watch failed; retrying with backoff, the last known state stays enforced"
                     );
                 }
-                shared.report_problem(kind, format!("watch of {} failed: {message}", kind.as_str()));
+                shared.report_problem(
+                    kind,
+                    format!("watch of {} failed: {message}", kind.as_str()),
+                );
                 continue;
             }
         };
@@ -443,7 +518,7 @@ mod tests {
         assert_eq!(entry.pod.ips.len(), 2);
         assert_eq!(entry.pod.node_name.as_deref(), Some("node-a"));
         assert_eq!(entry.pod.labels["app"], "web");
-        assert!(entry.created.starts_with("2024-01-01T00:00:00"));
+        assert_eq!(entry.created, 1_704_067_200);
     }
 
     #[test]
