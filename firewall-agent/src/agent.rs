@@ -57,7 +57,8 @@ fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
             continue;
         }
         builder.add(
-            Glob::new(glob).map_err(|error| AgentError::Config(format!("--interfaces {glob:?}: {error}")))?,
+            Glob::new(glob)
+                .map_err(|error| AgentError::Config(format!("--interfaces {glob:?}: {error}")))?,
         );
     }
     builder
@@ -94,7 +95,9 @@ impl Agent {
     fn apply(&mut self, compiled: &CompiledPolicy) -> Result<(), AgentError> {
         let is_local = self.is_local();
         let report = self.datapath.sync(compiled, &self.tuning, is_local)?;
-        self.metrics.sync_seconds.observe(report.duration.as_secs_f64());
+        self.metrics
+            .sync_seconds
+            .observe(report.duration.as_secs_f64());
         self.generation = report.generation;
         self.enricher.learn(report.generation, compiled);
         for warning in &compiled.warnings {
@@ -135,7 +138,11 @@ impl Agent {
             Err(error) => {
                 tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
                 self.source.outcome(Outcome::Rejected(&error));
-                self.policy_change("rejected", changed_objects(self.last_set.as_ref(), &set), Some(error.to_string()));
+                self.policy_change(
+                    "rejected",
+                    changed_objects(self.last_set.as_ref(), &set),
+                    Some(error.to_string()),
+                );
                 return Ok(false);
             }
         };
@@ -244,7 +251,12 @@ impl Agent {
     }
 
     /// Records a rejected or failed policy input (applied ones are recorded in `reload`).
-    fn policy_change(&mut self, outcome: &'static str, changed: Vec<String>, message: Option<String>) {
+    fn policy_change(
+        &mut self,
+        outcome: &'static str,
+        changed: Vec<String>,
+        message: Option<String>,
+    ) {
         if outcome != "applied" {
             self.metrics.policy_rejections.inc();
         }
@@ -265,16 +277,23 @@ impl Agent {
         if let Ok(counters) = self.datapath.counters() {
             self.metrics.observe(&counters, &self.sinks.stats());
         }
-        let (endpoints, capacity) = (self.datapath.endpoint_count(), self.datapath.endpoint_capacity());
-        self.metrics.map_fill(firewall_common::MAP_ENDPOINTS, endpoints, capacity);
-        let (entries, capacity) = self.datapath.conntrack_fill();
-        self.metrics.map_fill(firewall_common::MAP_CONNTRACK, entries, capacity);
-        let (entries, capacity) = self.datapath.policy_fill();
-        self.metrics.map_fill(firewall_common::MAP_POLICY, entries, capacity);
-        self.metrics.generation.set(self.generation as i64);
+        let (endpoints, capacity) = (
+            self.datapath.endpoint_count(),
+            self.datapath.endpoint_capacity(),
+        );
         self.metrics
-            .ready
-            .store(self.generation != 0 && self.source.synced(), std::sync::atomic::Ordering::Relaxed);
+            .map_fill(firewall_common::MAP_ENDPOINTS, endpoints, capacity);
+        let (entries, capacity) = self.datapath.conntrack_fill();
+        self.metrics
+            .map_fill(firewall_common::MAP_CONNTRACK, entries, capacity);
+        let (entries, capacity) = self.datapath.policy_fill();
+        self.metrics
+            .map_fill(firewall_common::MAP_POLICY, entries, capacity);
+        self.metrics.generation.set(self.generation as i64);
+        self.metrics.ready.store(
+            self.generation != 0 && self.source.synced(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.metrics.tick();
     }
 
@@ -285,23 +304,40 @@ impl Agent {
 }
 
 /// `Kind/name` of the zones and policies that differ between two inputs.
-fn changed_objects(old: Option<&crate::policy::PolicySet>, new: &crate::policy::PolicySet) -> Vec<String> {
+fn changed_objects(
+    old: Option<&crate::policy::PolicySet>,
+    new: &crate::policy::PolicySet,
+) -> Vec<String> {
     use std::collections::BTreeMap;
-    fn index<'a, T: std::fmt::Debug>(items: &'a [T], name: impl Fn(&T) -> &str) -> BTreeMap<String, String> {
-        items.iter().map(|item| (name(item).to_owned(), format!("{item:?}"))).collect()
+    fn index<'a, T: std::fmt::Debug>(
+        items: &'a [T],
+        name: impl Fn(&T) -> &str,
+    ) -> BTreeMap<String, String> {
+        items
+            .iter()
+            .map(|item| (name(item).to_owned(), format!("{item:?}")))
+            .collect()
     }
     let empty = crate::policy::PolicySet::default();
     let old = old.unwrap_or(&empty);
     let mut changed = Vec::new();
     for (kind, before, after) in [
-        ("Zone", index(&old.zones, |zone| &zone.name), index(&new.zones, |zone| &zone.name)),
+        (
+            "Zone",
+            index(&old.zones, |zone| &zone.name),
+            index(&new.zones, |zone| &zone.name),
+        ),
         (
             "ZonePolicy",
             index(&old.policies, |policy| &policy.name),
             index(&new.policies, |policy| &policy.name),
         ),
     ] {
-        for name in before.keys().chain(after.keys()).collect::<std::collections::BTreeSet<_>>() {
+        for name in before
+            .keys()
+            .chain(after.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             if before.get(name) != after.get(name) {
                 changed.push(format!("{kind}/{name}"));
             }
@@ -327,8 +363,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let source: Box<dyn PolicySource> = match &args.config {
         Some(path) => Box::new(FileSource::new(path)),
         None => Box::new(
-            crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref()))
-                .await?,
+            crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref())).await?,
         ),
     };
     let sinks = Dispatcher::start(
@@ -375,9 +410,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| AgentError::Io {
-            what: "installing the SIGTERM handler".into(),
-            source,
-        })?;
+        what: "installing the SIGTERM handler".into(),
+        source,
+    })?;
     let mut poll = tokio::time::interval(Duration::from_millis(agent.args.poll_ms));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut expiry = tokio::time::interval(Duration::from_millis(agent.args.ct_gc_interval_ms));

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_INTERFACES: &str = "veth*,cali*,lxc*,gke*,eni*,azv*";
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "firewall-agent", version, about = "zonewall node agent: zone policy enforced in the kernel")]
+#[command(
+    name = "firewall-agent",
+    version,
+    about = "zonewall node agent: zone policy enforced in the kernel"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -62,7 +66,12 @@ pub struct RunArgs {
     #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
     pub bpffs: PathBuf,
     /// Verdict for traffic of a local interface whose IP the agent does not know.
-    #[arg(long, env = "ZONEWALL_UNKNOWN_SOURCE", value_enum, default_value = "deny")]
+    #[arg(
+        long,
+        env = "ZONEWALL_UNKNOWN_SOURCE",
+        value_enum,
+        default_value = "deny"
+    )]
     pub unknown_source: UnknownSource,
     /// Written (atomically, JSON) after every applied policy generation.
     #[arg(long, env = "ZONEWALL_READY_FILE")]
@@ -175,7 +184,11 @@ impl RunArgs {
             .filter(|path| !path.as_os_str().is_empty())
             .collect();
         let identity = self.status_identity.clone().unwrap_or_else(|| {
-            format!("{}-{}", node_name.unwrap_or("zonewall-agent"), std::process::id())
+            format!(
+                "{}-{}",
+                node_name.unwrap_or("zonewall-agent"),
+                std::process::id()
+            )
         });
         crate::source::kube::KubeOptions {
             kubeconfig,

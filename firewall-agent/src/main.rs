@@ -19,7 +19,10 @@ fn main() -> std::process::ExitCode {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Detach { bpffs }) => match firewall_agent::datapath::detach_all(&bpffs) {
             Ok(links) => {
-                println!("detached: {links} links removed, pins under {} deleted", bpffs.display());
+                println!(
+                    "detached: {links} links removed, pins under {} deleted",
+                    bpffs.display()
+                );
                 std::process::ExitCode::SUCCESS
             }
             Err(error) => {
@@ -28,7 +31,10 @@ fn main() -> std::process::ExitCode {
             }
         },
         None => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("cannot start the runtime: {error}");

@@ -92,7 +92,9 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             generation: Gauge::default(),
-            sync_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter()),
+            sync_seconds: Histogram::new(
+                [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+            ),
             policy_rejections: Counter::default(),
             reported: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
@@ -100,22 +102,85 @@ impl Metrics {
             started: Instant::now(),
             registry: Registry::default(),
         };
-        registry.register("flows", "Flows seen, by source zone, destination zone and verdict", metrics.flows.clone());
-        registry.register("packets", "Packets of logged flows, by zone pair and verdict", metrics.packets.clone());
-        registry.register("bytes", "Bytes of logged flows, by zone pair and verdict", metrics.bytes.clone());
-        registry.register("denials", "Denied flows by the policy (or default) that denied them", metrics.denials.clone());
-        registry.register("datapath_packets", "Datapath counters by reason (packets)", metrics.datapath.clone());
-        registry.register("ringbuf_lost_events", "Flow events the ring buffer had no room for", metrics.ringbuf_lost.clone());
-        registry.register("sink_written_records", "Records written by each sink", metrics.sink_written.clone());
-        registry.register("sink_lost_records", "Records each sink lost (queue full or write failed)", metrics.sink_lost.clone());
-        registry.register("sink_resent_records", "Records sent again after a reconnect", metrics.sink_resent.clone());
-        registry.register("sink_connected", "1 when a stream sink is connected", metrics.sink_connected.clone());
-        registry.register("map_entries", "Entries in a datapath map", metrics.map_entries.clone());
-        registry.register("map_capacity", "Capacity of a datapath map", metrics.map_capacity.clone());
-        registry.register("policy_generation", "Generation of the enforced policy", metrics.generation.clone());
-        registry.register("policy_sync_seconds", "Time to compile and write a policy", metrics.sync_seconds.clone());
-        registry.register("policy_rejections", "Policy inputs rejected as invalid", metrics.policy_rejections.clone());
-        Self { registry, ..metrics }
+        registry.register(
+            "flows",
+            "Flows seen, by source zone, destination zone and verdict",
+            metrics.flows.clone(),
+        );
+        registry.register(
+            "packets",
+            "Packets of logged flows, by zone pair and verdict",
+            metrics.packets.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes of logged flows, by zone pair and verdict",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "denials",
+            "Denied flows by the policy (or default) that denied them",
+            metrics.denials.clone(),
+        );
+        registry.register(
+            "datapath_packets",
+            "Datapath counters by reason (packets)",
+            metrics.datapath.clone(),
+        );
+        registry.register(
+            "ringbuf_lost_events",
+            "Flow events the ring buffer had no room for",
+            metrics.ringbuf_lost.clone(),
+        );
+        registry.register(
+            "sink_written_records",
+            "Records written by each sink",
+            metrics.sink_written.clone(),
+        );
+        registry.register(
+            "sink_lost_records",
+            "Records each sink lost (queue full or write failed)",
+            metrics.sink_lost.clone(),
+        );
+        registry.register(
+            "sink_resent_records",
+            "Records sent again after a reconnect",
+            metrics.sink_resent.clone(),
+        );
+        registry.register(
+            "sink_connected",
+            "1 when a stream sink is connected",
+            metrics.sink_connected.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in a datapath map",
+            metrics.map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Capacity of a datapath map",
+            metrics.map_capacity.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the enforced policy",
+            metrics.generation.clone(),
+        );
+        registry.register(
+            "policy_sync_seconds",
+            "Time to compile and write a policy",
+            metrics.sync_seconds.clone(),
+        );
+        registry.register(
+            "policy_rejections",
+            "Policy inputs rejected as invalid",
+            metrics.policy_rejections.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
     }
 
     /// Counts a flow record.
@@ -141,13 +206,19 @@ impl Metrics {
                     .inc_by(denied);
             }
             "update" | "end" => {
-                let Some(flow_id) = &record.flow_id else { return };
-                let Ok(mut reported) = self.reported.lock() else { return };
+                let Some(flow_id) = &record.flow_id else {
+                    return;
+                };
+                let Ok(mut reported) = self.reported.lock() else {
+                    return;
+                };
                 let (packets, bytes) = reported.get(flow_id).copied().unwrap_or_default();
                 self.packets
                     .get_or_create(&labels)
                     .inc_by(record.packets.saturating_sub(packets));
-                self.bytes.get_or_create(&labels).inc_by(record.bytes.saturating_sub(bytes));
+                self.bytes
+                    .get_or_create(&labels)
+                    .inc_by(record.bytes.saturating_sub(bytes));
                 if record.event == "end" {
                     reported.remove(flow_id);
                 } else {
@@ -177,7 +248,9 @@ impl Metrics {
             self.sink_written
                 .get_or_create(&labels)
                 .set(stats.written.load(Ordering::Relaxed) as i64);
-            self.sink_lost.get_or_create(&labels).set(stats.lost() as i64);
+            self.sink_lost
+                .get_or_create(&labels)
+                .set(stats.lost() as i64);
             self.sink_resent
                 .get_or_create(&labels)
                 .set(stats.resent.load(Ordering::Relaxed) as i64);
@@ -189,9 +262,13 @@ impl Metrics {
 
     /// Fill level of a map.
     pub fn map_fill(&self, map: &str, entries: usize, capacity: usize) {
-        let labels = MapLabels { map: map.to_owned() };
+        let labels = MapLabels {
+            map: map.to_owned(),
+        };
         self.map_entries.get_or_create(&labels).set(entries as i64);
-        self.map_capacity.get_or_create(&labels).set(capacity as i64);
+        self.map_capacity
+            .get_or_create(&labels)
+            .set(capacity as i64);
     }
 
     /// The run loop calls this every round; /healthz fails when it stops.
@@ -242,14 +319,24 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                     metrics.encode(),
                 ),
                 "/healthz" if metrics.healthy() => ("200 OK", "text/plain", "ok\n".into()),
-                "/healthz" => ("503 Service Unavailable", "text/plain", "run loop stalled\n".into()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".into()),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "run loop stalled\n".into(),
+                ),
+                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "text/plain", "ready\n".into())
+                }
                 "/readyz" => (
                     "503 Service Unavailable",
                     "text/plain",
                     "no policy enforced yet, or the source is not in sync\n".into(),
                 ),
-                _ => ("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n".into()),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics, /healthz or /readyz\n".into(),
+                ),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -1,8 +1,8 @@
 //! Flow events into the ring buffer. A full ring buffer is counted, never silent; deny
 //! events are rate-limited per source address.
 use firewall_common::{
-    CT_FLAG_INITIATOR_IS_HI, COUNTER_DENY_EVENTS_SUPPRESSED, COUNTER_RINGBUF_FULL, Config,
-    CtKey, CtValue, DenyLimitValue, EndpointKey, FlowEvent, VERDICT_DENY,
+    COUNTER_DENY_EVENTS_SUPPRESSED, COUNTER_RINGBUF_FULL, CT_FLAG_INITIATOR_IS_HI, Config, CtKey,
+    CtValue, DenyLimitValue, EndpointKey, FlowEvent, VERDICT_DENY,
 };
 
 use crate::{

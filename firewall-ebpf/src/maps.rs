@@ -10,8 +10,7 @@ pub static ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
     HashMap::pinned(ENDPOINTS_MAX_ENTRIES, 0);
 
 #[map(name = "NETWORKS")]
-pub static NETWORKS: LpmTrie<NetworkKey, NetworkValue> =
-    LpmTrie::pinned(NETWORKS_MAX_ENTRIES, 0);
+pub static NETWORKS: LpmTrie<NetworkKey, NetworkValue> = LpmTrie::pinned(NETWORKS_MAX_ENTRIES, 0);
 
 #[map(name = "POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);

@@ -37,7 +37,8 @@ impl<'a> Frame<'a> {
             let Some(target) = headers.bytes.get_mut(..HEADER_BYTES) else {
                 return Err(ParseError::Malformed);
             };
-            ctx.load_bytes(0, target).map_err(|_| ParseError::Malformed)?;
+            ctx.load_bytes(0, target)
+                .map_err(|_| ParseError::Malformed)?;
             HEADER_BYTES
         } else {
             // A short packet: copy what there is (at least one byte).
@@ -48,7 +49,8 @@ impl<'a> Frame<'a> {
             let Some(target) = headers.bytes.get_mut(..wanted) else {
                 return Err(ParseError::Malformed);
             };
-            ctx.load_bytes(0, target).map_err(|_| ParseError::Malformed)?;
+            ctx.load_bytes(0, target)
+                .map_err(|_| ParseError::Malformed)?;
             wanted
         };
         Ok(Self {
@@ -64,11 +66,13 @@ impl<'a> Frame<'a> {
     pub fn read<T: Copy>(&self, offset: usize) -> Result<T, ParseError> {
         let size = core::mem::size_of::<T>();
         if offset + size > self.available {
-            return Err(if offset + size > HEADER_BYTES && self.len >= offset + size {
-                ParseError::HeaderChain
-            } else {
-                ParseError::Malformed
-            });
+            return Err(
+                if offset + size > HEADER_BYTES && self.len >= offset + size {
+                    ParseError::HeaderChain
+                } else {
+                    ParseError::Malformed
+                },
+            );
         }
         // The mask keeps the verifier's view of the index bounded whatever the compiler
         // makes of the check above (a volatile read stops it from dropping the mask as
@@ -80,7 +84,11 @@ impl<'a> Frame<'a> {
         }
         // SAFETY: index < HEADER_BYTES and size <= 16, so the read is inside `bytes`
         // (HEADER_BYTES + 16 long); read_unaligned copes with any alignment.
-        Ok(unsafe { core::ptr::read_unaligned(self.headers.bytes.as_ptr().add(index).cast::<T>()) })
+        Ok(
+            unsafe {
+                core::ptr::read_unaligned(self.headers.bytes.as_ptr().add(index).cast::<T>())
+            },
+        )
     }
 }
 
@@ -409,8 +417,10 @@ pub fn quoted_flow(ctx: &Frame<'_>, packet: &Packet, quoted: &mut Packet) -> boo
         let Ok(proto) = ctx.read::<u8>(inner + 9) else {
             return false;
         };
-        let (Ok(src), Ok(dst)) = (ctx.read::<[u8; 4]>(inner + 12), ctx.read::<[u8; 4]>(inner + 16))
-        else {
+        let (Ok(src), Ok(dst)) = (
+            ctx.read::<[u8; 4]>(inner + 12),
+            ctx.read::<[u8; 4]>(inner + 16),
+        ) else {
             return false;
         };
         quoted.src = ipv4_mapped(src);

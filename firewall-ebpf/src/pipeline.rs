@@ -18,8 +18,8 @@ use crate::{
     identity,
     maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, Run, SCRATCH, Scratch, count},
     parse::{
-        self, Frame, Fragment, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet, ParseError,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        self, Fragment, Frame, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet,
+        ParseError, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -171,7 +171,8 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     run.dst_endpoint = identity::endpoint(&packet.dst);
     run.counting = hook == HOOK_FROM_POD || is_local(&run.src_endpoint) == 0;
 
-    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(&frame, packet, quoted, quoted_key) {
+    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(&frame, packet, quoted, quoted_key)
+    {
         count(COUNTER_ALLOWED_ESTABLISHED);
         return Ok(PASS);
     }
@@ -319,9 +320,17 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     let unknown = unknown_src || unknown_dst;
     let (verdict, rule, counter) = if unknown {
         if config.unknown_source == VERDICT_ALLOW {
-            (VERDICT_ALLOW, RULE_UNKNOWN_SOURCE, COUNTER_UNKNOWN_SOURCE_ALLOWED)
+            (
+                VERDICT_ALLOW,
+                RULE_UNKNOWN_SOURCE,
+                COUNTER_UNKNOWN_SOURCE_ALLOWED,
+            )
         } else {
-            (VERDICT_DENY, RULE_UNKNOWN_SOURCE, COUNTER_UNKNOWN_SOURCE_DENIED)
+            (
+                VERDICT_DENY,
+                RULE_UNKNOWN_SOURCE,
+                COUNTER_UNKNOWN_SOURCE_DENIED,
+            )
         }
     } else if config.ready == 0 {
         (VERDICT_DENY, RULE_NONE, COUNTER_NOT_READY_DROPPED)
@@ -353,13 +362,23 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
                 RULE_DEFAULT_INTRA_ALLOW,
                 COUNTER_ALLOWED_DEFAULT,
             ),
-            None => (VERDICT_DENY, RULE_DEFAULT_INTER_DENY, COUNTER_DENIED_DEFAULT),
+            None => (
+                VERDICT_DENY,
+                RULE_DEFAULT_INTER_DENY,
+                COUNTER_DENIED_DEFAULT,
+            ),
         }
     };
     count(counter);
 
     if verdict != VERDICT_ALLOW {
-        emit::deny(packet, run, config, ((src_zone as u64) << 32) | dst_zone as u64, rule);
+        emit::deny(
+            packet,
+            run,
+            config,
+            ((src_zone as u64) << 32) | dst_zone as u64,
+            rule,
+        );
         return DROP;
     }
 
@@ -423,7 +442,14 @@ struct Decision {
 
 /// Builds the entry of a new flow in `ct` (scratch memory) and inserts it.
 #[inline(always)]
-fn track(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Config, decision: &Decision) {
+fn track(
+    packet: &Packet,
+    key: &CtKey,
+    ct: &mut CtValue,
+    run: &Run,
+    config: &Config,
+    decision: &Decision,
+) {
     ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         CT_STATE_SYN_SENT
     } else {

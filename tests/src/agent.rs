@@ -150,7 +150,10 @@ impl Agent {
     pub fn wait_generation(&mut self, generation: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.generation().is_some_and(|current| current >= generation) {
+            if self
+                .generation()
+                .is_some_and(|current| current >= generation)
+            {
                 return;
             }
             if !self.running() {
@@ -158,7 +161,10 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no policy generation {generation} within 20 s:\n{}", self.logs());
+        panic!(
+            "no policy generation {generation} within 20 s:\n{}",
+            self.logs()
+        );
     }
 
     /// Everything the agent logged, over all its starts.
@@ -188,7 +194,11 @@ impl Agent {
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(record) = self.flow_records().into_iter().find(|record| predicate(record)) {
+            if let Some(record) = self
+                .flow_records()
+                .into_iter()
+                .find(|record| predicate(record))
+            {
                 return record;
             }
             if Instant::now() > deadline {
@@ -230,7 +240,8 @@ impl Agent {
             .join(firewall_common::MAP_COUNTERS);
         let data = aya::maps::MapData::from_pin(&path).expect("pinned COUNTERS map");
         let counters: aya::maps::PerCpuArray<_, u64> =
-            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).expect("per-CPU array");
+            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+                .expect("per-CPU array");
         counters.get(&index, 0).expect("counter").iter().sum()
     }
 }
@@ -284,7 +295,11 @@ impl Agent {
                 return;
             }
             assert!(self.running(), "the agent exited:\n{}", self.logs());
-            assert!(Instant::now() < deadline, "{interface} not attached within 10 s:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{interface} not attached within 10 s:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

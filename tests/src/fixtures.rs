@@ -129,7 +129,14 @@ impl PolicyFile {
 }
 
 /// A ZonePolicy document.
-pub fn zone_policy(name: &str, from: &str, to: &str, ports: &str, action: &str, extra: &str) -> String {
+pub fn zone_policy(
+    name: &str,
+    from: &str,
+    to: &str,
+    ports: &str,
+    action: &str,
+    extra: &str,
+) -> String {
     let ports = if ports.is_empty() {
         String::new()
     } else {

@@ -18,7 +18,9 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|value| value == "true") {
-        panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true: failing instead of skipping");
+        panic!(
+            "{test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true: failing instead of skipping"
+        );
     }
     eprintln!("{test}: skipped, needs root");
     false
@@ -38,12 +40,15 @@ impl Kernel {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let datapath = Datapath::load(&bpffs, MapSizes {
-            endpoints: 65_536,
-            networks: 16_384,
-            policy: 262_144,
-            conntrack: 65_536,
-        })
+        let datapath = Datapath::load(
+            &bpffs,
+            MapSizes {
+                endpoints: 65_536,
+                networks: 16_384,
+                policy: 262_144,
+                conntrack: 65_536,
+            },
+        )
         .unwrap_or_else(|error| panic!("loading the datapath: {error}"));
         Self {
             datapath,
@@ -78,7 +83,9 @@ impl Kernel {
                 data_out: Some(&mut out),
                 ..Default::default()
             })
-            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {} bytes: {error:?}", frame.len()));
+            .unwrap_or_else(|error| {
+                panic!("BPF_PROG_TEST_RUN of {} bytes: {error:?}", frame.len())
+            });
         result.return_value as i32
     }
 

@@ -4,8 +4,8 @@
 pub mod agent;
 pub mod apiserver;
 pub mod fixtures;
-pub mod kube_agent;
 pub mod kernel;
+pub mod kube_agent;
 pub mod packet;
 pub mod reference;
 pub mod rsyslog;

@@ -187,7 +187,10 @@ pub fn ipv6_frame(spec: &Spec, extensions: &[Extension], l4: &[u8]) -> Vec<u8> {
         };
         chain.extend_from_slice(&bytes);
     }
-    let first = extensions.first().map(|(kind, _)| *kind).unwrap_or(spec.proto);
+    let first = extensions
+        .first()
+        .map(|(kind, _)| *kind)
+        .unwrap_or(spec.proto);
     let mut frame = ethernet(0x86dd);
     frame.extend_from_slice(&[0x60, 0, 0, 0]);
     frame.extend_from_slice(&((chain.len() + l4.len()) as u16).to_be_bytes());

@@ -27,20 +27,75 @@ impl Certificates {
 
     pub fn generate(dir: &Path) -> Self {
         let run = |args: &[&str]| {
-            let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-            assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         };
-        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=zonewall test CA",
-            "-keyout", "ca.key", "-out", "ca.pem"]);
-        std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=zonewall test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=zonewall-agent")] {
-            run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &format!("{name}.key"),
-                "-out", &format!("{name}.csr")]);
-            run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")]);
+        for (name, subject) in [
+            ("server", "/CN=localhost"),
+            ("client", "/CN=zonewall-agent"),
+        ] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                subject,
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ]);
         }
-        Self { dir: dir.to_owned() }
+        Self {
+            dir: dir.to_owned(),
+        }
     }
 }
 
@@ -92,7 +147,12 @@ impl Rsyslog {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.path().join(format!("rsyslogd-{}.log", self.starts))).unwrap();
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("rsyslogd-{}.log", self.starts)),
+        )
+        .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns, "rsyslogd", "-n", "-f"])
             .arg(self.dir.path().join("rsyslog.conf"))
@@ -108,28 +168,46 @@ impl Rsyslog {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let listening = Command::new("ip")
-                .args(["netns", "exec", &self.netns, "ss", "-Hltn", &format!("sport = :{}", self.port)])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.netns,
+                    "ss",
+                    "-Hltn",
+                    &format!("sport = :{}", self.port),
+                ])
                 .output()
                 .map(|output| !output.stdout.is_empty())
                 .unwrap_or(false);
             if listening {
                 return;
             }
-            assert!(Instant::now() < deadline, "rsyslogd did not listen on {}:\n{}", self.port, self.daemon_log());
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not listen on {}:\n{}",
+                self.port,
+                self.daemon_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn daemon_log(&self) -> String {
         (1..=self.starts)
-            .map(|start| std::fs::read_to_string(self.dir.path().join(format!("rsyslogd-{start}.log"))).unwrap_or_default())
+            .map(|start| {
+                std::fs::read_to_string(self.dir.path().join(format!("rsyslogd-{start}.log")))
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
     /// Kills rsyslogd with SIGKILL (nothing it held is flushed).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(self.dir.path().join("rsyslogd.pid"));
@@ -142,7 +220,8 @@ impl Rsyslog {
 
     /// Every received message as (app, msgid, severity, hostname, body).
     pub fn messages(&self) -> Vec<(String, String, u8, String, String)> {
-        let text = std::fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
                 let mut parts = line.splitn(5, '|');
@@ -182,8 +261,14 @@ pub fn validate_ocsf(lines: &[String]) -> Result<usize, String> {
             writeln!(stdin, "{line}").unwrap();
         }
     }
-    let output = child.wait_with_output().map_err(|error| error.to_string())?;
-    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = child
+        .wait_with_output()
+        .map_err(|error| error.to_string())?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if output.status.success() {
         Ok(lines.len())
     } else {

@@ -63,7 +63,16 @@ fn generate(rng: &mut StdRng) -> World {
         );
         for pod in 0..2u8 {
             let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, zone as u8, 10 + pod));
-            let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, zone as u16, 0, 0, 0, 0, 10 + pod as u16));
+            let v6 = IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                zone as u16,
+                0,
+                0,
+                0,
+                0,
+                10 + pod as u16,
+            ));
             let _ = write!(
                 yaml,
                 "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{zone}-{pod}, namespace: ns{zone}}}\n\
@@ -91,21 +100,28 @@ fn generate(rng: &mut StdRng) -> World {
              spec: {networks: [203.0.113.0/24, \"2001:db8:ffff::/48\"]}\n---\n",
         );
         zones.push("partners".into());
-        network_hosts.extend(["203.0.113.7", "2001:db8:ffff:5::7"].map(|ip| ip.parse::<IpAddr>().unwrap()));
+        network_hosts
+            .extend(["203.0.113.7", "2001:db8:ffff:5::7"].map(|ip| ip.parse::<IpAddr>().unwrap()));
         if rng.random_bool(0.6) {
             yaml.push_str(
                 "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: partner-vip}\n\
                  spec: {networks: [203.0.113.128/25, \"2001:db8:ffff:1::/64\"]}\n---\n",
             );
             zones.push("partner-vip".into());
-            network_hosts.extend(["203.0.113.200", "2001:db8:ffff:1::9"].map(|ip| ip.parse::<IpAddr>().unwrap()));
+            network_hosts.extend(
+                ["203.0.113.200", "2001:db8:ffff:1::9"].map(|ip| ip.parse::<IpAddr>().unwrap()),
+            );
         }
     }
     let policy_count = rng.random_range(1..=8);
     for index in 0..policy_count {
         let from = zone_list(rng, &zones);
         let to = zone_list(rng, &zones);
-        let action = if rng.random_bool(0.5) { "Allow" } else { "Deny" };
+        let action = if rng.random_bool(0.5) {
+            "Allow"
+        } else {
+            "Deny"
+        };
         let mut spec = format!("  from: [{from}]\n  to: [{to}]\n  action: {action}\n");
         if rng.random_bool(0.7) {
             let entries: Vec<String> = (0..rng.random_range(1..=3))
@@ -229,16 +245,35 @@ fn kernel_agrees_with_the_reference_on_10000_cases() {
                 },
                 _ => Spec {
                     proto,
-                    ..Spec::tcp(src, dst, rng.random_range(1024..65535), port, if proto == TCP { SYN } else { 0 })
+                    ..Spec::tcp(
+                        src,
+                        dst,
+                        rng.random_range(1024..65535),
+                        port,
+                        if proto == TCP { SYN } else { 0 },
+                    )
                 },
             };
-            let policy_port = if matches!(proto, TCP | UDP | SCTP) { port } else { 0 };
+            let policy_port = if matches!(proto, TCP | UDP | SCTP) {
+                port
+            } else {
+                0
+            };
             kernel.datapath.flush_conntrack().unwrap();
             let verdict = kernel.run(PROG_FROM_POD, &spec.frame());
-            let events: Vec<FlowEvent> = std::iter::from_fn(|| ring.next().map(|item| firewall_agent::flows::decode(&item).unwrap())).collect();
+            let events: Vec<FlowEvent> = std::iter::from_fn(|| {
+                ring.next()
+                    .map(|item| firewall_agent::flows::decode(&item).unwrap())
+            })
+            .collect();
             assert_eq!(events.len(), 1, "one event per new flow");
             let event = events[0];
-            let name = |rule: u32| rules.get(&rule).map(|info| info.name.clone()).unwrap_or_else(|| format!("rule {rule}"));
+            let name = |rule: u32| {
+                rules
+                    .get(&rule)
+                    .map(|info| info.name.clone())
+                    .unwrap_or_else(|| format!("rule {rule}"))
+            };
             let observed = Outcome {
                 allowed: match verdict {
                     PASS => true,
@@ -265,6 +300,12 @@ fn kernel_agrees_with_the_reference_on_10000_cases() {
     }
     assert!(cases >= 10_000, "only {cases} cases");
     // The generator must exercise both verdicts substantially.
-    assert!(verdicts[0] > 1000 && verdicts[1] > 1000, "verdict mix {verdicts:?}");
-    eprintln!("{cases} cases agree: {} allowed, {} denied", verdicts[1], verdicts[0]);
+    assert!(
+        verdicts[0] > 1000 && verdicts[1] > 1000,
+        "verdict mix {verdicts:?}"
+    );
+    eprintln!(
+        "{cases} cases agree: {} allowed, {} denied",
+        verdicts[1], verdicts[0]
+    );
 }

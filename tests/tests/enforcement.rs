@@ -31,7 +31,9 @@ fn lab(layout: Layout) -> Lab {
     for pod in ["web", "web2", "app", "db"] {
         topology.add_pod(pod).expect("pod");
     }
-    topology.add_internet_host("internet").expect("internet host");
+    topology
+        .add_internet_host("internet")
+        .expect("internet host");
     let tcp = vec![
         TcpServer::start(&topology.pod("web2").netns, 80).unwrap(),
         TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
@@ -63,7 +65,14 @@ fn base_policy(topology: &Topology) -> PolicyFile {
             "Allow",
             "",
         ))
-        .extra(&zone_policy("trusted-to-restricted-icmp", "trusted", "restricted", "[{protocol: ICMP}, {protocol: ICMPv6}]", "Allow", ""))
+        .extra(&zone_policy(
+            "trusted-to-restricted-icmp",
+            "trusted",
+            "restricted",
+            "[{protocol: ICMP}, {protocol: ICMPv6}]",
+            "Allow",
+            "",
+        ))
 }
 
 fn check(expected: bool, observed: bool, what: &str, agent: &Agent) {
@@ -86,19 +95,74 @@ fn zone_matrix(layout: Layout) {
     for v6 in [false, true] {
         let family = if v6 { "v6" } else { "v4" };
         let ip = |pod: &str| topology.pod(pod).ip(v6);
-        check(true, tcp_connect(web, ip("web2"), 80, T), &format!("{family} dmz -> dmz tcp"), &agent);
-        check(true, tcp_connect(web, ip("app"), 8080, T), &format!("{family} dmz -> trusted:8080"), &agent);
-        check(false, tcp_connect(web, ip("app"), 8081, T), &format!("{family} dmz -> trusted:8081"), &agent);
-        check(true, udp_echo(web, ip("app"), 5353, T), &format!("{family} dmz -> trusted udp 5353"), &agent);
-        check(false, udp_echo(web, ip("app"), 5354, T), &format!("{family} dmz -> trusted udp 5354"), &agent);
-        check(false, tcp_connect(app, ip("db"), 5432, T), &format!("{family} trusted -> restricted:5432"), &agent);
-        check(true, ping(app, ip("db"), T), &format!("{family} trusted -> restricted icmp"), &agent);
-        check(false, ping(web, ip("app"), T), &format!("{family} dmz -> trusted icmp"), &agent);
-        check(true, ping(web, ip("web2"), T), &format!("{family} dmz -> dmz icmp"), &agent);
+        check(
+            true,
+            tcp_connect(web, ip("web2"), 80, T),
+            &format!("{family} dmz -> dmz tcp"),
+            &agent,
+        );
+        check(
+            true,
+            tcp_connect(web, ip("app"), 8080, T),
+            &format!("{family} dmz -> trusted:8080"),
+            &agent,
+        );
+        check(
+            false,
+            tcp_connect(web, ip("app"), 8081, T),
+            &format!("{family} dmz -> trusted:8081"),
+            &agent,
+        );
+        check(
+            true,
+            udp_echo(web, ip("app"), 5353, T),
+            &format!("{family} dmz -> trusted udp 5353"),
+            &agent,
+        );
+        check(
+            false,
+            udp_echo(web, ip("app"), 5354, T),
+            &format!("{family} dmz -> trusted udp 5354"),
+            &agent,
+        );
+        check(
+            false,
+            tcp_connect(app, ip("db"), 5432, T),
+            &format!("{family} trusted -> restricted:5432"),
+            &agent,
+        );
+        check(
+            true,
+            ping(app, ip("db"), T),
+            &format!("{family} trusted -> restricted icmp"),
+            &agent,
+        );
+        check(
+            false,
+            ping(web, ip("app"), T),
+            &format!("{family} dmz -> trusted icmp"),
+            &agent,
+        );
+        check(
+            true,
+            ping(web, ip("web2"), T),
+            &format!("{family} dmz -> dmz icmp"),
+            &agent,
+        );
         // trusted may answer dmz (above) but not open a connection to it.
-        check(false, tcp_connect(app, ip("web2"), 80, T), &format!("{family} trusted -> dmz new"), &agent);
+        check(
+            false,
+            tcp_connect(app, ip("web2"), 80, T),
+            &format!("{family} trusted -> dmz new"),
+            &agent,
+        );
         let internet = topology.host("internet").ip(v6);
-        check(false, tcp_connect(app, internet, 443, T), &format!("{family} trusted -> world:443"), &agent);
+        check(
+            false,
+            tcp_connect(app, internet, 443, T),
+            &format!("{family} trusted -> world:443"),
+            &agent,
+        );
     }
     // Flow records of that traffic, field by field.
     let web_ip = topology.pod("web").ipv4.to_string();
@@ -112,15 +176,26 @@ fn zone_matrix(layout: Layout) {
     assert_eq!(deny["src"]["zone"], "dmz");
     assert_eq!(deny["src"]["namespace"], "dmz");
     assert_eq!(deny["src"]["pod"], "web");
-    assert_eq!(deny["src"]["workload"]["kind"], "Deployment", "the ReplicaSet stands for its Deployment");
+    assert_eq!(
+        deny["src"]["workload"]["kind"], "Deployment",
+        "the ReplicaSet stands for its Deployment"
+    );
     assert_eq!(deny["src"]["workload"]["name"], "web");
     assert_eq!(deny["src"]["labels"]["app"], "web");
     assert_eq!(deny["dst"]["ip"], app_ip);
     assert_eq!(deny["dst"]["zone"], "trusted");
     assert_eq!(deny["dst"]["pod"], "app");
     assert_eq!(deny["direction"], "from-pod");
-    assert!(deny["time"].as_str().is_some_and(|time| time.starts_with("20")), "{deny}");
-    assert!(deny["src"]["port"].as_u64().is_some_and(|port| port > 0), "{deny}");
+    assert!(
+        deny["time"]
+            .as_str()
+            .is_some_and(|time| time.starts_with("20")),
+        "{deny}"
+    );
+    assert!(
+        deny["src"]["port"].as_u64().is_some_and(|port| port > 0),
+        "{deny}"
+    );
     let start = agent.wait_record("start dmz -> trusted:8080", |record| {
         record["event"] == "start" && record["dst"]["port"] == 8080 && record["src"]["ip"] == web_ip
     });
@@ -134,9 +209,15 @@ fn zone_matrix(layout: Layout) {
         record["event"] == "end" && record["flow_id"] == flow_id.as_str()
     });
     assert_eq!(end["policy"], "dmz-to-trusted");
-    assert!(end["packets"].as_u64().unwrap() >= 4, "a connect, a byte each way and a close: {end}");
+    assert!(
+        end["packets"].as_u64().unwrap() >= 4,
+        "a connect, a byte each way and a close: {end}"
+    );
     assert!(end["packets_reply"].as_u64().unwrap() >= 2, "{end}");
-    assert!(end["bytes"].as_u64().unwrap() > end["packets"].as_u64().unwrap() * 40, "{end}");
+    assert!(
+        end["bytes"].as_u64().unwrap() > end["packets"].as_u64().unwrap() * 40,
+        "{end}"
+    );
     assert!(end["end"].is_string(), "{end}");
     assert!(end["tcp_flags"].as_str().unwrap().contains("FIN"), "{end}");
     let world = agent.wait_record("deny to world", |record| {
@@ -159,7 +240,11 @@ fn zone_matrix(layout: Layout) {
         record["event"] == "start" && record["protocol"] == "udp" && record["dst"]["port"] == 5353
     });
     let status = agent.kill(nix::sys::signal::Signal::SIGTERM);
-    assert!(status.success(), "SIGTERM must stop the agent cleanly: {status:?}\n{}", agent.logs());
+    assert!(
+        status.success(),
+        "SIGTERM must stop the agent cleanly: {status:?}\n{}",
+        agent.logs()
+    );
 }
 
 #[test]

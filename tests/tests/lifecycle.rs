@@ -54,7 +54,14 @@ fn policy_edits_audit_mode_and_invalid_edits() {
         .pod("web", "dmz", &ips(&topology, "web"))
         .pod("app", "trusted", &ips(&topology, "app"))
         .extra(partners_zone())
-        .extra(&zone_policy("dmz-to-trusted", "dmz", "trusted", "[{protocol: TCP, port: 8080}]", "Allow", ""));
+        .extra(&zone_policy(
+            "dmz-to-trusted",
+            "dmz",
+            "trusted",
+            "[{protocol: TCP, port: 8080}]",
+            "Allow",
+            "",
+        ));
     let mut agent = Agent::start(topology.node(), &base.build(), &[]);
     let app = &topology.pod("app").netns;
     let web = &topology.pod("web").netns;
@@ -62,17 +69,33 @@ fn policy_edits_audit_mode_and_invalid_edits() {
     let internet6 = topology.host("internet").ipv6.into();
 
     // World egress is denied until a CIDR zone is allowed.
-    assert!(!tcp_connect(app, internet, 443, T), "trusted -> internet before the edit");
-    let edited = base
-        .clone()
-        .extra(&zone_policy("trusted-to-partners", "trusted", "partners", "[{protocol: TCP, port: 443}]", "Allow", ""));
+    assert!(
+        !tcp_connect(app, internet, 443, T),
+        "trusted -> internet before the edit"
+    );
+    let edited = base.clone().extra(&zone_policy(
+        "trusted-to-partners",
+        "trusted",
+        "partners",
+        "[{protocol: TCP, port: 443}]",
+        "Allow",
+        "",
+    ));
     let generation = agent.generation().unwrap();
     agent.write_policy(&edited.build());
-    let took = until(true, Duration::from_secs(3), || tcp_connect(app, internet, 443, Duration::from_millis(200)))
-        .unwrap_or_else(|| panic!("the edit never applied:\n{}", agent.logs()));
-    assert!(took < Duration::from_secs(1), "new rules must apply within a second, took {took:?}");
+    let took = until(true, Duration::from_secs(3), || {
+        tcp_connect(app, internet, 443, Duration::from_millis(200))
+    })
+    .unwrap_or_else(|| panic!("the edit never applied:\n{}", agent.logs()));
+    assert!(
+        took < Duration::from_secs(1),
+        "new rules must apply within a second, took {took:?}"
+    );
     assert!(agent.generation().unwrap() > generation);
-    assert!(tcp_connect(app, internet6, 443, T), "v6 trusted -> partners after the edit");
+    assert!(
+        tcp_connect(app, internet6, 443, T),
+        "v6 trusted -> partners after the edit"
+    );
     let start = agent.wait_record("start to partners", |record| {
         record["event"] == "start" && record["dst"]["zone"] == "partners"
     });
@@ -90,7 +113,10 @@ fn policy_edits_audit_mode_and_invalid_edits() {
     let generation = agent.generation().unwrap();
     agent.write_policy(&audited.build());
     agent.wait_generation(generation + 1);
-    assert!(tcp_connect(web, topology.pod("app").ipv4.into(), 8080, T), "audit must drop nothing");
+    assert!(
+        tcp_connect(web, topology.pod("app").ipv4.into(), 8080, T),
+        "audit must drop nothing"
+    );
     let audit = agent.wait_record("audit event", |record| record["event"] == "audit");
     assert_eq!(audit["verdict"], "allow");
     assert_eq!(audit["policy"], "dmz-to-trusted");
@@ -103,23 +129,50 @@ fn policy_edits_audit_mode_and_invalid_edits() {
     agent.write_policy(&(audited.build() + "---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata:\n  name: broken\nspec:\n  from: [dmz]\n  to: [nowhere]\n  action: Allow\n"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !agent.logs().contains("policy rejected") {
-        assert!(Instant::now() < deadline, "the invalid edit was not reported:\n{}", agent.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the invalid edit was not reported:\n{}",
+            agent.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(agent.logs().contains("nowhere"), "the rejection names the unknown zone:\n{}", agent.logs());
-    assert_eq!(agent.generation().unwrap(), generation, "no new generation for an invalid file");
-    assert!(tcp_connect(app, internet, 443, T), "old allow still enforced");
-    assert!(!tcp_connect(web, internet, 443, T), "old deny still enforced");
-    assert!(!ping(web, topology.pod("app").ipv4.into(), T), "old deny still enforced (icmp)");
+    assert!(
+        agent.logs().contains("nowhere"),
+        "the rejection names the unknown zone:\n{}",
+        agent.logs()
+    );
+    assert_eq!(
+        agent.generation().unwrap(),
+        generation,
+        "no new generation for an invalid file"
+    );
+    assert!(
+        tcp_connect(app, internet, 443, T),
+        "old allow still enforced"
+    );
+    assert!(
+        !tcp_connect(web, internet, 443, T),
+        "old deny still enforced"
+    );
+    assert!(
+        !ping(web, topology.pod("app").ipv4.into(), T),
+        "old deny still enforced (icmp)"
+    );
     // Broken YAML syntax too.
     agent.write_policy("kind: Zone\n  metadata: [unclosed\n");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(agent.generation().unwrap(), generation);
-    assert!(tcp_connect(app, internet, 443, T), "old allow still enforced after a syntax error");
+    assert!(
+        tcp_connect(app, internet, 443, T),
+        "old allow still enforced after a syntax error"
+    );
     // And the next good edit applies again.
     agent.write_policy(&base.build());
     agent.wait_generation(generation + 1);
-    assert!(!tcp_connect(app, internet, 443, T), "back to the base policy");
+    assert!(
+        !tcp_connect(app, internet, 443, T),
+        "back to the base policy"
+    );
 }
 
 #[test]
@@ -137,7 +190,14 @@ fn reused_ip_gets_no_access_through_old_connections() {
         .pod("app-1", "trusted", &client_ips)
         .pod("db", "restricted", &ips(&topology, "db"))
         .pod("web-placeholder", "dmz", &["198.19.255.1".parse().unwrap()])
-        .extra(&zone_policy("trusted-to-db", "trusted", "restricted", "[{protocol: TCP, port: 5432}]", "Allow", ""));
+        .extra(&zone_policy(
+            "trusted-to-db",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 5432}]",
+            "Allow",
+            "",
+        ));
     let mut agent = Agent::start(topology.node(), &before.build(), &[]);
     let client = &topology.pod("client").netns;
     let db_address = SocketAddr::new(topology.pod("db").ipv4.into(), 5432);
@@ -148,14 +208,23 @@ fn reused_ip_gets_no_access_through_old_connections() {
     stream.set_read_timeout(Some(T)).unwrap();
     let mut echo = [0u8; 1];
     stream.write_all(b"a").unwrap();
-    stream.read_exact(&mut echo).expect("echo while the owner is trusted");
+    stream
+        .read_exact(&mut echo)
+        .expect("echo while the owner is trusted");
 
     // app-1 is deleted and its IP goes to `web-9` in dmz, which may not reach the database.
     let after = PolicyFile::new()
         .pod("web-9", "dmz", &client_ips)
         .pod("db", "restricted", &ips(&topology, "db"))
         .pod("app-2", "trusted", &["198.19.255.2".parse().unwrap()])
-        .extra(&zone_policy("trusted-to-db", "trusted", "restricted", "[{protocol: TCP, port: 5432}]", "Allow", ""));
+        .extra(&zone_policy(
+            "trusted-to-db",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 5432}]",
+            "Allow",
+            "",
+        ));
     let generation = agent.generation().unwrap();
     agent.write_policy(&after.build());
     agent.wait_generation(generation + 1);
@@ -188,13 +257,21 @@ fn late_interfaces_and_unknown_sources() {
         .pod("b", "dmz", &ips(&topology, "b"))
         .pod("late", "trusted", &["198.19.254.1".parse().unwrap()]);
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
-    assert!(tcp_connect(&topology.pod("a").netns, topology.pod("b").ipv4.into(), 80, T));
+    assert!(tcp_connect(
+        &topology.pod("a").netns,
+        topology.pod("b").ipv4.into(),
+        80,
+        T
+    ));
     // A pod that appears after the agent started is enforced once its interface shows up.
     topology.add_pod("stranger").unwrap();
     agent.wait_attached(&topology.pod("stranger").host_veth);
     let stranger = &topology.pod("stranger").netns;
     let b = topology.pod("b").ipv4.into();
-    assert!(!tcp_connect(stranger, b, 80, T), "an unknown source on a new pod interface must be denied");
+    assert!(
+        !tcp_connect(stranger, b, 80, T),
+        "an unknown source on a new pod interface must be denied"
+    );
     let record = agent.wait_record("unknown-source deny", |record| {
         record["event"] == "deny" && record["policy"] == "unknown-source"
     });
@@ -202,10 +279,20 @@ fn late_interfaces_and_unknown_sources() {
     drop(agent);
 
     // With --unknown-source allow the same traffic passes, and is logged as such.
-    let mut agent = Agent::start(topology.node(), &policy.build(), &["--unknown-source", "allow"]);
+    let mut agent = Agent::start(
+        topology.node(),
+        &policy.build(),
+        &["--unknown-source", "allow"],
+    );
     agent.wait_attached(&topology.pod("stranger").host_veth);
-    let allowed = until(true, Duration::from_secs(3), || tcp_connect(stranger, b, 80, Duration::from_millis(200)));
-    assert!(allowed.is_some(), "--unknown-source allow:\n{}", agent.logs());
+    let allowed = until(true, Duration::from_secs(3), || {
+        tcp_connect(stranger, b, 80, Duration::from_millis(200))
+    });
+    assert!(
+        allowed.is_some(),
+        "--unknown-source allow:\n{}",
+        agent.logs()
+    );
     agent.wait_record("unknown-source start", |record| {
         record["event"] == "start" && record["policy"] == "unknown-source"
     });
@@ -228,7 +315,14 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
         .pod("web", "dmz", &ips(&topology, "web"))
         .pod("app", "trusted", &ips(&topology, "app"))
         .pod("db", "restricted", &ips(&topology, "db"))
-        .extra(&zone_policy("dmz-to-trusted", "dmz", "trusted", "[{protocol: TCP, port: 8080}]", "Allow", ""));
+        .extra(&zone_policy(
+            "dmz-to-trusted",
+            "dmz",
+            "trusted",
+            "[{protocol: TCP, port: 8080}]",
+            "Allow",
+            "",
+        ));
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -255,7 +349,9 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
                 .enter(|| TcpStream::connect_timeout(&app, T))
                 .unwrap()
                 .expect("allowed connection");
-            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
             let mut byte = [0u8; 1];
             while !stop.load(Ordering::Relaxed) {
                 let ok = stream.write_all(b"x").is_ok() && stream.read_exact(&mut byte).is_ok();
@@ -278,12 +374,34 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
         std::thread::sleep(Duration::from_millis(1500));
         stop.store(true, Ordering::Relaxed);
     });
-    assert_eq!(leaks.load(Ordering::Relaxed), 0, "a denied flow got through during kill/restart");
-    assert!(denied_probes.load(Ordering::Relaxed) >= 5, "the denied flow was probed continuously");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "the allowed connection stalled:\n{}", agent.logs());
-    assert!(exchanges.load(Ordering::Relaxed) >= 50, "the allowed connection kept flowing");
-    assert!(agent.logs().contains("adopting pinned state"), "{}", agent.logs());
-    assert!(tcp_connect(web, app.ip(), 8080, T), "new allowed connections after the restart");
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "a denied flow got through during kill/restart"
+    );
+    assert!(
+        denied_probes.load(Ordering::Relaxed) >= 5,
+        "the denied flow was probed continuously"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the allowed connection stalled:\n{}",
+        agent.logs()
+    );
+    assert!(
+        exchanges.load(Ordering::Relaxed) >= 50,
+        "the allowed connection kept flowing"
+    );
+    assert!(
+        agent.logs().contains("adopting pinned state"),
+        "{}",
+        agent.logs()
+    );
+    assert!(
+        tcp_connect(web, app.ip(), 8080, T),
+        "new allowed connections after the restart"
+    );
 }
 
 #[test]
@@ -304,19 +422,38 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
     assert!(!tcp_connect(web, db, 5432, T));
     let status = agent.kill(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status:?}\n{}", agent.logs());
-    assert!(!tcp_connect(web, db, 5432, T), "stopping the agent must not open the firewall");
+    assert!(
+        !tcp_connect(web, db, 5432, T),
+        "stopping the agent must not open the firewall"
+    );
     let output = std::process::Command::new(zonewall_tests::agent::agent_binary())
         .arg("detach")
         .arg("--bpffs")
         .arg(&agent.bpffs)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("4 links removed"), "{}", String::from_utf8_lossy(&output.stdout));
-    assert!(tcp_connect(web, db, 5432, T), "after detach nothing is enforced");
-    let pins: Vec<_> = std::fs::read_dir(&agent.bpffs).unwrap().flatten().map(|entry| entry.file_name()).collect();
     assert!(
-        pins.iter().all(|name| name.to_string_lossy().ends_with(".debug")),
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("4 links removed"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        tcp_connect(web, db, 5432, T),
+        "after detach nothing is enforced"
+    );
+    let pins: Vec<_> = std::fs::read_dir(&agent.bpffs)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(
+        pins.iter()
+            .all(|name| name.to_string_lossy().ends_with(".debug")),
         "detach leaves no pins: {pins:?}"
     );
 }

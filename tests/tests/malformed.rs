@@ -51,31 +51,85 @@ fn truncated_and_inconsistent_ipv4_headers_are_dropped() {
     // IHL below 5.
     let mut bad_ihl = frame.clone();
     bad_ihl[14] = 0x44;
-    expect(&mut kernel, "ihl 4", &bad_ihl, DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "ihl 4",
+        &bad_ihl,
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // IHL 15 (60 bytes) but only 20 bytes of header and a TCP header present.
     let mut long_ihl = frame[..14 + 20 + 10].to_vec();
     long_ihl[14] = 0x4f;
-    expect(&mut kernel, "ihl beyond packet", &long_ihl, DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "ihl beyond packet",
+        &long_ihl,
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // Total length shorter than the header.
     let mut short_total = frame.clone();
     short_total[16..18].copy_from_slice(&10u16.to_be_bytes());
-    expect(&mut kernel, "total length < header", &short_total, DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "total length < header",
+        &short_total,
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // Version 6 in an IPv4 ethertype.
     let mut wrong_version = frame.clone();
     wrong_version[14] = 0x65;
-    expect(&mut kernel, "version mismatch", &wrong_version, DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "version mismatch",
+        &wrong_version,
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // TCP header truncated, and TCP data offset below 5.
-    expect(&mut kernel, "tcp cut", &frame[..14 + 20 + 10], DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "tcp cut",
+        &frame[..14 + 20 + 10],
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     let mut bad_offset = frame.clone();
     bad_offset[14 + 20 + 12] = 4 << 4;
-    expect(&mut kernel, "tcp offset 4", &bad_offset, DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "tcp offset 4",
+        &bad_offset,
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // UDP and ICMP truncated.
     let udp = Spec::udp(ip(WEB), ip(APP), 41001, 53).frame();
-    expect(&mut kernel, "udp cut", &udp[..14 + 20 + 4], DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "udp cut",
+        &udp[..14 + 20 + 4],
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     let icmp = Spec::echo_request(ip(WEB), ip(APP), 9).frame();
-    expect(&mut kernel, "icmp cut", &icmp[..14 + 20 + 3], DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "icmp cut",
+        &icmp[..14 + 20 + 3],
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // None of these left state behind: the well-formed packet is judged normally.
-    expect(&mut kernel, "well-formed", &frame, PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "well-formed",
+        &frame,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
 }
 
 #[test]
@@ -88,13 +142,40 @@ fn ipv4_options_are_skipped_not_misread() {
     let options = [1, 1, 1, 1, 1, 1, 1, 0];
     let allowed = Spec::tcp(ip(WEB), ip(APP), 41002, 8080, SYN);
     let frame = ipv4_frame(&allowed, &options, 0, &allowed.l4());
-    expect(&mut kernel, "options, allowed port", &frame, PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "options, allowed port",
+        &frame,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
     let denied = Spec::tcp(ip(WEB), ip(APP), 41003, 8081, SYN);
     let frame = ipv4_frame(&denied, &options, 0, &denied.l4());
-    expect(&mut kernel, "options, denied port", &frame, DROP, COUNTER_DENIED_DEFAULT);
+    expect(
+        &mut kernel,
+        "options, denied port",
+        &frame,
+        DROP,
+        COUNTER_DENIED_DEFAULT,
+    );
     // Maximum options (40 bytes).
-    let frame = ipv4_frame(&allowed, &[1; 40], 0, &Spec { src_port: 41004, ..allowed.clone() }.l4());
-    expect(&mut kernel, "40 bytes of options", &frame, PASS, COUNTER_ALLOWED_NEW);
+    let frame = ipv4_frame(
+        &allowed,
+        &[1; 40],
+        0,
+        &Spec {
+            src_port: 41004,
+            ..allowed.clone()
+        }
+        .l4(),
+    );
+    expect(
+        &mut kernel,
+        "40 bytes of options",
+        &frame,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
 }
 
 #[test]
@@ -107,9 +188,21 @@ fn ipv4_fragments_follow_their_first_fragment() {
     let l4 = allowed.l4();
     // First fragment (MF, offset 0) of an allowed flow, then a later one (offset 3*8).
     let first = ipv4_frame(&allowed, &[], 0x2000, &l4);
-    expect(&mut kernel, "first fragment allowed", &first, PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "first fragment allowed",
+        &first,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
     let later = ipv4_frame(&allowed, &[], 3, &[0xab; 16]);
-    expect(&mut kernel, "later fragment of allowed", &later, PASS, COUNTER_FRAGMENT_PASSED);
+    expect(
+        &mut kernel,
+        "later fragment of allowed",
+        &later,
+        PASS,
+        COUNTER_FRAGMENT_PASSED,
+    );
     // A later fragment whose first was denied, and one whose first never came.
     let denied = Spec::tcp(ip(WEB), ip(APP), 41006, 22, SYN);
     let first = {
@@ -117,13 +210,31 @@ fn ipv4_fragments_follow_their_first_fragment() {
         frame[18..20].copy_from_slice(&0x5555u16.to_be_bytes());
         frame
     };
-    expect(&mut kernel, "first fragment denied", &first, DROP, COUNTER_DENIED_DEFAULT);
+    expect(
+        &mut kernel,
+        "first fragment denied",
+        &first,
+        DROP,
+        COUNTER_DENIED_DEFAULT,
+    );
     let mut later = ipv4_frame(&denied, &[], 3, &[0xab; 16]);
     later[18..20].copy_from_slice(&0x5555u16.to_be_bytes());
-    expect(&mut kernel, "later fragment of denied", &later, DROP, COUNTER_FRAGMENT_DROPPED);
+    expect(
+        &mut kernel,
+        "later fragment of denied",
+        &later,
+        DROP,
+        COUNTER_FRAGMENT_DROPPED,
+    );
     let mut orphan = ipv4_frame(&allowed, &[], 3, &[0xab; 16]);
     orphan[18..20].copy_from_slice(&0x7777u16.to_be_bytes());
-    expect(&mut kernel, "orphan fragment", &orphan, DROP, COUNTER_FRAGMENT_DROPPED);
+    expect(
+        &mut kernel,
+        "orphan fragment",
+        &orphan,
+        DROP,
+        COUNTER_FRAGMENT_DROPPED,
+    );
 }
 
 #[test]
@@ -136,24 +247,66 @@ fn ipv6_extension_header_chains() {
     let denied = Spec::tcp(ip(WEB6), ip(APP6), 41008, 23, SYN);
     let chain = [extension(0, 0), extension(60, 1), extension(43, 0)];
     let frame = ipv6_frame(&allowed, &chain, &allowed.l4());
-    expect(&mut kernel, "v6 chain, allowed port", &frame, PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "v6 chain, allowed port",
+        &frame,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
     let frame = ipv6_frame(&denied, &chain, &denied.l4());
-    expect(&mut kernel, "v6 chain, denied port", &frame, DROP, COUNTER_DENIED_DEFAULT);
+    expect(
+        &mut kernel,
+        "v6 chain, denied port",
+        &frame,
+        DROP,
+        COUNTER_DENIED_DEFAULT,
+    );
     // Longer than the datapath walks: dropped and counted.
     let long: Vec<_> = (0..9).map(|_| extension(60, 0)).collect();
     let frame = ipv6_frame(&allowed, &long, &allowed.l4());
-    expect(&mut kernel, "v6 chain of 9", &frame, DROP, COUNTER_IPV6_HEADER_CHAIN_DROPPED);
+    expect(
+        &mut kernel,
+        "v6 chain of 9",
+        &frame,
+        DROP,
+        COUNTER_IPV6_HEADER_CHAIN_DROPPED,
+    );
     // Truncated inside an extension header.
     let frame = ipv6_frame(&allowed, &chain, &allowed.l4());
-    expect(&mut kernel, "v6 cut in chain", &frame[..14 + 40 + 12], DROP, COUNTER_MALFORMED_DROPPED);
+    expect(
+        &mut kernel,
+        "v6 cut in chain",
+        &frame[..14 + 40 + 12],
+        DROP,
+        COUNTER_MALFORMED_DROPPED,
+    );
     // Fragments: first (offset 0, M) then later (offset 2).
     let spec = Spec::tcp(ip(WEB6), ip(APP6), 41009, 8080, SYN);
     let first = ipv6_frame(&spec, &[fragment_header(0, true, 77)], &spec.l4());
-    expect(&mut kernel, "v6 first fragment", &first, PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "v6 first fragment",
+        &first,
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
     let later = ipv6_frame(&spec, &[fragment_header(2, false, 77)], &[0xab; 16]);
-    expect(&mut kernel, "v6 later fragment", &later, PASS, COUNTER_FRAGMENT_PASSED);
+    expect(
+        &mut kernel,
+        "v6 later fragment",
+        &later,
+        PASS,
+        COUNTER_FRAGMENT_PASSED,
+    );
     let orphan = ipv6_frame(&spec, &[fragment_header(2, false, 78)], &[0xab; 16]);
-    expect(&mut kernel, "v6 orphan fragment", &orphan, DROP, COUNTER_FRAGMENT_DROPPED);
+    expect(
+        &mut kernel,
+        "v6 orphan fragment",
+        &orphan,
+        DROP,
+        COUNTER_FRAGMENT_DROPPED,
+    );
 }
 
 #[test]
@@ -173,11 +326,23 @@ fn non_ip_vlan_neighbor_discovery_and_icmp_errors() {
         icmp_type: 135,
         ..Spec::echo_request(ip("fe80::1"), ip("ff02::1:ff00:10"), 0)
     };
-    expect(&mut kernel, "ndp", &ndp.frame(), PASS, COUNTER_NEIGHBOR_DISCOVERY_PASSED);
+    expect(
+        &mut kernel,
+        "ndp",
+        &ndp.frame(),
+        PASS,
+        COUNTER_NEIGHBOR_DISCOVERY_PASSED,
+    );
 
     // An ICMP error quoting a tracked flow passes; one quoting nothing is judged as ICMP.
     let flow = Spec::tcp(ip(APP), ip("203.0.113.9"), 41010, 443, SYN);
-    expect(&mut kernel, "flow to partner", &flow.frame(), PASS, COUNTER_ALLOWED_NEW);
+    expect(
+        &mut kernel,
+        "flow to partner",
+        &flow.frame(),
+        PASS,
+        COUNTER_ALLOWED_NEW,
+    );
     let quoted = &flow.frame()[14..14 + 28];
     let error_spec = Spec {
         proto: ICMP,
@@ -195,7 +360,11 @@ fn non_ip_vlan_neighbor_discovery_and_icmp_errors() {
     l4.extend_from_slice(&unrelated[14..14 + 28]);
     let frame = ipv4_frame(&error_spec, &[], 0, &l4);
     let before = kernel.counter(COUNTER_DENIED_DEFAULT);
-    assert_eq!(kernel.run(PROG_TO_POD, &frame), DROP, "unrelated ICMP error from world");
+    assert_eq!(
+        kernel.run(PROG_TO_POD, &frame),
+        DROP,
+        "unrelated ICMP error from world"
+    );
     assert_eq!(kernel.counter(COUNTER_DENIED_DEFAULT), before + 1);
 }
 
@@ -212,6 +381,18 @@ fn other_protocols_follow_zone_defaults() {
         };
         ipv4_frame(&spec, &[], 0, &[0; 8])
     };
-    expect(&mut kernel, "gre inside dmz", &gre(WEB, "198.18.0.11"), PASS, COUNTER_ALLOWED_DEFAULT);
-    expect(&mut kernel, "gre dmz -> trusted", &gre(WEB, APP), DROP, COUNTER_DENIED_DEFAULT);
+    expect(
+        &mut kernel,
+        "gre inside dmz",
+        &gre(WEB, "198.18.0.11"),
+        PASS,
+        COUNTER_ALLOWED_DEFAULT,
+    );
+    expect(
+        &mut kernel,
+        "gre dmz -> trusted",
+        &gre(WEB, APP),
+        DROP,
+        COUNTER_DENIED_DEFAULT,
+    );
 }

@@ -27,10 +27,10 @@ fn truncated_ip_headers_from_a_pod_are_dropped_and_counted() {
     let v4 = Spec::tcp(sender.ipv4.into(), peer.ipv4.into(), 40000, 80, SYN).frame();
     let v6 = Spec::tcp(sender.ipv6.into(), peer.ipv6.into(), 40000, 80, SYN).frame();
     let frames: Vec<Vec<u8>> = vec![
-        ethernet(0x0800),             // IPv4 ethertype, nothing after it
-        v4[..14 + 12].to_vec(),       // IPv4 header cut in the middle
-        ethernet(0x86dd),             // IPv6 ethertype, nothing after it
-        v6[..14 + 30].to_vec(),       // IPv6 fixed header cut
+        ethernet(0x0800),       // IPv4 ethertype, nothing after it
+        v4[..14 + 12].to_vec(), // IPv4 header cut in the middle
+        ethernet(0x86dd),       // IPv6 ethertype, nothing after it
+        v6[..14 + 30].to_vec(), // IPv6 fixed header cut
     ];
     let before = agent.counter(COUNTER_MALFORMED_DROPPED);
     sender
@@ -51,5 +51,8 @@ fn truncated_ip_headers_from_a_pod_are_dropped_and_counted() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(agent.counter(COUNTER_MALFORMED_DROPPED), before + frames.len() as u64);
+    assert_eq!(
+        agent.counter(COUNTER_MALFORMED_DROPPED),
+        before + frames.len() as u64
+    );
 }

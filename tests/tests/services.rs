@@ -35,7 +35,11 @@ fn kube_proxy_rules(node: &Netns, web_backend: &str, mixed_backend: &str) {
     let path = std::env::temp_dir().join(format!("zonewall-kube-proxy-{}.nft", std::process::id()));
     std::fs::write(&path, rules).unwrap();
     let output = node.exec(&["nft", "-f", path.to_str().unwrap()]).unwrap();
-    assert!(output.status.success(), "nft: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -68,10 +72,23 @@ fn cluster_ips_are_judged_by_the_pod_behind_them() {
         .extra(&services)
         // Both backends carry tier=backend (the pods' labels are app=<name> only, so add them).
         .build()
-        .replace("labels:\n    app: web\n", "labels:\n    app: web\n    tier: backend\n")
-        .replace("labels:\n    app: db\n", "labels:\n    app: db\n    tier: backend\n")
+        .replace(
+            "labels:\n    app: web\n",
+            "labels:\n    app: web\n    tier: backend\n",
+        )
+        .replace(
+            "labels:\n    app: db\n",
+            "labels:\n    app: db\n    tier: backend\n",
+        )
         + "---\n"
-        + &zone_policy("dmz-to-trusted-8080", "dmz", "trusted", "[{protocol: TCP, port: 8080}]", "Allow", "");
+        + &zone_policy(
+            "dmz-to-trusted-8080",
+            "dmz",
+            "trusted",
+            "[{protocol: TCP, port: 8080}]",
+            "Allow",
+            "",
+        );
     kube_proxy_rules(topology.node(), &web_ip, &db_ip);
     let agent = Agent::start(topology.node(), &policy, &[]);
     let client = &topology.pod("client").netns;
@@ -79,7 +96,11 @@ fn cluster_ips_are_judged_by_the_pod_behind_them() {
     let mixed_vip = MIXED_VIP.parse().unwrap();
 
     // Single-zone Service: dmz may reach trusted on the pod's port 8080 through port 80.
-    assert!(tcp_connect(client, web_vip, 80, T), "dmz -> Service web (trusted pod)\n{}", agent.logs());
+    assert!(
+        tcp_connect(client, web_vip, 80, T),
+        "dmz -> Service web (trusted pod)\n{}",
+        agent.logs()
+    );
     let start = agent.wait_record("start to the web pod", |record| {
         record["event"] == "start" && record["dst"]["pod"] == "web"
     });
@@ -88,17 +109,26 @@ fn cluster_ips_are_judged_by_the_pod_behind_them() {
     assert_eq!(start["src"]["zone"], "dmz");
     assert_eq!(start["policy"], "dmz-to-trusted-8080");
     // The Service spanning zones: the pod kube-proxy picks decides.
-    assert!(!tcp_connect(client, mixed_vip, 80, T), "dmz -> Service mixed routed to the restricted pod");
+    assert!(
+        !tcp_connect(client, mixed_vip, 80, T),
+        "dmz -> Service mixed routed to the restricted pod"
+    );
     let deny = agent.wait_record("deny at the db pod", |record| {
         record["event"] == "deny" && record["dst"]["pod"] == "db"
     });
     assert_eq!(deny["dst"]["zone"], "restricted");
     assert_eq!(deny["direction"], "to-pod");
     kube_proxy_rules(topology.node(), &web_ip, &web_ip);
-    assert!(tcp_connect(client, mixed_vip, 80, T), "dmz -> Service mixed routed to the trusted pod");
+    assert!(
+        tcp_connect(client, mixed_vip, 80, T),
+        "dmz -> Service mixed routed to the trusted pod"
+    );
     // Never judged as world.
     assert!(
-        agent.flow_records().iter().all(|record| record["dst"]["zone"] != "world"),
+        agent
+            .flow_records()
+            .iter()
+            .all(|record| record["dst"]["zone"] != "world"),
         "a Service address was judged as world"
     );
 }

@@ -8,8 +8,6 @@ use zonewall_tests::fixtures::THREE_ZONES as POLICY;
 use zonewall_tests::kernel::{DROP, Kernel, PASS, privileged};
 use zonewall_tests::packet::{self, ACK, FIN, SYN, Spec};
 
-
-
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
@@ -32,32 +30,72 @@ fn zone_verdicts_through_test_run() {
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "dmz -> dmz");
     // The allowed port, and only it.
     let frame = Spec::tcp(web, app, 40001, 8080, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "dmz -> trusted:8080");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "dmz -> trusted:8080"
+    );
     let frame = Spec::tcp(web, app, 40002, 8081, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "dmz -> trusted:8081");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        DROP,
+        "dmz -> trusted:8081"
+    );
     // The reply of the allowed connection passes although trusted may not initiate to dmz.
     let frame = Spec::tcp(app, web, 8080, 40001, SYN | ACK).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "reply trusted -> dmz");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "reply trusted -> dmz"
+    );
     let frame = Spec::tcp(app, web, 40003, 80, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> dmz new");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        DROP,
+        "trusted -> dmz new"
+    );
     // Inter-zone default deny, world default deny, CIDR zone allowed on 443.
     let frame = Spec::tcp(app, db, 40004, 5432, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> restricted");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        DROP,
+        "trusted -> restricted"
+    );
     let frame = Spec::tcp(app, ip("198.51.100.1"), 40005, 443, SYN).frame();
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "trusted -> world");
     let frame = Spec::tcp(app, partner, 40006, 443, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "trusted -> partners:443");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "trusted -> partners:443"
+    );
     let frame = Spec::echo_request(app, partner, 7).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "trusted -> partners icmp");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "trusted -> partners icmp"
+    );
     let frame = Spec::echo_reply(partner, app, 7).frame();
     assert_eq!(kernel.run(PROG_TO_POD, &frame), PASS, "icmp echo reply");
     // IPv6.
     let frame = Spec::tcp(ip("2001:db8::10"), ip("2001:db8::20"), 40007, 8080, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "v6 dmz -> trusted:8080");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "v6 dmz -> trusted:8080"
+    );
     let frame = Spec::tcp(ip("2001:db8::10"), ip("2001:db8::20"), 40008, 22, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "v6 dmz -> trusted:22");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        DROP,
+        "v6 dmz -> trusted:22"
+    );
     let frame = Spec::tcp(ip("2001:db8::20"), ip("2001:db8:ffff::1"), 40009, 443, SYN).frame();
-    assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS, "v6 trusted -> partners:443");
+    assert_eq!(
+        kernel.run(PROG_FROM_POD, &frame),
+        PASS,
+        "v6 trusted -> partners:443"
+    );
     // Unknown source on a pod interface: denied by default.
     let frame = Spec::tcp(ip("198.18.9.9"), web, 40010, 80, SYN).frame();
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP, "unknown source");
@@ -96,13 +134,31 @@ fn deny_events_are_rate_limited_per_source_and_counted() {
     let frame = Spec::tcp(ip("198.18.0.11"), db, 30000, 5432, SYN).frame();
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), DROP);
     let events = drain(&mut ring);
-    let from_web: Vec<_> = events.iter().filter(|event| event.src_addr[12..] == [198, 18, 0, 10]).collect();
-    let from_web2 = events.iter().filter(|event| event.src_addr[12..] == [198, 18, 0, 11]).count();
-    assert_eq!(from_web.len(), 10, "default: 10 deny events per source and second");
-    assert!(from_web.iter().all(|event| event.kind == EVENT_DENY && event.rule == RULE_DEFAULT_INTER_DENY));
+    let from_web: Vec<_> = events
+        .iter()
+        .filter(|event| event.src_addr[12..] == [198, 18, 0, 10])
+        .collect();
+    let from_web2 = events
+        .iter()
+        .filter(|event| event.src_addr[12..] == [198, 18, 0, 11])
+        .count();
+    assert_eq!(
+        from_web.len(),
+        10,
+        "default: 10 deny events per source and second"
+    );
+    assert!(
+        from_web
+            .iter()
+            .all(|event| event.kind == EVENT_DENY && event.rule == RULE_DEFAULT_INTER_DENY)
+    );
     assert_eq!(from_web2, 1);
     assert_eq!(kernel.counter(COUNTER_DENY_EVENTS_SUPPRESSED), 90);
-    assert_eq!(kernel.counter(COUNTER_DENIED_DEFAULT), 101, "every packet is counted, logged or not");
+    assert_eq!(
+        kernel.counter(COUNTER_DENIED_DEFAULT),
+        101,
+        "every packet is counted, logged or not"
+    );
 }
 
 #[test]
@@ -120,14 +176,21 @@ fn ring_buffer_overflow_is_counted_exactly() {
     let web = ip("198.18.0.10");
     for index in 0..sent {
         let source = IpAddr::from([198, 19, (index >> 8) as u8, index as u8]);
-        let source = if index >= 65_536 { IpAddr::from([198, 20, (index >> 8) as u8, index as u8]) } else { source };
+        let source = if index >= 65_536 {
+            IpAddr::from([198, 20, (index >> 8) as u8, index as u8])
+        } else {
+            source
+        };
         let frame = Spec::tcp(source, web, 1000, 80, SYN).frame();
         assert_eq!(kernel.run(PROG_TO_POD, &frame), DROP);
     }
     let delivered = drain(&mut ring).len() as u64;
     let lost = kernel.counter(COUNTER_RINGBUF_FULL);
     let suppressed = kernel.counter(COUNTER_DENY_EVENTS_SUPPRESSED);
-    assert!(lost > 0, "the ring buffer must have overflowed ({delivered} delivered)");
+    assert!(
+        lost > 0,
+        "the ring buffer must have overflowed ({delivered} delivered)"
+    );
     assert_eq!(
         delivered + lost + suppressed,
         sent as u64,
@@ -149,17 +212,45 @@ fn long_flows_report_periodic_updates_with_the_same_flow_id() {
     kernel.apply_compiled(compiled, &tuning);
     let mut ring = kernel.datapath.take_flow_events().unwrap();
     let (web, app) = (ip("198.18.0.10"), ip("198.18.0.20"));
-    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, SYN).frame()), PASS);
-    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(app, web, 8080, 45000, SYN | ACK).frame()), PASS);
+    assert_eq!(
+        kernel.run(
+            PROG_FROM_POD,
+            &Spec::tcp(web, app, 45000, 8080, SYN).frame()
+        ),
+        PASS
+    );
+    assert_eq!(
+        kernel.run(
+            PROG_FROM_POD,
+            &Spec::tcp(app, web, 8080, 45000, SYN | ACK).frame()
+        ),
+        PASS
+    );
     // Within the interval: no update.
-    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, ACK).frame()), PASS);
+    assert_eq!(
+        kernel.run(
+            PROG_FROM_POD,
+            &Spec::tcp(web, app, 45000, 8080, ACK).frame()
+        ),
+        PASS
+    );
     std::thread::sleep(std::time::Duration::from_millis(40));
-    assert_eq!(kernel.run(PROG_FROM_POD, &Spec::tcp(web, app, 45000, 8080, ACK).frame()), PASS);
+    assert_eq!(
+        kernel.run(
+            PROG_FROM_POD,
+            &Spec::tcp(web, app, 45000, 8080, ACK).frame()
+        ),
+        PASS
+    );
     let events = drain(&mut ring);
     let kinds: Vec<u8> = events.iter().map(|event| event.kind).collect();
     assert_eq!(kinds, [EVENT_START, EVENT_UPDATE], "{events:?}");
     assert_eq!(events[0].flow_id, events[1].flow_id);
-    assert_eq!(events[1].packets, [3, 1], "three packets forward, one reply");
+    assert_eq!(
+        events[1].packets,
+        [3, 1],
+        "three packets forward, one reply"
+    );
     assert_eq!(events[1].tcp_flags, SYN | ACK);
     assert_eq!(events[1].tcp_flags_reply, SYN | ACK);
 }

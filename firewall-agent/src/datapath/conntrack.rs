@@ -36,7 +36,10 @@ pub fn monotonic_ns() -> u64 {
 
 impl Datapath {
     /// Removes expired entries; returns those whose end was not reported yet.
-    pub fn expire_conntrack(&mut self, now_ns: u64) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+    pub fn expire_conntrack(
+        &mut self,
+        now_ns: u64,
+    ) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
         let config = self.config()?;
         if config.ready == 0 {
             return Ok(Vec::new());
@@ -51,7 +54,9 @@ impl Datapath {
                 Err(error) => return Err(map_error(MAP_CONNTRACK)(error)),
             };
             seen += 1;
-            if now_ns.saturating_sub(value.last_seen_ns) > timeout_ns(&config, key.proto, value.state) {
+            if now_ns.saturating_sub(value.last_seen_ns)
+                > timeout_ns(&config, key.proto, value.state)
+            {
                 expired.push((key, value));
             }
         }
@@ -62,7 +67,9 @@ impl Datapath {
             let Ok(current) = self.conntrack.get(&key, 0) else {
                 continue;
             };
-            if now_ns.saturating_sub(current.last_seen_ns) <= timeout_ns(&config, key.proto, current.state) {
+            if now_ns.saturating_sub(current.last_seen_ns)
+                <= timeout_ns(&config, key.proto, current.state)
+            {
                 continue;
             }
             let _ = self.conntrack.remove(&key);
@@ -96,7 +103,10 @@ impl Datapath {
 
 impl Datapath {
     /// Removes every tracked connection with an end at one of `addresses`.
-    pub fn flush_connections_of(&mut self, addresses: &[EndpointKey]) -> Result<usize, DatapathError> {
+    pub fn flush_connections_of(
+        &mut self,
+        addresses: &[EndpointKey],
+    ) -> Result<usize, DatapathError> {
         let addresses: std::collections::HashSet<[u8; 16]> =
             addresses.iter().map(|key| key.addr).collect();
         let doomed: Vec<CtKey> = self

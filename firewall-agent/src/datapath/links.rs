@@ -135,9 +135,9 @@ impl Datapath {
             let link = program
                 .take_link(link_id)
                 .map_err(|error| attach_error(format!("take link {direction}: {error}")))?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|error| attach_error(format!("link {direction} is not a TCX link: {error}")))?;
+            let link: FdLink = link.try_into().map_err(|error| {
+                attach_error(format!("link {direction} is not a TCX link: {error}"))
+            })?;
             let pin_path = links_dir.join(pin_name(ifname, ifindex, direction, nonce));
             link.pin(&pin_path)
                 .map_err(|error| attach_error(format!("pin {}: {error:?}", pin_path.display())))?;

@@ -126,13 +126,17 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
-        let endpoints = HashMap::try_from(take(MAP_ENDPOINTS)?).map_err(map_error(MAP_ENDPOINTS))?;
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
+        let endpoints =
+            HashMap::try_from(take(MAP_ENDPOINTS)?).map_err(map_error(MAP_ENDPOINTS))?;
         let networks = LpmTrie::try_from(take(MAP_NETWORKS)?).map_err(map_error(MAP_NETWORKS))?;
         let policy = LpmTrie::try_from(take(MAP_POLICY)?).map_err(map_error(MAP_POLICY))?;
         let config = Array::try_from(take(MAP_CONFIG)?).map_err(map_error(MAP_CONFIG))?;
-        let conntrack = HashMap::try_from(take(MAP_CONNTRACK)?).map_err(map_error(MAP_CONNTRACK))?;
-        let counters = PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_error(MAP_COUNTERS))?;
+        let conntrack =
+            HashMap::try_from(take(MAP_CONNTRACK)?).map_err(map_error(MAP_CONNTRACK))?;
+        let counters =
+            PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_error(MAP_COUNTERS))?;
         let flow_events =
             RingBuf::try_from(take(MAP_FLOW_EVENTS)?).map_err(map_error(MAP_FLOW_EVENTS))?;
         Ok(Self {
@@ -174,7 +178,10 @@ impl Datapath {
     pub fn counters(&self) -> Result<Vec<u64>, DatapathError> {
         let mut totals = Vec::with_capacity(COUNTER_NAMES.len());
         for index in 0..COUNTER_NAMES.len() as u32 {
-            let per_cpu = self.counters.get(&index, 0).map_err(map_error(MAP_COUNTERS))?;
+            let per_cpu = self
+                .counters
+                .get(&index, 0)
+                .map_err(map_error(MAP_COUNTERS))?;
             totals.push(per_cpu.iter().sum());
         }
         Ok(totals)

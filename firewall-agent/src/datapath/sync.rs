@@ -70,7 +70,10 @@ pub(crate) struct Shadow {
     policy: Vec<(u32, PolicyKey)>,
 }
 
-fn full_or(name: &'static str, entries: usize) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+fn full_or(
+    name: &'static str,
+    entries: usize,
+) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
     move |error| match &error {
         aya::maps::MapError::SyscallError(syscall)
             if matches!(
@@ -123,7 +126,9 @@ impl Datapath {
         }
         for entry in self.networks.iter() {
             let (key, value) = entry.map_err(map_error(MAP_NETWORKS))?;
-            shadow.networks.insert((key.prefix_len(), key.data()), value);
+            shadow
+                .networks
+                .insert((key.prefix_len(), key.data()), value);
         }
         for key in self.policy.keys() {
             let key = key.map_err(map_error(MAP_POLICY))?;
@@ -144,7 +149,11 @@ impl Datapath {
         let started = Instant::now();
         self.load_shadow()?;
         let old = self.config()?;
-        let new_slot = if old.ready == 0 { 0 } else { 1 - (old.active_slot & 1) };
+        let new_slot = if old.ready == 0 {
+            0
+        } else {
+            1 - (old.active_slot & 1)
+        };
         let generation = old.generation.wrapping_add(1).max(1);
         let mut report = SyncReport {
             generation,
@@ -163,7 +172,13 @@ impl Datapath {
             }
         }
         for entry in &compiled.entries {
-            let key = PolicyKey::new(new_slot, entry.src_zone, entry.dst_zone, entry.proto, entry.port);
+            let key = PolicyKey::new(
+                new_slot,
+                entry.src_zone,
+                entry.dst_zone,
+                entry.proto,
+                entry.port,
+            );
             self.policy
                 .insert(&Key::new(entry.prefix_len, key), entry.value, 0)
                 .map_err(full_or(MAP_POLICY, policy_capacity))?;
@@ -278,7 +293,9 @@ impl Datapath {
             ct_timeout_other_ns: nanos(tuning.other_timeout),
             update_interval_ns: nanos(tuning.update_interval),
         };
-        self.config.set(0, config, 0).map_err(map_error(MAP_CONFIG))?;
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(MAP_CONFIG))?;
 
         // 4. The old slot is dead now.
         let mut live = Vec::with_capacity(self.shadow.policy.len());

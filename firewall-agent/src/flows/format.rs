@@ -64,7 +64,11 @@ pub fn encode(record: &FlowRecord, format: Format, fields: &[String]) -> Vec<u8>
     match format {
         Format::Json => {
             let value = serde_json::to_value(record).unwrap_or(Value::Null);
-            let value = if fields.is_empty() { value } else { select(&value, fields) };
+            let value = if fields.is_empty() {
+                value
+            } else {
+                select(&value, fields)
+            };
             serde_json::to_vec(&value).unwrap_or_default()
         }
         Format::Ocsf => serde_json::to_vec(&ocsf(record)).unwrap_or_default(),
@@ -73,8 +77,8 @@ pub fn encode(record: &FlowRecord, format: Format, fields: &[String]) -> Vec<u8>
 }
 
 fn unix_ms(rfc3339: &str) -> Option<i64> {
-    let time =
-        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
+    let time = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
     Some((time.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -118,7 +122,11 @@ pub fn ocsf(record: &FlowRecord) -> Value {
         "update" => (6, "Traffic"),
         _ => (99, "Other"),
     };
-    let (action_id, action) = if record.verdict == "deny" { (2, "Denied") } else { (1, "Allowed") };
+    let (action_id, action) = if record.verdict == "deny" {
+        (2, "Denied")
+    } else {
+        (1, "Allowed")
+    };
     let severity_id = match record.event {
         "deny" => 3,
         "audit" => 2,
@@ -232,8 +240,14 @@ pub fn cef(record: &FlowRecord) -> String {
         format!("src={}", record.src.ip),
         format!("dst={}", record.dst.ip),
         format!("cs1Label=policy cs1={}", cef_escape_value(&record.policy)),
-        format!("cs2Label=srcZone cs2={}", cef_escape_value(&record.src.zone)),
-        format!("cs3Label=dstZone cs3={}", cef_escape_value(&record.dst.zone)),
+        format!(
+            "cs2Label=srcZone cs2={}",
+            cef_escape_value(&record.src.zone)
+        ),
+        format!(
+            "cs3Label=dstZone cs3={}",
+            cef_escape_value(&record.dst.zone)
+        ),
         format!("out={}", record.bytes - record.bytes_reply),
         format!("in={}", record.bytes_reply),
         format!("cn1Label=packets cn1={}", record.packets),
@@ -260,13 +274,19 @@ pub fn cef(record: &FlowRecord) -> String {
         extension.push(format!("externalId={flow_id}"));
     }
     if let Some(audit) = &record.audit_policy {
-        extension.push(format!("cs4Label=auditPolicy cs4={}", cef_escape_value(audit)));
+        extension.push(format!(
+            "cs4Label=auditPolicy cs4={}",
+            cef_escape_value(audit)
+        ));
     }
     format!(
         "CEF:0|zonewall|zonewall|{}|{}|{}|{}|{}",
         env!("CARGO_PKG_VERSION"),
         record.event,
-        cef_escape_header(&format!("{} {} -> {}", record.event, record.src.zone, record.dst.zone)),
+        cef_escape_header(&format!(
+            "{} {} -> {}",
+            record.event, record.src.zone, record.dst.zone
+        )),
         severity,
         extension.join(" ")
     )
@@ -274,7 +294,11 @@ pub fn cef(record: &FlowRecord) -> String {
 
 /// Encodes a policy-change record: JSON as is, OCSF as Device Config State Change (5019),
 /// CEF as a `policy-change` event.
-pub fn encode_policy_change(record: &PolicyChangeRecord, format: Format, fields: &[String]) -> Vec<u8> {
+pub fn encode_policy_change(
+    record: &PolicyChangeRecord,
+    format: Format,
+    fields: &[String],
+) -> Vec<u8> {
     match format {
         Format::Json => {
             let value = serde_json::to_value(record).unwrap_or(Value::Null);

@@ -187,7 +187,8 @@ impl Enricher {
             self.zone_names.insert(zone.id, zone.name.clone());
         }
         self.zone_names.insert(ZONE_UNKNOWN, "unknown".into());
-        self.rules.insert(generation, Arc::new(compiled.rules.clone()));
+        self.rules
+            .insert(generation, Arc::new(compiled.rules.clone()));
         while self.rules.len() > KEPT_GENERATIONS {
             self.rules.pop_first();
         }
@@ -341,7 +342,11 @@ impl Enricher {
             record_id: self.next_record_id(),
             node: self.node.clone(),
             event: kind,
-            verdict: if event.verdict == VERDICT_DENY { "deny" } else { "allow" },
+            verdict: if event.verdict == VERDICT_DENY {
+                "deny"
+            } else {
+                "allow"
+            },
             policy: self.rule_name(event.generation, event.rule),
             audit_policy: (event.kind == EVENT_AUDIT)
                 .then(|| self.rule_name(event.generation, event.audit_rule)),
@@ -357,7 +362,11 @@ impl Enricher {
             flow_id: (event.flow_id != 0).then(|| format!("{:016x}", event.flow_id)),
             start: self.wall(event.start_ns),
             end: is_end.then(|| self.wall(event.time_ns)),
-            direction: if event.hook == HOOK_TO_POD { "to-pod" } else { "from-pod" },
+            direction: if event.hook == HOOK_TO_POD {
+                "to-pod"
+            } else {
+                "from-pod"
+            },
             interface: self.interface_names.get(&event.ifindex).cloned(),
             generation: event.generation,
             suppressed: event.suppressed,
@@ -458,7 +467,9 @@ impl Record {
     pub fn encode(&self, format: super::format::Format, fields: &[String]) -> Vec<u8> {
         match self {
             Record::Flow(flow) => super::format::encode(flow, format, fields),
-            Record::PolicyChange(change) => super::format::encode_policy_change(change, format, fields),
+            Record::PolicyChange(change) => {
+                super::format::encode_policy_change(change, format, fields)
+            }
         }
     }
 }

@@ -19,9 +19,9 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::format::Format;
@@ -66,7 +66,9 @@ impl Sampling {
                 .parse()
                 .map_err(|_| format!("sample entry {entry:?}: rate must be a number"))?;
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("sample entry {entry:?}: rate must be between 0 and 1"));
+                return Err(format!(
+                    "sample entry {entry:?}: rate must be between 0 and 1"
+                ));
             }
             rules.push((from.to_owned(), to.to_owned(), rate));
         }
@@ -131,7 +133,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some((index, _)) => text.split_at(index),
         None => (text, ""),
     };
-    let number: u64 = number.parse().map_err(|_| format!("size {text:?}: a number, optionally with K, M or G"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("size {text:?}: a number, optionally with K, M or G"))?;
     let factor = match unit.trim_end_matches(['i', 'B']) {
         "" => 1,
         "K" | "k" => 1 << 10,
@@ -145,7 +149,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 impl SinkSpec {
     /// A JSON-lines sink for `--flow-log FILE|-`.
     pub fn flow_log(target: &str) -> Self {
-        let mut spec = Self::parse(if target == "-" { "stdout:" } else { "file:" }).expect("static URL");
+        let mut spec =
+            Self::parse(if target == "-" { "stdout:" } else { "file:" }).expect("static URL");
         spec.url = target.to_owned();
         if target != "-" {
             spec.target = Target::File(PathBuf::from(target));
@@ -158,9 +163,12 @@ impl SinkSpec {
             url: url.to_owned(),
             reason,
         };
-        let (scheme, rest) = url
-            .split_once(':')
-            .ok_or_else(|| error("no scheme: use stdout:, file:PATH, syslog+udp://, syslog+tcp:// or syslog+tls://".into()))?;
+        let (scheme, rest) = url.split_once(':').ok_or_else(|| {
+            error(
+                "no scheme: use stdout:, file:PATH, syslog+udp://, syslog+tcp:// or syslog+tls://"
+                    .into(),
+            )
+        })?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let location = location.strip_prefix("//").unwrap_or(location);
         let target = match scheme {
@@ -203,7 +211,13 @@ impl SinkSpec {
             let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
             match name {
                 "format" => spec.format = Format::parse(value).map_err(error)?,
-                "fields" => spec.fields = value.split(',').filter(|f| !f.is_empty()).map(String::from).collect(),
+                "fields" => {
+                    spec.fields = value
+                        .split(',')
+                        .filter(|f| !f.is_empty())
+                        .map(String::from)
+                        .collect()
+                }
                 "sample" => spec.sampling = Sampling::parse(value).map_err(error)?,
                 "queue" => {
                     spec.queue = value
@@ -213,7 +227,11 @@ impl SinkSpec {
                         .ok_or_else(|| error(format!("queue {value:?}: a positive number")))?
                 }
                 "max-size" => spec.rotate_bytes = Some(parse_size(value).map_err(error)?),
-                "keep" => spec.keep = value.parse().map_err(|_| error(format!("keep {value:?}: a number")))?,
+                "keep" => {
+                    spec.keep = value
+                        .parse()
+                        .map_err(|_| error(format!("keep {value:?}: a number")))?
+                }
                 "replay" => spec.replay_bytes = parse_size(value).map_err(error)? as usize,
                 "ca" => spec.tls.ca = Some(PathBuf::from(value)),
                 "cert" => spec.tls.cert = Some(PathBuf::from(value)),
@@ -228,12 +246,15 @@ impl SinkSpec {
         if spec.rotate_bytes.is_some() && !matches!(spec.target, Target::File(_)) {
             return Err(error("max-size= applies to file sinks only".into()));
         }
-        if matches!(spec.target, Target::SyslogTls(_)) && spec.tls.cert.is_some() != spec.tls.key.is_some() {
-            return Err(error("a client certificate needs both cert= and key=".into()));
+        if matches!(spec.target, Target::SyslogTls(_))
+            && spec.tls.cert.is_some() != spec.tls.key.is_some()
+        {
+            return Err(error(
+                "a client certificate needs both cert= and key=".into(),
+            ));
         }
         Ok(spec)
     }
-
 }
 
 /// Per-sink counters, shared with the metrics.
@@ -283,7 +304,8 @@ impl Dispatcher {
             let (sender, receiver) = std::sync::mpsc::sync_channel(spec.queue);
             let transport = Transport::open(&spec)?;
             let thread = {
-                let (stats, stop, spec, hostname) = (stats.clone(), stop.clone(), spec.clone(), hostname.clone());
+                let (stats, stop, spec, hostname) =
+                    (stats.clone(), stop.clone(), spec.clone(), hostname.clone());
                 std::thread::Builder::new()
                     .name("zonewall-sink".into())
                     .spawn(move || run_sink(spec, transport, receiver, stats, stop, hostname))
@@ -310,11 +332,16 @@ impl Dispatcher {
                 worker.stats.sampled_out.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let Some(sender) = &worker.sender else { continue };
+            let Some(sender) = &worker.sender else {
+                continue;
+            };
             match sender.try_send(record.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    worker.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                    worker
+                        .stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -369,7 +396,11 @@ fn syslog_message(record: &Record, body: &[u8], hostname: &str) -> Vec<u8> {
     // RFC 5424 allows at most 6 fractional digits.
     let timestamp = match time.split_once('.') {
         Some((seconds, fraction)) => {
-            let digits: String = fraction.chars().take_while(char::is_ascii_digit).take(6).collect();
+            let digits: String = fraction
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .take(6)
+                .collect();
             format!("{seconds}.{digits}Z")
         }
         None => time.to_owned(),
@@ -394,7 +425,11 @@ impl Transport {
     fn open(spec: &SinkSpec) -> Result<Self, SinkError> {
         Ok(match &spec.target {
             Target::Stdout => Transport::Stdout(std::io::BufWriter::new(std::io::stdout())),
-            Target::File(path) => Transport::File(RotatingFile::open(path.clone(), spec.rotate_bytes, spec.keep)?),
+            Target::File(path) => Transport::File(RotatingFile::open(
+                path.clone(),
+                spec.rotate_bytes,
+                spec.keep,
+            )?),
             Target::SyslogUdp(address) => {
                 let socket = UdpSocket::bind("[::]:0")
                     .or_else(|_| UdpSocket::bind("0.0.0.0:0"))
@@ -407,13 +442,18 @@ impl Transport {
                     address: address.clone(),
                 }
             }
-            Target::SyslogTcp(address) => Transport::Stream(StreamSink::new(address.clone(), None, spec.replay_bytes)),
+            Target::SyslogTcp(address) => {
+                Transport::Stream(StreamSink::new(address.clone(), None, spec.replay_bytes))
+            }
             Target::SyslogTls(address) => {
                 let config = tls_config(&spec.tls).map_err(|reason| SinkError::Spec {
                     url: spec.url.clone(),
                     reason,
                 })?;
-                let host = address.rsplit_once(':').map(|(host, _)| host).unwrap_or(address);
+                let host = address
+                    .rsplit_once(':')
+                    .map(|(host, _)| host)
+                    .unwrap_or(address);
                 let server_name = spec
                     .tls
                     .server_name
@@ -422,7 +462,9 @@ impl Transport {
                 let server_name = rustls_pki_types::ServerName::try_from(server_name.clone())
                     .map_err(|_| SinkError::Spec {
                         url: spec.url.clone(),
-                        reason: format!("server name {server_name:?} is not a DNS name or IP address"),
+                        reason: format!(
+                            "server name {server_name:?} is not a DNS name or IP address"
+                        ),
                     })?
                     .to_owned();
                 Transport::Stream(StreamSink::new(
@@ -511,7 +553,10 @@ impl RotatingFile {
             }
             std::fs::rename(&self.path, numbered(1))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.writer = std::io::BufWriter::new(file);
         self.size = 0;
         Ok(())
@@ -539,7 +584,10 @@ impl<T: std::io::Read + Write + Send> ReadWrite for T {}
 /// duplicates, counted as `resent`; SIEMs de-duplicate on `record_id`).
 struct StreamSink {
     address: String,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     stream: Option<Box<dyn ReadWrite>>,
     replay: VecDeque<Vec<u8>>,
     replay_size: usize,
@@ -552,7 +600,10 @@ struct StreamSink {
 impl StreamSink {
     fn new(
         address: String,
-        tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+        tls: Option<(
+            Arc<rustls::ClientConfig>,
+            rustls_pki_types::ServerName<'static>,
+        )>,
         replay_limit: usize,
     ) -> Self {
         Self {
@@ -569,11 +620,9 @@ impl StreamSink {
     }
 
     fn connect(&mut self) -> std::io::Result<Box<dyn ReadWrite>> {
-        let address = self
-            .address
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("{} resolves to nothing", self.address)))?;
+        let address = self.address.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::other(format!("{} resolves to nothing", self.address))
+        })?;
         let tcp = TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
         tcp.set_nodelay(true)?;
         tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -695,7 +744,9 @@ fn run_sink(
         };
         let body = record.encode(spec.format, &spec.fields);
         let result = match &mut transport {
-            Transport::Stdout(writer) => writer.write_all(&body).and_then(|()| writer.write_all(b"\n")),
+            Transport::Stdout(writer) => writer
+                .write_all(&body)
+                .and_then(|()| writer.write_all(b"\n")),
             Transport::File(file) => file.write_line(&body),
             Transport::Udp { socket, address } => {
                 let message = syslog_message(&record, &body, &hostname);
@@ -747,24 +798,35 @@ mod tests {
 
     #[test]
     fn sink_urls_parse_and_bad_ones_say_why() {
-        let spec = SinkSpec::parse("syslog+tls://siem.example:6514?format=ocsf&ca=/ca.pem&queue=10").unwrap();
+        let spec =
+            SinkSpec::parse("syslog+tls://siem.example:6514?format=ocsf&ca=/ca.pem&queue=10")
+                .unwrap();
         assert_eq!(spec.target, Target::SyslogTls("siem.example:6514".into()));
         assert_eq!(spec.format, Format::Ocsf);
         assert_eq!(spec.queue, 10);
         assert_eq!(spec.tls.ca, Some(PathBuf::from("/ca.pem")));
-        let spec = SinkSpec::parse("file:/var/log/flows.jsonl?max-size=10M&keep=3&fields=time,src.ip").unwrap();
+        let spec =
+            SinkSpec::parse("file:/var/log/flows.jsonl?max-size=10M&keep=3&fields=time,src.ip")
+                .unwrap();
         assert_eq!(spec.target, Target::File("/var/log/flows.jsonl".into()));
         assert_eq!(spec.rotate_bytes, Some(10 << 20));
         assert_eq!(spec.keep, 3);
         assert_eq!(spec.fields, ["time", "src.ip"]);
-        let spec = SinkSpec::parse("syslog+udp://127.0.0.1:514?sample=dmz/trusted=0.1,*/*=1").unwrap();
+        let spec =
+            SinkSpec::parse("syslog+udp://127.0.0.1:514?sample=dmz/trusted=0.1,*/*=1").unwrap();
         assert_eq!(spec.sampling.0.len(), 2);
         for (url, reason) in [
             ("kafka://x:1", "unknown scheme"),
             ("syslog+tcp://nohostport", "HOST:PORT"),
             ("stdout:?format=xml", "format \"xml\""),
-            ("stdout:?fields=a&format=cef", "fields= applies to format=json only"),
-            ("stdout:?max-size=1M", "max-size= applies to file sinks only"),
+            (
+                "stdout:?fields=a&format=cef",
+                "fields= applies to format=json only",
+            ),
+            (
+                "stdout:?max-size=1M",
+                "max-size= applies to file sinks only",
+            ),
             ("stdout:?sample=dmz=0.5", "FROM/TO=RATE"),
             ("stdout:?sample=a/b=2", "between 0 and 1"),
             ("stdout:?queue=0", "positive"),
@@ -790,7 +852,10 @@ mod tests {
         let record = Record::PolicyChange(super::super::record::PolicyChangeRecord::test_record());
         let message = syslog_message(&record, b"{}", "node-1");
         let text = String::from_utf8(message).unwrap();
-        assert!(text.starts_with("<133>1 2026-01-02T03:04:05.123456Z node-1 zonewall "), "{text}");
+        assert!(
+            text.starts_with("<133>1 2026-01-02T03:04:05.123456Z node-1 zonewall "),
+            "{text}"
+        );
         assert!(text.ends_with(" policy-change - {}"), "{text}");
     }
 }

@@ -397,8 +397,7 @@ fn service_endpoints(
             continue;
         }
         if zones.len() > 1 {
-            let mut names: Vec<&str> =
-                zones.iter().map(|zone| zone_names[zone].as_str()).collect();
+            let mut names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
             names.sort_unstable();
             warnings.push(format!(
                 "{label} selects pods of several zones ({}); each connection is judged by the zone of the pod it reaches",

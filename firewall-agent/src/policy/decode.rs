@@ -543,7 +543,13 @@ impl Decoder {
                         .iter()
                         .find(|owner| owner.controller == Some(true))
                         .or(owners.first())
-                        .map(|owner| crate::policy::model::Workload::from_owner(&owner.kind, &owner.name, &labels));
+                        .map(|owner| {
+                            crate::policy::model::Workload::from_owner(
+                                &owner.kind,
+                                &owner.name,
+                                &labels,
+                            )
+                        });
                     self.set.pods.push(Pod {
                         namespace: namespace_or_default(raw.metadata.namespace),
                         name,

@@ -358,14 +358,24 @@ mod workload_tests {
 
     #[test]
     fn replica_sets_stand_for_their_deployment() {
-        let labels: BTreeMap<String, String> = [("pod-template-hash".to_string(), "5d9f8".to_string())].into();
+        let labels: BTreeMap<String, String> =
+            [("pod-template-hash".to_string(), "5d9f8".to_string())].into();
         let workload = Workload::from_owner("ReplicaSet", "web-5d9f8", &labels);
-        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("Deployment", "web"));
+        assert_eq!(
+            (workload.kind.as_str(), workload.name.as_str()),
+            ("Deployment", "web")
+        );
         // Without the matching hash label it stays a ReplicaSet.
         let workload = Workload::from_owner("ReplicaSet", "web-5d9f8", &BTreeMap::new());
-        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("ReplicaSet", "web-5d9f8"));
+        assert_eq!(
+            (workload.kind.as_str(), workload.name.as_str()),
+            ("ReplicaSet", "web-5d9f8")
+        );
         let workload = Workload::from_owner("StatefulSet", "db", &labels);
-        assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("StatefulSet", "db"));
+        assert_eq!(
+            (workload.kind.as_str(), workload.name.as_str()),
+            ("StatefulSet", "db")
+        );
     }
 }
 

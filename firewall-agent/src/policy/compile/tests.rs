@@ -548,7 +548,10 @@ fn service_ips_take_the_zone_of_their_pods() {
         assert!(!compiled.endpoints.contains_key(&ip(missing)), "{missing}");
     }
     // Pods of several zones: zone NONE, so the datapath defers to the destination pod.
-    assert_eq!(compiled.endpoints[&ip("10.96.0.2")].zone, firewall_common::ZONE_NONE);
+    assert_eq!(
+        compiled.endpoints[&ip("10.96.0.2")].zone,
+        firewall_common::ZONE_NONE
+    );
     assert_eq!(
         compiled.warnings,
         [
