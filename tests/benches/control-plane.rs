@@ -74,10 +74,18 @@ fn main() {
     eprintln!("{BENCHMARK}: change to enforcement, {latency_samples} samples per file");
     let mut topology = Topology::routed().expect("a routed node");
     topology
-        .add_pod_at("client", CLIENT_V4, "2001:db8:1::10".parse().expect("literal"))
+        .add_pod_at(
+            "client",
+            CLIENT_V4,
+            "2001:db8:1::10".parse().expect("literal"),
+        )
         .expect("client pod");
     topology
-        .add_pod_at("server", SERVER_V4, "2001:db8:1::11".parse().expect("literal"))
+        .add_pod_at(
+            "server",
+            SERVER_V4,
+            "2001:db8:1::11".parse().expect("literal"),
+        )
         .expect("server pod");
     let _listener = Listener::start(&topology.pod("server").netns, TOGGLED_PORT);
     let fixed = [
@@ -109,7 +117,10 @@ fn main() {
     let mut latencies = Vec::new();
     for scale in latency_files {
         let generated = scale::generate(scale, &fixed);
-        latencies.push((scale, change_to_enforcement(&topology, &generated, latency_samples)));
+        latencies.push((
+            scale,
+            change_to_enforcement(&topology, &generated, latency_samples),
+        ));
     }
 
     eprintln!("{BENCHMARK}: agent memory");
@@ -193,11 +204,14 @@ fn compile_and_sync(report: &mut Report, sizes: &[Scale], rounds: usize) -> Vec<
             entry.first_sync.push(first.duration.as_secs_f64());
             entry.same_again.push(again.duration.as_secs_f64());
             entry.one_pod.push(one_pod.duration.as_secs_f64());
-            entry.first_rate.push(map_operations(&first) as f64 / first.duration.as_secs_f64());
-            // A new generation also deletes the old slot's entries.
             entry
-                .same_again_rate
-                .push((map_operations(&again) + again.policy_entries) as f64 / again.duration.as_secs_f64());
+                .first_rate
+                .push(map_operations(&first) as f64 / first.duration.as_secs_f64());
+            // A new generation also deletes the old slot's entries.
+            entry.same_again_rate.push(
+                (map_operations(&again) + again.policy_entries) as f64
+                    / again.duration.as_secs_f64(),
+            );
             entry.policy_entries = first.policy_entries;
             entry.endpoints = first.endpoints_written;
             for (series, value) in [
@@ -239,9 +253,12 @@ impl Listener {
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the server");
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns into the server");
                 let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("listening");
-                listener.set_nonblocking(true).expect("non-blocking listener");
+                listener
+                    .set_nonblocking(true)
+                    .expect("non-blocking listener");
                 let _ = ready_tx.send(());
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
@@ -297,7 +314,10 @@ fn change_to_enforcement(topology: &Topology, generated: &Generated, samples: us
         .enter(move || {
             let mut latency = Latency::default();
             let mut rng = rand::rng();
-            assert!(!connects(TOGGLED_PORT, Duration::from_millis(200)), "the port starts closed");
+            assert!(
+                !connects(TOGGLED_PORT, Duration::from_millis(200)),
+                "the port starts closed"
+            );
             for sample in 0..=samples {
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..=POLL_MS + 50)));
                 let generation = agent.generation().expect("a ready file");
@@ -306,7 +326,11 @@ fn change_to_enforcement(topology: &Topology, generated: &Generated, samples: us
                 agent.write_policy(&open);
                 let deadline = started + Duration::from_secs(30);
                 while !connects(TOGGLED_PORT, Duration::from_millis(2)) {
-                    assert!(Instant::now() < deadline, "the opened port never let a connection through:\n{}", agent.logs());
+                    assert!(
+                        Instant::now() < deadline,
+                        "the opened port never let a connection through:\n{}",
+                        agent.logs()
+                    );
                 }
                 let enforced = started.elapsed();
                 agent.wait_generation(generation + 1);
@@ -344,32 +368,13 @@ struct Memory {
     start: Duration,
 }
 
-/// The agent process whose command line names `config`.
-fn agent_pid(config: &Path) -> Option<u32> {
-    let wanted = config.as_os_str().as_encoded_bytes();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let mut words = cmdline.split(|byte| *byte == 0);
-        let program = words.next().unwrap_or_default();
-        if program.ends_with(b"firewall-agent") && words.any(|word| word == wanted) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 fn agent_memory(node: &Netns, generated: &Generated) -> Memory {
     let started = Instant::now();
     let agent = Agent::start(node, &generated.yaml, &[]);
     let start = started.elapsed();
     // Let allocator caches settle after the first policy.
     std::thread::sleep(Duration::from_secs(2));
-    let pid = agent_pid(&agent.config).expect("the agent's process");
+    let pid = common::agent_pid(&agent.config).expect("the agent's process");
     let (resident, peak) = resident_memory(pid).expect("the agent's /proc status");
     progress!(
         "{} pods: VmRSS {:.1} MiB, VmHWM {:.1} MiB, ready after {:.1} s",
@@ -475,7 +480,9 @@ fn build_report(
                     points: compile
                         .iter()
                         .enumerate()
-                        .map(|(index, timings)| Point::of(index as f64, &summarize(values(timings))))
+                        .map(|(index, timings)| {
+                            Point::of(index as f64, &summarize(values(timings)))
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -483,7 +490,11 @@ fn build_report(
         references: vec![(1.0, "1 s".into())],
         y_from_zero: true,
     });
-    if let Some((scale, timings)) = sizes.iter().zip(compile).find(|(scale, _)| scale.pods == 100_000) {
+    if let Some((scale, timings)) = sizes
+        .iter()
+        .zip(compile)
+        .find(|(scale, _)| scale.pods == 100_000)
+    {
         let total = summarize(
             &timings
                 .compile
@@ -495,7 +506,10 @@ fn build_report(
         let rate = summarize(&timings.first_rate);
         report.check(
             "control-plane-compile",
-            &format!("compile + first sync, {} pods and {} policies", scale.pods, scale.policies),
+            &format!(
+                "compile + first sync, {} pods and {} policies",
+                scale.pods, scale.policies
+            ),
             "< 1 s",
             format!(
                 "{:.2} s (YAML parse not included: {:.2} s)",
@@ -512,6 +526,9 @@ fn build_report(
             Some(rate.median >= 50_000.0),
         );
         report.metric("compile_plus_sync_s", total.median);
+        report.metric("compile_s", summarize(&timings.compile).median);
+        report.metric("first_sync_s", summarize(&timings.first_sync).median);
+        report.metric("policy_entries", timings.policy_entries as f64);
         report.metric("map_updates_per_second", rate.median);
     }
 
@@ -537,14 +554,17 @@ fn build_report(
         ]);
         series.push(Series {
             label: format!("{} pods, {} policies", scale.pods, scale.policies),
-            points: vec![
-                Point::of(0.0, &enforced),
-                Point::of(1.0, &ready),
-            ],
+            points: vec![Point::of(0.0, &enforced), Point::of(1.0, &ready)],
         });
         let key = if scale.pods > 100 { "large" } else { "small" };
-        report.metric(&format!("change_to_enforcement_p50_ms_{key}"), enforced.median);
-        report.metric(&format!("change_to_enforcement_p99_ms_{key}"), p99(&latency.enforced));
+        report.metric(
+            &format!("change_to_enforcement_p50_ms_{key}"),
+            enforced.median,
+        );
+        report.metric(
+            &format!("change_to_enforcement_p99_ms_{key}"),
+            p99(&latency.enforced),
+        );
     }
     report.tables.push(Table {
         title: "Policy file change to enforcement of a new connection, ms".into(),
@@ -573,7 +593,10 @@ fn build_report(
             title: String::new(),
             x_label: String::new(),
             log_x: false,
-            categories: vec!["first new connection through".into(), "ready file written".into()],
+            categories: vec![
+                "first new connection through".into(),
+                "ready file written".into(),
+            ],
             series,
         }],
         references: vec![(100.0, "100 ms".into())],
@@ -626,7 +649,11 @@ fn build_report(
             &format!("control-plane-memory-{pods}"),
             &format!("agent resident memory (VmRSS) with {pods} pods and 1000 policies"),
             &format!("≤ {target:.0} MiB"),
-            format!("{} MiB (peak {} MiB)", number(usage.resident), number(usage.peak)),
+            format!(
+                "{} MiB (peak {} MiB)",
+                number(usage.resident),
+                number(usage.peak)
+            ),
             Some(usage.resident <= target),
         );
     }

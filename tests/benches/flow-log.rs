@@ -45,8 +45,8 @@ use firewall_agent::datapath::{MapSizes, Tuning};
 use firewall_agent::flows::{Dispatcher, Enricher, Format, Record, SinkSpec, SinkStats, decode};
 use firewall_agent::policy::{self, CompiledPolicy};
 use firewall_common::{
-    COUNTER_ALLOWED_NEW, COUNTER_DENIED_POLICY, COUNTER_DENY_EVENTS_SUPPRESSED, COUNTER_RINGBUF_FULL,
-    PROG_FROM_POD,
+    COUNTER_ALLOWED_NEW, COUNTER_DENIED_POLICY, COUNTER_DENY_EVENTS_SUPPRESSED,
+    COUNTER_RINGBUF_FULL, PROG_FROM_POD,
 };
 use zonewall_tests::kernel::PASS;
 use zonewall_tests::packet::{SYN, Spec};
@@ -148,7 +148,10 @@ impl Producer {
 
     /// Forgets every tracked flow, so the next frames are new flows again.
     fn reset(&mut self) {
-        self.kernel.datapath.flush_conntrack().expect("flushing conntrack");
+        self.kernel
+            .datapath
+            .flush_conntrack()
+            .expect("flushing conntrack");
         self.next = 0;
     }
 }
@@ -166,7 +169,12 @@ impl Consumer {
     }
 
     /// Drains the ring through a single-threaded `stage`; returns the number of events.
-    fn drain(&self, ring: &mut RingBuf<MapData>, stage: Stage, output: Option<&mut Box<dyn Write>>) -> usize {
+    fn drain(
+        &self,
+        ring: &mut RingBuf<MapData>,
+        stage: Stage,
+        output: Option<&mut Box<dyn Write>>,
+    ) -> usize {
         let mut count = 0;
         match (stage, output) {
             (Stage::RingOnly, _) => {
@@ -176,7 +184,11 @@ impl Consumer {
                 }
             }
             (Stage::JsonDevNull | Stage::JsonFile | Stage::OcsfDevNull, Some(output)) => {
-                let format = if stage == Stage::OcsfDevNull { Format::Ocsf } else { Format::Json };
+                let format = if stage == Stage::OcsfDevNull {
+                    Format::Ocsf
+                } else {
+                    Format::Json
+                };
                 while let Some(item) = ring.next() {
                     if let Some(event) = decode(&item) {
                         let record = Record::Flow(self.enricher.event(&event));
@@ -216,8 +228,11 @@ impl Consumer {
 /// A file sink through the agent's dispatcher (its own thread, bounded queue).
 fn file_dispatcher(path: &Path) -> (Dispatcher, Arc<SinkStats>) {
     let _ = std::fs::remove_file(path);
-    let sinks = Dispatcher::start(vec![SinkSpec::flow_log(&path.to_string_lossy())], "bench-node".into())
-        .expect("starting the file sink");
+    let sinks = Dispatcher::start(
+        vec![SinkSpec::flow_log(&path.to_string_lossy())],
+        "bench-node".into(),
+    )
+    .expect("starting the file sink");
     let stats = sinks.stats().remove(0).1;
     (sinks, stats)
 }
@@ -226,7 +241,10 @@ fn file_dispatcher(path: &Path) -> (Dispatcher, Arc<SinkStats>) {
 fn wait_written(stats: &SinkStats, count: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while stats.written.load(Ordering::Acquire) + stats.lost() < count {
-        assert!(Instant::now() < deadline, "the file sink did not catch up within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the file sink did not catch up within 60 s"
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
 }
@@ -240,7 +258,10 @@ fn main() {
     let mut report = Report::new(BENCHMARK, &options);
     report.method("events per drain", FILL);
     report.method("drains per stage", cycles);
-    report.method("sustained load", format!("{sustained_rate} events/s for {sustained_seconds} s"));
+    report.method(
+        "sustained load",
+        format!("{sustained_rate} events/s for {sustained_seconds} s"),
+    );
 
     let generated = scale::generate(
         Scale {
@@ -264,7 +285,14 @@ fn main() {
         .iter()
         .zip(generated.pods_in(2).iter().cycle())
         .map(|(source, destination)| {
-            Spec::tcp(IpAddr::V4(source.v4), IpAddr::V4(destination.v4), 40_000, scale::DENIED_PORT, SYN).frame()
+            Spec::tcp(
+                IpAddr::V4(source.v4),
+                IpAddr::V4(destination.v4),
+                40_000,
+                scale::DENIED_PORT,
+                SYN,
+            )
+            .frame()
         })
         .collect();
     let mut producer = Producer {
@@ -290,11 +318,18 @@ fn main() {
             let before = producer.kernel.counter(COUNTER_RINGBUF_FULL);
             producer.reset();
             producer.emit(FILL);
-            assert_eq!(producer.kernel.counter(COUNTER_RINGBUF_FULL), before, "the fill must fit the ring");
+            assert_eq!(
+                producer.kernel.counter(COUNTER_RINGBUF_FULL),
+                before,
+                "the fill must fit the ring"
+            );
             let _ = std::fs::remove_file(&log_path);
             let mut output: Option<Box<dyn Write>> = match stage {
                 Stage::JsonDevNull | Stage::OcsfDevNull => Some(Box::new(BufWriter::new(
-                    std::fs::OpenOptions::new().write(true).open("/dev/null").expect("opening /dev/null"),
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/null")
+                        .expect("opening /dev/null"),
                 ))),
                 Stage::JsonFile => Some(Box::new(BufWriter::new(
                     std::fs::File::create(&log_path).expect("creating the flow log"),
@@ -303,7 +338,11 @@ fn main() {
             };
             let dispatcher = (*stage == Stage::Dispatcher).then(|| file_dispatcher(&log_path));
             let wall = Instant::now();
-            let cpu = if stage.single_thread() { thread_cpu_time() } else { process_cpu_time() };
+            let cpu = if stage.single_thread() {
+                thread_cpu_time()
+            } else {
+                process_cpu_time()
+            };
             let drained = match &dispatcher {
                 Some((sinks, stats)) => {
                     let drained = consumer.dispatch(&mut ring, sinks);
@@ -313,7 +352,11 @@ fn main() {
                 }
                 None => consumer.drain(&mut ring, *stage, output.as_mut()),
             };
-            let cpu = if stage.single_thread() { thread_cpu_time() } else { process_cpu_time() } - cpu;
+            let cpu = if stage.single_thread() {
+                thread_cpu_time()
+            } else {
+                process_cpu_time()
+            } - cpu;
             let wall = wall.elapsed();
             if let Some((sinks, _)) = dispatcher {
                 sinks.shutdown(Duration::from_secs(10));
@@ -343,7 +386,14 @@ fn main() {
 
     // 3. Sustained load with the agent's consumer loop.
     eprintln!("{BENCHMARK}: sustained {sustained_rate} events/s for {sustained_seconds} s");
-    let sustained = sustained(&mut producer, &mut ring, &consumer, &log_path, sustained_rate, sustained_seconds);
+    let sustained = sustained(
+        &mut producer,
+        &mut ring,
+        &consumer,
+        &log_path,
+        sustained_rate,
+        sustained_seconds,
+    );
 
     build_report(
         &mut report,
@@ -435,7 +485,10 @@ fn sustained(
             }
         }
         let consumed = (delivered, thread_cpu_time() - cpu, wall.elapsed());
-        (producer_thread.join().expect("the producer thread"), consumed)
+        (
+            producer_thread.join().expect("the producer thread"),
+            consumed,
+        )
     });
     wait_written(&stats, delivered);
     let sink_lost = stats.lost();
@@ -486,13 +539,19 @@ fn build_report(
             number(cpu.median),
             format!("{}–{}", number(cpu.p10), number(cpu.p90)),
         ]);
-        points.push(Point::of(index as f64, &Summary {
-            median: rate.median / 1e6,
-            p10: rate.p10 / 1e6,
-            p90: rate.p90 / 1e6,
-            count: rate.count,
-        }));
-        report.metric(&format!("{}_events_per_second", stage.key().replace('-', "_")), rate.median);
+        points.push(Point::of(
+            index as f64,
+            &Summary {
+                median: rate.median / 1e6,
+                p10: rate.p10 / 1e6,
+                p90: rate.p90 / 1e6,
+                count: rate.count,
+            },
+        ));
+        report.metric(
+            &format!("{}_events_per_second", stage.key().replace('-', "_")),
+            rate.median,
+        );
     }
     report.tables.push(Table {
         title: "Drain rate on one core, stage by stage (absolute numbers of this VM)".into(),
@@ -521,7 +580,10 @@ fn build_report(
             title: String::new(),
             x_label: String::new(),
             log_x: false,
-            categories: STAGES.iter().map(|stage| stage.label().to_owned()).collect(),
+            categories: STAGES
+                .iter()
+                .map(|stage| stage.label().to_owned())
+                .collect(),
             series: vec![Series {
                 label: "events/s".into(),
                 points,
@@ -577,7 +639,14 @@ fn build_report(
         ),
     });
 
-    let rate_of = |wanted: Stage| summarize(&rates[STAGES.iter().position(|stage| *stage == wanted).expect("listed")]);
+    let rate_of = |wanted: Stage| {
+        summarize(
+            &rates[STAGES
+                .iter()
+                .position(|stage| *stage == wanted)
+                .expect("listed")],
+        )
+    };
     let full_json = rate_of(Stage::JsonDevNull);
     let full_file = rate_of(Stage::JsonFile);
     let pipelined = rate_of(Stage::Dispatcher);

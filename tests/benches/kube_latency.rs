@@ -25,7 +25,9 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 /// The address of the `index`th pod: 198.18.64.1 onwards (198.18.64.0/18).
 fn pod_ip(index: usize) -> IpAddr {
     let offset = index as u32 + 1;
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + offset))
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(198, 18, 64, 0)) + offset,
+    ))
 }
 
 /// A pod as a cluster holds it: spec, status, annotations and managedFields that the
@@ -135,7 +137,12 @@ fn emit(metric: &str, value: f64, unit: &str, extra: Value) {
 
 /// Alternating events: a new pod in zone a, then that pod relabelled into zone b. Returns
 /// (kind, milliseconds) per event; lost events are reported and left out.
-fn events(server: &ApiServer, endpoints: &Endpoints, first_index: usize, count: usize) -> Vec<(&'static str, f64)> {
+fn events(
+    server: &ApiServer,
+    endpoints: &Endpoints,
+    first_index: usize,
+    count: usize,
+) -> Vec<(&'static str, f64)> {
     let zone_a = firewall_agent::policy::zone_id("a");
     let zone_b = firewall_agent::policy::zone_id("b");
     let mut samples = Vec::with_capacity(count);
@@ -149,7 +156,9 @@ fn events(server: &ApiServer, endpoints: &Endpoints, first_index: usize, count: 
             ("pod_added", zone_a, started)
         } else {
             let started = Instant::now();
-            server.modify("Pod", "bench", &format!("pod-{index}"), |pod| pod["metadata"]["labels"]["zone"] = json!("b"));
+            server.modify("Pod", "bench", &format!("pod-{index}"), |pod| {
+                pod["metadata"]["labels"]["zone"] = json!("b")
+            });
             ("pod_relabelled", zone_b, started)
         };
         match endpoints.wait(ip, zone, started) {
@@ -174,9 +183,24 @@ fn report(samples: &[(&str, f64)], pods: usize) {
             .collect();
         values.sort_by(f64::total_cmp);
         let extra = json!({"events": values.len(), "event": kind, "pods": pods});
-        emit("event_to_enforced_p50", quantile(&values, 0.50), "ms", extra.clone());
-        emit("event_to_enforced_p99", quantile(&values, 0.99), "ms", extra.clone());
-        emit("event_to_enforced_max", values.last().copied().unwrap_or(f64::NAN), "ms", extra);
+        emit(
+            "event_to_enforced_p50",
+            quantile(&values, 0.50),
+            "ms",
+            extra.clone(),
+        );
+        emit(
+            "event_to_enforced_p99",
+            quantile(&values, 0.99),
+            "ms",
+            extra.clone(),
+        );
+        emit(
+            "event_to_enforced_max",
+            values.last().copied().unwrap_or(f64::NAN),
+            "ms",
+            extra,
+        );
     }
 }
 
@@ -212,7 +236,13 @@ fn main() {
         selector_zone("a", &[], &[("zone", "a")]),
         selector_zone("b", &[], &[("zone", "b")]),
         selector_zone("c", &[], &[("zone", "c")]),
-        zone_policy("a-to-b", &["a"], &["b"], json!([{"protocol": "TCP", "port": 8080}]), "Allow"),
+        zone_policy(
+            "a-to-b",
+            &["a"],
+            &["b"],
+            json!([{"protocol": "TCP", "port": 8080}]),
+            "Allow",
+        ),
     ] {
         server.create(object).expect("a base object");
     }
@@ -229,6 +259,8 @@ fn main() {
     let samples = events(&server, &endpoints, next, event_count);
     next += event_count / 2;
     report(&samples, next);
+    let (rss, _) = resident_mib(pid);
+    emit("agent_rss", rss, "MiB", json!({"pods": next}));
 
     // The population: pods added in bulk, as a cluster scale-up or a relist brings them.
     eprintln!("{BENCH}: adding pods up to {population}");
@@ -252,7 +284,12 @@ fn main() {
             None
         })
         .unwrap_or_else(|| panic!("{population} pods never enforced:\n{}", agent.logs()));
-    emit("bulk_pods_enforced", took.as_secs_f64(), "s", json!({"pods": population - next}));
+    emit(
+        "bulk_pods_enforced",
+        took.as_secs_f64(),
+        "s",
+        json!({"pods": population - next}),
+    );
     next = population;
     // Let the allocator settle, then read the footprint with every pod cached.
     std::thread::sleep(Duration::from_secs(2));
@@ -265,12 +302,27 @@ fn main() {
     let samples = events(&server, &endpoints, next, event_count);
     report(&samples, population + event_count / 2);
     let (rss, peak) = resident_mib(pid);
-    emit("agent_rss_after_events", rss, "MiB", json!({"pods": population + event_count / 2}));
-    emit("agent_rss_peak_after_events", peak, "MiB", json!({"pods": population + event_count / 2}));
+    emit(
+        "agent_rss_after_events",
+        rss,
+        "MiB",
+        json!({"pods": population + event_count / 2}),
+    );
+    emit(
+        "agent_rss_peak_after_events",
+        peak,
+        "MiB",
+        json!({"pods": population + event_count / 2}),
+    );
     assert!(agent.running(), "the agent died:\n{}", agent.logs());
     // Where the time goes: the agent's own account of its last policy syncs.
     let logs = agent.logs();
-    for line in logs.lines().filter(|line| line.contains("policy enforced")).rev().take(3) {
+    for line in logs
+        .lines()
+        .filter(|line| line.contains("policy enforced") || line.contains("snapshot built"))
+        .rev()
+        .take(6)
+    {
         eprintln!("{BENCH}: agent: {line}");
     }
     drop(agent);

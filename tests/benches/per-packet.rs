@@ -30,8 +30,8 @@ use aya::maps::{MapData, RingBuf};
 use common::kernel::{BenchDatapath, drain};
 use common::scale::{self, Generated, PodAddress, Scale};
 use common::{
-    Options, Panel, Plot, PlotKind, Point, Report, Series, Summary, Table, number, paired_differences,
-    require_root, round_order, summarize,
+    Options, Panel, Plot, PlotKind, Point, Report, Series, Summary, Table, number,
+    paired_differences, require_root, round_order, summarize,
 };
 use firewall_agent::datapath::MapSizes;
 use firewall_agent::policy;
@@ -133,9 +133,15 @@ impl Scenario {
             Baseline | SingleBaseline => "returns at once",
             Established | SingleEstablished => "TCP ACK of an allowed flow: conntrack hit",
             EstablishedV6 => "the same over IPv6",
-            Denied => "TCP SYN to a zone the policy denies: conntrack miss, identities, policy LPM, deny rate limit",
-            DeniedCidr => "TCP SYN to a port of a CIDR zone nobody allowed: the same plus the prefix LPM",
-            New => "TCP SYN of a flow never seen: conntrack miss and insert, policy LPM, start event",
+            Denied => {
+                "TCP SYN to a zone the policy denies: conntrack miss, identities, policy LPM, deny rate limit"
+            }
+            DeniedCidr => {
+                "TCP SYN to a port of a CIDR zone nobody allowed: the same plus the prefix LPM"
+            }
+            New => {
+                "TCP SYN of a flow never seen: conntrack miss and insert, policy LPM, start event"
+            }
             NewCidr => "the same to a CIDR zone: plus the prefix LPM",
             NewV6 => "the same over IPv6",
         }
@@ -258,7 +264,14 @@ impl Loaded {
             ACK,
         )
         .frame();
-        let denied = Spec::tcp(source.v4.into(), denied_pod.v4.into(), 40_001, scale::DENIED_PORT, SYN).frame();
+        let denied = Spec::tcp(
+            source.v4.into(),
+            denied_pod.v4.into(),
+            40_001,
+            scale::DENIED_PORT,
+            SYN,
+        )
+        .frame();
         let denied_cidr = Spec::tcp(
             source.v4.into(),
             scale::PARTNER_ADDRESS.into(),
@@ -293,7 +306,12 @@ impl Loaded {
             let frame = self.fixed_frame(scenario).to_vec();
             for _ in 0..2 {
                 let (verdict, _) = self.kernel.run(PROG_FROM_POD, &frame);
-                assert_eq!(Some(verdict), scenario.expected_verdict(), "{}", scenario.label());
+                assert_eq!(
+                    Some(verdict),
+                    scenario.expected_verdict(),
+                    "{}",
+                    scenario.label()
+                );
             }
         }
         let hits = self.kernel.counter(COUNTER_ALLOWED_ESTABLISHED);
@@ -331,23 +349,39 @@ impl Loaded {
     fn new_frame(&mut self, scenario: Scenario) -> Vec<u8> {
         let source = self.sources[self.rng.random_range(0..self.sources.len())];
         let destination = self.allowed[self.rng.random_range(0..self.allowed.len())];
-        self.next_port = if self.next_port == u16::MAX { 1024 } else { self.next_port + 1 };
+        self.next_port = if self.next_port == u16::MAX {
+            1024
+        } else {
+            self.next_port + 1
+        };
         let port = self.next_port;
         let (from, to, destination_port): (IpAddr, IpAddr, u16) = match scenario {
             NewCidr => (
                 source.v4.into(),
-                Ipv4Addr::from(u32::from(scale::PARTNER_ADDRESS) + self.rng.random_range(0..200)).into(),
+                Ipv4Addr::from(u32::from(scale::PARTNER_ADDRESS) + self.rng.random_range(0..200))
+                    .into(),
                 scale::PARTNER_PORT,
             ),
-            NewV6 => (source.v6.into(), destination.v6.into(), scale::ALLOWED_TCP[2]),
-            _ => (source.v4.into(), destination.v4.into(), scale::ALLOWED_TCP[2]),
+            NewV6 => (
+                source.v6.into(),
+                destination.v6.into(),
+                scale::ALLOWED_TCP[2],
+            ),
+            _ => (
+                source.v4.into(),
+                destination.v4.into(),
+                scale::ALLOWED_TCP[2],
+            ),
         };
         Spec::tcp(from, to, port, destination_port, SYN).frame()
     }
 
     /// Forgets the flows of the last batch and the events they emitted (not timed).
     fn reset(&mut self) {
-        self.kernel.datapath.flush_conntrack().expect("flushing conntrack");
+        self.kernel
+            .datapath
+            .flush_conntrack()
+            .expect("flushing conntrack");
         drain(&mut self.ring);
         self.next_port = 1024;
     }
@@ -357,7 +391,10 @@ impl Loaded {
         match scenario.method() {
             Method::Repeat => {
                 let frame = self.fixed_frame(scenario).to_vec();
-                let value = self.kernel.time(scenario.program(), &frame, plan.repeat).as_nanos() as f64;
+                let value = self
+                    .kernel
+                    .time(scenario.program(), &frame, plan.repeat)
+                    .as_nanos() as f64;
                 drain(&mut self.ring);
                 value
             }
@@ -440,7 +477,146 @@ fn main() {
         }
     }
     build_report(&mut report, &loaded);
+    profile_report(&mut report, &mut loaded[0], &options);
     report.write(&options);
+}
+
+/// Where the time of a packet goes: kernel samples (perf) of this thread while it runs
+/// one scenario over and over, by symbol. Optional: skipped when perf is not installed.
+fn profile(loaded: &mut Loaded, scenario: Scenario, seconds: u32) -> Option<Vec<(String, f64)>> {
+    let perf = zonewall_tests::topology::find_on_path("perf")?;
+    let data = tempfile::NamedTempFile::new().ok()?;
+    let thread = nix::unistd::gettid().as_raw().to_string();
+    let mut recorder = std::process::Command::new(&perf)
+        .args(["record", "-q", "-F", "2999", "-t", &thread, "-o"])
+        .arg(data.path())
+        .args(["--", "sleep", &seconds.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let frame = loaded.fixed_frame(scenario).to_vec();
+    while recorder.try_wait().ok()?.is_none() {
+        loaded.kernel.time(scenario.program(), &frame, 100_000);
+        drain(&mut loaded.ring);
+    }
+    let output = std::process::Command::new(&perf)
+        .args([
+            "report",
+            "--no-children",
+            "--sort",
+            "symbol",
+            "--stdio",
+            "-q",
+            "-i",
+        ])
+        .arg(data.path())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut shares: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let share: f64 = words.next()?.strip_suffix('%')?.parse().ok()?;
+            let _space = words.next()?;
+            // Columns perf leaves empty print as "-".
+            let symbol = words
+                .filter(|word| *word != "-")
+                .collect::<Vec<_>>()
+                .join(" ");
+            Some((symbol_name(&symbol), share))
+        })
+        .collect();
+    let total: f64 = shares.iter().map(|(_, share)| share).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    for (_, share) in &mut shares {
+        *share /= total;
+    }
+    Some(shares)
+}
+
+fn share_cell(share: f64, total_ns: f64) -> String {
+    if share < 0.0005 {
+        "—".into()
+    } else {
+        format!("{:.1} % ≈ {} ns", share * 100.0, number(share * total_ns))
+    }
+}
+
+/// `bpf_prog_<tag>_<name>` -> what it is.
+fn symbol_name(symbol: &str) -> String {
+    match symbol
+        .strip_prefix("bpf_prog_")
+        .and_then(|rest| rest.split_once('_'))
+    {
+        Some((_, name)) if name.starts_with("zonewall_") => format!("{name} (the program itself)"),
+        Some((_, name)) => format!("{name} (BPF subprogram)"),
+        None => symbol.to_owned(),
+    }
+}
+
+fn profile_report(report: &mut Report, loaded: &mut Loaded, options: &Options) {
+    let seconds = options.pick(4, 1);
+    let mut columns = Vec::new();
+    for scenario in [Established, Denied] {
+        match profile(loaded, scenario, seconds) {
+            Some(shares) => columns.push((scenario, shares)),
+            None => {
+                report.note("perf is not installed (or could not record): no profile of the per-packet path");
+                return;
+            }
+        }
+    }
+    let mut symbols: Vec<String> = Vec::new();
+    for (_, shares) in &columns {
+        for (symbol, share) in shares.iter().take(8) {
+            if *share >= 0.01 && !symbols.contains(symbol) {
+                symbols.push(symbol.clone());
+            }
+        }
+    }
+    let per_packet: Vec<f64> = columns
+        .iter()
+        .map(|(scenario, _)| summarize(&loaded.samples[index_of(*scenario)]).median)
+        .collect();
+    let mut rows = Vec::new();
+    for symbol in &symbols {
+        let mut row = vec![symbol.clone()];
+        for ((_, shares), total_ns) in columns.iter().zip(&per_packet) {
+            let share = shares
+                .iter()
+                .filter(|(name, _)| name == symbol)
+                .map(|(_, share)| share)
+                .sum::<f64>();
+            row.push(share_cell(share, *total_ns));
+        }
+        rows.push(row);
+    }
+    let mut other = vec!["everything else".to_owned()];
+    for ((_, shares), total_ns) in columns.iter().zip(&per_packet) {
+        let share: f64 = shares
+            .iter()
+            .filter(|(name, _)| !symbols.contains(name))
+            .map(|(_, share)| share)
+            .sum();
+        other.push(share_cell(share, *total_ns));
+    }
+    rows.push(other);
+    let mut header = vec!["kernel symbol".to_owned()];
+    header.extend(
+        columns
+            .iter()
+            .map(|(scenario, _)| format!("{} (absolute)", scenario.label())),
+    );
+    report.tables.push(Table {
+        title: format!("Where the time goes: perf samples of the benchmark thread ({})", loaded.scale.label()),
+        columns: header,
+        rows,
+        caption: "Kernel samples taken while BPF_PROG_TEST_RUN repeats the frame; the ns column spreads the absolute time per run (test-run loop included) over the symbols. bpf_test_run and the timer are the harness, the same for the empty program.".into(),
+    });
 }
 
 fn cell(summary: &Summary) -> String {
@@ -458,7 +634,11 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         .iter()
         .find(|config| config.axes.contains(&"all"))
         .expect("a largest configuration");
-    let measured: Vec<Scenario> = SCENARIOS.iter().copied().filter(|s| !s.is_baseline()).collect();
+    let measured: Vec<Scenario> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| !s.is_baseline())
+        .collect();
 
     // Headline: each scenario at the smallest and the largest scale.
     let mut rows = Vec::new();
@@ -478,7 +658,11 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         rows.push(vec![
             scenario.label().to_owned(),
             method.to_owned(),
-            if scenario.is_baseline() { "absolute".into() } else { "above empty".into() },
+            if scenario.is_baseline() {
+                "absolute".into()
+            } else {
+                "above empty".into()
+            },
             number(small.median),
             number(small.p10),
             number(small.p90),
@@ -513,7 +697,7 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         .map(String::from)
         .to_vec(),
         rows,
-        caption: "Empty-program rows are absolute kernel times of this machine (labelled absolute); every other row is the per-round difference to the empty program of the same method, round and configuration. The ratio column compares the largest with the smallest scale (target ≤ 1.5×; differences of a few ns are within noise).".into(),
+        caption: "Empty-program rows are absolute kernel times of this machine (labelled absolute); every other row is the per-round difference to the empty program of the same method, round and configuration. The ratio column compares the largest with the smallest scale (target ≤ 1.5×).".into(),
     });
 
     // Every configuration.
@@ -532,7 +716,11 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
             config.scale.prefixes.to_string(),
             cell(&summarize(&config.samples[index_of(Baseline)])),
         ];
-        row.extend(measured.iter().map(|scenario| cell(&summarize(&config.differences(*scenario)))));
+        row.extend(
+            measured
+                .iter()
+                .map(|scenario| cell(&summarize(&config.differences(*scenario)))),
+        );
         rows.push(row);
     }
     report.tables.push(Table {
@@ -569,7 +757,10 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         ("policies", "policies (pods and prefixes: 10)"),
         ("prefixes", "network prefixes (pods and policies: 10)"),
     ] {
-        let mut configs: Vec<&Loaded> = loaded.iter().filter(|config| config.axes.contains(&axis)).collect();
+        let mut configs: Vec<&Loaded> = loaded
+            .iter()
+            .filter(|config| config.axes.contains(&axis))
+            .collect();
         let x_of = |config: &Loaded| match axis {
             "pods" => config.scale.pods,
             "policies" => config.scale.policies,
@@ -582,7 +773,9 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
                 label: scenario.label().to_owned(),
                 points: configs
                     .iter()
-                    .map(|config| Point::of(x_of(config), &summarize(&config.differences(*scenario))))
+                    .map(|config| {
+                        Point::of(x_of(config), &summarize(&config.differences(*scenario)))
+                    })
                     .collect(),
             })
             .collect();
@@ -612,7 +805,10 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
             title: String::new(),
             x_label: String::new(),
             log_x: false,
-            categories: measured.iter().map(|scenario| scenario.label().to_owned()).collect(),
+            categories: measured
+                .iter()
+                .map(|scenario| scenario.label().to_owned())
+                .collect(),
             series: [(smallest, "smallest scale"), (largest, "largest scale")]
                 .iter()
                 .map(|(config, label)| Series {
@@ -636,7 +832,12 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         loaded
             .iter()
             .filter(|config| filter(config))
-            .map(|config| (summarize(&config.differences(scenario)).median, config.scale.label()))
+            .map(|config| {
+                (
+                    summarize(&config.differences(scenario)).median,
+                    config.scale.label(),
+                )
+            })
             .max_by(|left, right| left.0.total_cmp(&right.0))
             .expect("at least one configuration")
     };
@@ -652,9 +853,15 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
     let (value_v6, at_v6) = worst(EstablishedV6, &|_| true);
     report.metric("established_v6_ns_above_empty", value_v6);
     let _ = at_v6;
-    let largest_prefixes = loaded.iter().map(|config| config.scale.prefixes).max().unwrap_or(0);
+    let largest_prefixes = loaded
+        .iter()
+        .map(|config| config.scale.prefixes)
+        .max()
+        .unwrap_or(0);
     for (scenario, id) in [(New, "per-packet-new"), (NewCidr, "per-packet-new-cidr")] {
-        let (value, at) = worst(scenario, &|config| config.scale.prefixes == largest_prefixes);
+        let (value, at) = worst(scenario, &|config| {
+            config.scale.prefixes == largest_prefixes
+        });
         report.check(
             id,
             &format!(
@@ -665,7 +872,10 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
             format!("{} ns ({at})", number(value)),
             Some(value <= 150.0),
         );
-        report.metric(&format!("{}_ns_above_empty", scenario.key().replace('-', "_")), value);
+        report.metric(
+            &format!("{}_ns_above_empty", scenario.key().replace('-', "_")),
+            value,
+        );
     }
     let mut flat = Vec::new();
     let mut all_flat = true;
@@ -683,7 +893,10 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
         flat.join(", "),
         Some(all_flat),
     );
-    report.metric("baseline_repeat_ns_absolute", summarize(&smallest.samples[index_of(Baseline)]).median);
+    report.metric(
+        "baseline_repeat_ns_absolute",
+        summarize(&smallest.samples[index_of(Baseline)]).median,
+    );
     report.metric(
         "baseline_single_ns_absolute",
         summarize(&smallest.samples[index_of(SingleBaseline)]).median,

@@ -3,6 +3,7 @@
 //! object), `test` runs every test of the workspace, `demo` shows the firewall at work on
 //! a simulated node.
 
+mod bench;
 mod build;
 mod cmd;
 mod codegen;
@@ -45,6 +46,9 @@ enum Command {
     Demo,
     /// Regenerate the files derived from the Rust types (the CRDs in deploy/crds/).
     Codegen,
+    /// Setup and build, then run the benchmarks and write BENCHMARKS.md and
+    /// bench-results/ (needs root).
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,10 @@ fn main() -> anyhow::Result<()> {
             demo::run(&agent)
         }
         Command::Codegen => codegen::run(),
+        Command::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
+        }
     }
 }
 

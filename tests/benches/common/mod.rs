@@ -86,7 +86,11 @@ pub fn quantile(sorted: &[f64], fraction: f64) -> f64 {
 }
 
 pub fn summarize(samples: &[f64]) -> Summary {
-    let mut sorted: Vec<f64> = samples.iter().copied().filter(|value| value.is_finite()).collect();
+    let mut sorted: Vec<f64> = samples
+        .iter()
+        .copied()
+        .filter(|value| value.is_finite())
+        .collect();
     sorted.sort_by(f64::total_cmp);
     Summary {
         median: quantile(&sorted, 0.5),
@@ -98,7 +102,11 @@ pub fn summarize(samples: &[f64]) -> Summary {
 
 /// Per-round differences `sample - baseline` of two series sampled in the same rounds.
 pub fn paired_differences(samples: &[f64], baseline: &[f64]) -> Vec<f64> {
-    samples.iter().zip(baseline).map(|(sample, base)| sample - base).collect()
+    samples
+        .iter()
+        .zip(baseline)
+        .map(|(sample, base)| sample - base)
+        .collect()
 }
 
 /// Per-round ratios `sample / baseline`.
@@ -114,7 +122,9 @@ pub fn paired_ratios(samples: &[f64], baseline: &[f64]) -> Vec<f64> {
 /// reversed every other round, so no configuration always runs first or after the same
 /// neighbour.
 pub fn round_order(count: usize, round: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..count).map(|index| (index + round) % count.max(1)).collect();
+    let mut order: Vec<usize> = (0..count)
+        .map(|index| (index + round) % count.max(1))
+        .collect();
     if round % 2 == 1 {
         order.reverse();
     }
@@ -137,6 +147,38 @@ pub fn resident_memory(pid: u32) -> Option<(u64, u64)> {
         Some(kib * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User plus system CPU time a process has used so far (from `/proc/<pid>/stat`).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((user + system) / ticks)
+}
+
+/// The agent process whose command line names `config` (the test helper starts it under
+/// `ip netns exec`, which execs it, so it is found by its own name).
+pub fn agent_pid(config: &std::path::Path) -> Option<u32> {
+    let wanted = config.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut words = cmdline.split(|byte| *byte == 0);
+        let program = words.next().unwrap_or_default();
+        if program.ends_with(b"firewall-agent") && words.any(|word| word == wanted) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -190,7 +232,11 @@ fn group_thousands(text: &str) -> String {
 
 /// `median (p10–p90)`.
 pub fn spread(summary: &Summary) -> [String; 3] {
-    [number(summary.median), number(summary.p10), number(summary.p90)]
+    [
+        number(summary.median),
+        number(summary.p10),
+        number(summary.p90),
+    ]
 }
 
 pub fn ratio(value: f64) -> String {
@@ -349,7 +395,14 @@ impl Report {
         self.notes.push(text.into());
     }
 
-    pub fn check(&mut self, id: &str, what: &str, target: &str, measured: String, met: Option<bool>) {
+    pub fn check(
+        &mut self,
+        id: &str,
+        what: &str,
+        target: &str,
+        measured: String,
+        met: Option<bool>,
+    ) {
         self.checks.push(Check {
             id: id.to_owned(),
             what: what.to_owned(),
@@ -396,7 +449,12 @@ impl Report {
         let path = options.out.join(format!("{}.csv", self.benchmark));
         std::fs::write(&path, csv)
             .unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
-        eprintln!("{}: results in {} ({:.0} s)", self.benchmark, json.display(), self.duration_s);
+        eprintln!(
+            "{}: results in {} ({:.0} s)",
+            self.benchmark,
+            json.display(),
+            self.duration_s
+        );
     }
 }
 

@@ -107,7 +107,11 @@ pub fn zone_name(index: usize) -> String {
 impl Generated {
     /// Generated pods of zone `zone`.
     pub fn pods_in(&self, zone: usize) -> Vec<PodAddress> {
-        self.pods.iter().copied().filter(|pod| pod.zone == zone).collect()
+        self.pods
+            .iter()
+            .copied()
+            .filter(|pod| pod.zone == zone)
+            .collect()
     }
 }
 
@@ -152,7 +156,10 @@ pub fn generate(scale: Scale, fixed: &[FixedPod]) -> Generated {
     let network_zones = networks(&mut rng, scale.prefixes);
     for (name, prefixes) in &network_zones {
         document(&mut yaml);
-        let list: Vec<String> = prefixes.iter().map(|prefix| format!("\"{prefix}\"")).collect();
+        let list: Vec<String> = prefixes
+            .iter()
+            .map(|prefix| format!("\"{prefix}\""))
+            .collect();
         let _ = writeln!(
             yaml,
             "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {{name: {name}}}\nspec: {{networks: [{}]}}",
@@ -203,15 +210,15 @@ pub fn generate(scale: Scale, fixed: &[FixedPod]) -> Generated {
         });
     }
     policies.truncate(scale.policies.max(own_policies().len()));
-    policies.sort_by(|left, right| {
-        (left.priority, &left.name).cmp(&(right.priority, &right.name))
-    });
+    policies.sort_by(|left, right| (left.priority, &left.name).cmp(&(right.priority, &right.name)));
     for policy in &policies {
         document(&mut yaml);
         let ports: Vec<String> = policy
             .ports
             .iter()
-            .map(|(protocol, port)| format!("{{protocol: {}, port: {port}}}", protocol.to_uppercase()))
+            .map(|(protocol, port)| {
+                format!("{{protocol: {}, port: {port}}}", protocol.to_uppercase())
+            })
             .collect();
         let _ = writeln!(
             yaml,
