@@ -453,7 +453,8 @@ fn build_report(
         rows,
         caption: "Every sync is a new generation: the whole POLICY partition is written into the inactive slot and the old slot deleted, so a one-pod change costs about as much as the policy is large.".into(),
     });
-    let phases: [(&str, fn(&Timings) -> &Vec<f64>); 5] = [
+    type Phase = fn(&Timings) -> &Vec<f64>;
+    let phases: [(&str, Phase); 5] = [
         ("YAML parse", |timings| &timings.parse),
         ("compile", |timings| &timings.compile),
         ("first sync", |timings| &timings.first_sync),

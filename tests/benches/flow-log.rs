@@ -539,15 +539,19 @@ fn build_report(
             number(cpu.median),
             format!("{}–{}", number(cpu.p10), number(cpu.p90)),
         ]);
-        points.push(Point::of(
-            index as f64,
-            &Summary {
-                median: rate.median / 1e6,
-                p10: rate.p10 / 1e6,
-                p90: rate.p90 / 1e6,
-                count: rate.count,
-            },
-        ));
+        // Reading the ring alone is two orders of magnitude faster than the rest: it is in
+        // the table, not in the plot, so the bars that matter stay readable.
+        if *stage != Stage::RingOnly {
+            points.push(Point::of(
+                (index - 1) as f64,
+                &Summary {
+                    median: rate.median / 1e6,
+                    p10: rate.p10 / 1e6,
+                    p90: rate.p90 / 1e6,
+                    count: rate.count,
+                },
+            ));
+        }
         report.metric(
             &format!("{}_events_per_second", stage.key().replace('-', "_")),
             rate.median,
@@ -573,7 +577,7 @@ fn build_report(
     });
     report.plots.push(Plot {
         file: "flow-log-drain.svg".into(),
-        title: "Flow events drained per second, one core (median, p10–p90)".into(),
+        title: "Flow events from the ring buffer to a record, per second (median, p10–p90)".into(),
         kind: PlotKind::Bar,
         y_label: "million events/s".into(),
         panels: vec![Panel {
@@ -582,6 +586,7 @@ fn build_report(
             log_x: false,
             categories: STAGES
                 .iter()
+                .filter(|stage| **stage != Stage::RingOnly)
                 .map(|stage| stage.label().to_owned())
                 .collect(),
             series: vec![Series {

@@ -264,11 +264,11 @@ fn main() {
                 let agent_cpu = agent_pid.and_then(common::process_cpu_seconds);
                 let started = Instant::now();
                 let value = run_test(test, client_ns, server_ns, plan.seconds, plan.omit);
-                if let (Some(pid), Some(before)) = (agent_pid, agent_cpu) {
-                    if let Some(after) = common::process_cpu_seconds(pid) {
-                        agent_share[test_index]
-                            .push((after - before) / started.elapsed().as_secs_f64());
-                    }
+                if let (Some(pid), Some(before)) = (agent_pid, agent_cpu)
+                    && let Some(after) = common::process_cpu_seconds(pid)
+                {
+                    agent_share[test_index]
+                        .push((after - before) / started.elapsed().as_secs_f64());
                 }
                 progress!(
                     "round {} {:<22} {:<18} {}",
