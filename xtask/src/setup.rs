@@ -22,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     "bpftool",
     "nftables",
+    "iptables",
+    "ipset",
     "rsyslog",
     "rsyslog-openssl",
     "openssl",
