@@ -138,6 +138,13 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
 }
 
+/// CPU time consumed by the whole process (every thread).
+pub fn process_cpu_time() -> Duration {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .expect("CLOCK_PROCESS_CPUTIME_ID is always available on Linux");
+    Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
+}
+
 /// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
 pub fn resident_memory(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -227,23 +234,6 @@ fn group_thousands(text: &str) -> String {
     match fraction {
         Some(fraction) => format!("{sign}{grouped}.{fraction}"),
         None => format!("{sign}{grouped}"),
-    }
-}
-
-/// `median (p10–p90)`.
-pub fn spread(summary: &Summary) -> [String; 3] {
-    [
-        number(summary.median),
-        number(summary.p10),
-        number(summary.p90),
-    ]
-}
-
-pub fn ratio(value: f64) -> String {
-    if value.is_finite() {
-        format!("{value:.3}×")
-    } else {
-        "n/a".into()
     }
 }
 
@@ -472,11 +462,4 @@ macro_rules! progress {
     ($($arg:tt)*) => {
         eprintln!("  {}", format!($($arg)*))
     };
-}
-
-/// CPU time consumed by the whole process (every thread).
-pub fn process_cpu_time() -> Duration {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
-        .expect("CLOCK_PROCESS_CPUTIME_ID is always available on Linux");
-    Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32)
 }

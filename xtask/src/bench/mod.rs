@@ -11,6 +11,7 @@
 //!
 //! - `cargo xtask bench`: all four, full length; results in the workspace root.
 //! - `cargo xtask bench per-packet` (or `throughput`, `flow-log`, `control-plane`): one.
+//! - `cargo xtask bench --report-only`: renders the page and plots again, runs nothing.
 //! - `cargo xtask bench --quick`: a smoke run for CI (under 3 minutes of running) into
 //!   `target/bench-quick/`, so the committed results stay untouched; fails when a result
 //!   is missing or not sane (empty tables, numbers that are not numbers, targets not
@@ -48,6 +49,10 @@ pub struct Args {
     /// or target/bench-quick with --quick).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run nothing: render BENCHMARKS.md and the plots again from the result files present
+    /// (after editing the report's generator).
+    #[arg(long)]
+    report_only: bool,
     /// The benchmarks to run (default: all of them).
     #[arg(value_enum)]
     benchmarks: Vec<Benchmark>,
@@ -82,7 +87,7 @@ impl Benchmark {
 
 pub fn run(args: Args) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !args.report_only && unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load eBPF programs and create network namespaces: run as root");
     }
     let started = Instant::now();
@@ -93,7 +98,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let results = root.join(RESULTS);
     std::fs::create_dir_all(&results).with_context(|| format!("create {}", results.display()))?;
-    install_tools();
+    if !args.report_only {
+        install_tools();
+    }
 
     let selected: Vec<Benchmark> = if args.benchmarks.is_empty() {
         ALL.to_vec()
@@ -106,10 +113,20 @@ pub fn run(args: Args) -> Result<()> {
     // The agent and every benchmark binary are built first, in one cargo run (one feature
     // resolution, one set of dependencies), so the runs measure one consistent build and
     // none waits for the compiler.
-    let executables = build_benches(&selected)?;
-    let agent = executables[AGENT].clone();
+    let selected = if args.report_only {
+        Vec::new()
+    } else {
+        selected
+    };
+    let executables = if selected.is_empty() {
+        HashMap::new()
+    } else {
+        build_benches(&selected)?
+    };
+    let running = Instant::now();
     let mut failures = Vec::new();
     for benchmark in &selected {
+        let agent = &executables[AGENT];
         let name = benchmark.name();
         let result = results.join(format!("{name}.json"));
         let _ = std::fs::remove_file(&result);
@@ -117,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut command = Command::new(&executables[name]);
         command
             .current_dir(crate::workspace_root().join("tests"))
-            .env("ZONEWALL_AGENT_BIN", &agent)
+            .env("ZONEWALL_AGENT_BIN", agent)
             .arg("--bench")
             .arg("--out")
             .arg(&results);
@@ -175,14 +192,15 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let ran = running.elapsed().as_secs_f64();
     println!(
-        "bench: wrote {} and {} in {:.0} s{}",
+        "bench: wrote {} and {}; the benchmarks ran {:.0} s ({:.0} s with setup and build){}",
         path.display(),
         results.display(),
-        elapsed,
-        if args.quick && elapsed > 180.0 {
-            " (longer than the 3 minutes a quick run should take)"
+        ran,
+        started.elapsed().as_secs_f64(),
+        if args.quick && ran > 180.0 {
+            " — longer than the 3 minutes a quick run should take"
         } else {
             ""
         }
