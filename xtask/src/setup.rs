@@ -34,7 +34,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Python packages of the SIEM tests: the published OCSF schema releases and a JSON
 /// schema validator.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("ocsf-json-schema", "ocsf_json_schema"), ("jsonschema", "jsonschema")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("ocsf-json-schema", "ocsf_json_schema"),
+    ("jsonschema", "jsonschema"),
+];
 
 /// The toolchain that builds the eBPF crate (aya-build's default).
 const NIGHTLY: &str = "nightly";
