@@ -63,7 +63,7 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     pub policy_rejections: Counter,
     /// Packets and bytes already counted per flow id (updates report running totals).
-    reported: Mutex<HashMap<String, (u64, u64)>>,
+    reported: Mutex<HashMap<u64, (u64, u64)>>,
     pub ready: AtomicBool,
     last_tick: AtomicU64,
     started: Instant,
@@ -186,8 +186,8 @@ impl Metrics {
     /// Counts a flow record.
     pub fn record_flow(&self, record: &FlowRecord) {
         let labels = ZonePairLabels {
-            src_zone: record.src.zone.clone(),
-            dst_zone: record.dst.zone.clone(),
+            src_zone: record.src.zone.to_string(),
+            dst_zone: record.dst.zone.to_string(),
             verdict: record.verdict.to_owned(),
         };
         match record.event {
@@ -201,18 +201,18 @@ impl Metrics {
                 self.bytes.get_or_create(&labels).inc_by(record.bytes);
                 self.denials
                     .get_or_create(&PolicyLabels {
-                        policy: record.policy.clone(),
+                        policy: record.policy.to_string(),
                     })
                     .inc_by(denied);
             }
             "update" | "end" => {
-                let Some(flow_id) = &record.flow_id else {
+                let Some(flow_id) = record.flow_id.map(|id| id.0) else {
                     return;
                 };
                 let Ok(mut reported) = self.reported.lock() else {
                     return;
                 };
-                let (packets, bytes) = reported.get(flow_id).copied().unwrap_or_default();
+                let (packets, bytes) = reported.get(&flow_id).copied().unwrap_or_default();
                 self.packets
                     .get_or_create(&labels)
                     .inc_by(record.packets.saturating_sub(packets));
@@ -220,9 +220,9 @@ impl Metrics {
                     .get_or_create(&labels)
                     .inc_by(record.bytes.saturating_sub(bytes));
                 if record.event == "end" {
-                    reported.remove(flow_id);
+                    reported.remove(&flow_id);
                 } else {
-                    reported.insert(flow_id.clone(), (record.packets, record.bytes));
+                    reported.insert(flow_id, (record.packets, record.bytes));
                 }
             }
             _ => {}
