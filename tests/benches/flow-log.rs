@@ -1,6 +1,6 @@
 //! The flow-log pipeline: kernel events from the ring buffer to JSON lines, the agent's own
-//! code (`decode`, `Enricher`, `Record::encode`, the sink `Dispatcher`), measured on the
-//! drain side alone.
+//! code (`decode`, `Enricher`, the sinks' `Encoder`, the sink `Dispatcher`), measured on
+//! the drain side alone.
 //!
 //! Events are real: the TC program judges frames of new allowed flows (BPF_PROG_TEST_RUN,
 //! each a flow never seen, between pods with namespaces and labels) and emits one start
@@ -42,7 +42,9 @@ use common::{
     process_cpu_time, require_root, summarize, thread_cpu_time,
 };
 use firewall_agent::datapath::{MapSizes, Tuning};
-use firewall_agent::flows::{Dispatcher, Enricher, Format, Record, SinkSpec, SinkStats, decode};
+use firewall_agent::flows::{
+    Dispatcher, Encoder, Enricher, Format, Record, SinkSpec, SinkStats, decode,
+};
 use firewall_agent::policy::{self, CompiledPolicy};
 use firewall_common::{
     COUNTER_ALLOWED_NEW, COUNTER_DENIED_POLICY, COUNTER_DENY_EVENTS_SUPPRESSED,
@@ -189,12 +191,16 @@ impl Consumer {
                 } else {
                     Format::Json
                 };
+                // As a sink does: one encoder and one buffer for every record.
+                let encoder = Encoder::new(format, &[]);
+                let mut body = Vec::with_capacity(4096);
                 while let Some(item) = ring.next() {
                     if let Some(event) = decode(&item) {
                         let record = Record::Flow(self.enricher.event(&event));
-                        let body = record.encode(format, &[]);
+                        body.clear();
+                        encoder.encode(&record, &mut body);
+                        body.push(b'\n');
                         output.write_all(&body).expect("writing a record");
-                        output.write_all(b"\n").expect("writing a record");
                     }
                     count += 1;
                 }

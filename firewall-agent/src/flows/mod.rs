@@ -6,8 +6,9 @@ pub mod format;
 mod record;
 mod sink;
 
-pub use format::Format;
+pub use format::{Encoder, Format};
 pub use record::{
-    Enricher, FlowRecord, Peer, PolicyChangeRecord, Record, decode, protocol_name, tcp_flag_names,
+    Enricher, FlowId, FlowRecord, Name, Owner, Peer, PolicyChangeRecord, Protocol, Record,
+    RecordId, TcpFlags, Timestamp, decode, protocol_name, tcp_flag_names,
 };
 pub use sink::{Dispatcher, Sampling, SinkError, SinkSpec, SinkStats, Target, TlsSettings};
