@@ -9,8 +9,9 @@
 //! always rendered from every result file present, so rerunning one benchmark alone
 //! updates its section and keeps the others.
 //!
-//! - `cargo xtask bench`: all four, full length; results in the workspace root.
-//! - `cargo xtask bench per-packet` (or `throughput`, `flow-log`, `control-plane`): one.
+//! - `cargo xtask bench`: all five, full length; results in the workspace root.
+//! - `cargo xtask bench per-packet` (or `throughput`, `flow-log`, `control-plane`,
+//!   `kubernetes`): one, or any selection of them.
 //! - `cargo xtask bench --report-only`: renders the page and plots again, runs nothing.
 //! - `cargo xtask bench --quick`: a smoke run for CI (under 3 minutes of running) into
 //!   `target/bench-quick/`, so the committed results stay untouched; fails when a result
@@ -64,13 +65,15 @@ pub enum Benchmark {
     Throughput,
     FlowLog,
     ControlPlane,
+    Kubernetes,
 }
 
-const ALL: [Benchmark; 4] = [
+const ALL: [Benchmark; 5] = [
     Benchmark::PerPacket,
     Benchmark::Throughput,
     Benchmark::FlowLog,
     Benchmark::ControlPlane,
+    Benchmark::Kubernetes,
 ];
 
 impl Benchmark {
@@ -81,6 +84,7 @@ impl Benchmark {
             Benchmark::Throughput => "throughput",
             Benchmark::FlowLog => "flow-log",
             Benchmark::ControlPlane => "control-plane",
+            Benchmark::Kubernetes => "kubernetes",
         }
     }
 }
