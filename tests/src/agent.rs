@@ -100,12 +100,19 @@ impl Agent {
             .arg(&self.bpffs)
             .arg("--ready-file")
             .arg(&self.ready_file)
-            .args(["--poll-ms", "100"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        // Faster than the default so tests wait less, unless the caller chose a period.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--poll-ms"))
+        {
+            command.args(["--poll-ms", "100"]);
+        }
         self.child = Some(command.spawn().expect("starting firewall-agent"));
     }
 
@@ -130,6 +137,12 @@ impl Agent {
             Some(child) => child.try_wait().ok().flatten().is_none(),
             None => false,
         }
+    }
+
+    /// The agent's process id while it runs (`ip netns exec` execs the agent, so the
+    /// child is the agent itself).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Replaces the policy file atomically (as an editor or a ConfigMap update would).

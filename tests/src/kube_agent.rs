@@ -94,7 +94,6 @@ impl KubeAgent {
             .arg(&self.bpffs)
             .arg("--ready-file")
             .arg(&self.ready_file)
-            .args(["--poll-ms", "100"])
             .args(&self.extra_args)
             .env_remove("ZONEWALL_CONFIG")
             .env_remove("KUBECONFIG")
@@ -106,6 +105,14 @@ impl KubeAgent {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        // Faster than the default so tests wait less, unless the caller chose a period.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--poll-ms"))
+        {
+            command.args(["--poll-ms", "100"]);
+        }
         self.child = Some(command.spawn().expect("starting firewall-agent"));
     }
 
