@@ -25,6 +25,7 @@ pub const MAP_FLOW_EVENTS: &str = "FLOW_EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_DENY_LIMIT: &str = "DENY_LIMIT";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+pub const MAP_POLICY_CACHE: &str = "POLICY_CACHE";
 /// TC ingress of the host-side veth: what the pod sends (egress enforcement).
 pub const PROG_FROM_POD: &str = "zonewall_from_pod";
 /// TC egress of the host-side veth: what the pod receives.
@@ -39,6 +40,7 @@ pub const POLICY_MAX_ENTRIES: u32 = 1_048_576;
 pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
 pub const DENY_LIMIT_MAX_ENTRIES: u32 = 16_384;
 pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
+pub const POLICY_CACHE_MAX_ENTRIES: u32 = 65_536;
 pub const FLOW_EVENTS_BYTES: u32 = 8 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
@@ -183,13 +185,42 @@ pub struct PolicyValue {
 }
 const _: () = assert!(size_of::<PolicyValue>() == 16);
 
+/// `POLICY_CACHE` key: one (zone pair, protocol, port) question asked of `POLICY` in one
+/// policy generation and slot. The datapath remembers the answer of the trie there (an
+/// exact-match hash lookup costs a fraction of an LPM lookup), so a new flow asks the trie
+/// only for a question not seen since the policy last changed.
+///
+/// Sound because of an invariant of user space: what a slot holds never changes while
+/// `Config.generation` stays the same (a policy change is written into the other slot and
+/// switched on together with a new generation). Both generation and slot are in the key,
+/// so a reader that sees a half-written `CONFIG` during a switch caches under a
+/// combination no consistent reader asks for. The generation only grows while the pinned
+/// maps exist (it continues from the pinned `CONFIG`), and removing the pins removes the
+/// cache with them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolicyCacheKey {
+    pub generation: u32,
+    pub src_zone: u32,
+    pub dst_zone: u32,
+    pub proto: u8,
+    pub slot: u8,
+    pub port: u16,
+}
+const _: () = assert!(size_of::<PolicyCacheKey>() == 16);
+
+/// A `POLICY_CACHE` value whose verdict is this says the trie had no entry (the default
+/// for the pair applies).
+pub const VERDICT_NONE: u8 = 0;
+
 /// `CONFIG[0]`: everything the datapath reads once per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
     /// Which `slot` of `POLICY` is live. Written last when a policy is switched.
     pub active_slot: u32,
-    /// Monotonic policy generation, copied into conntrack entries and events.
+    /// Monotonic policy generation, copied into conntrack entries and events. The policy a
+    /// generation names never changes (see [`PolicyCacheKey`]).
     pub generation: u32,
     /// VERDICT_ALLOW or VERDICT_DENY for traffic of local interfaces with unknown IPs.
     pub unknown_source: u8,

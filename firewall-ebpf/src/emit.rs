@@ -17,6 +17,8 @@ pub struct EventMeta {
     pub kind: u8,
     pub verdict: u8,
     pub hook: u8,
+    /// `now` was read from the precise clock (else `flow` reads it).
+    pub precise: bool,
 }
 
 impl EventMeta {
@@ -28,7 +30,15 @@ impl EventMeta {
             kind,
             verdict,
             hook: run.hook,
+            precise: false,
         }
+    }
+
+    /// Marks `now` as taken from the precise clock.
+    #[inline(always)]
+    pub fn precise(mut self) -> Self {
+        self.precise = true;
+        self
     }
 }
 
@@ -37,8 +47,11 @@ impl EventMeta {
 pub fn flow(key: &CtKey, ct: &CtValue, meta: &EventMeta) {
     // Events take the precise clock: the fast path runs on the coarse one, which may lag
     // the flow's start by a few milliseconds.
-    let _ = meta.now;
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = if meta.precise {
+        meta.now
+    } else {
+        unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+    };
     let (ifindex, kind, verdict, hook) = (meta.ifindex, meta.kind, meta.verdict, meta.hook);
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         count(COUNTER_RINGBUF_FULL);

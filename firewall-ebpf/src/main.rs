@@ -6,6 +6,7 @@
 
 mod conntrack;
 mod emit;
+mod fast;
 mod identity;
 mod maps;
 mod parse;

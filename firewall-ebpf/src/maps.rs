@@ -15,6 +15,15 @@ pub static NETWORKS: LpmTrie<NetworkKey, NetworkValue> = LpmTrie::pinned(NETWORK
 #[map(name = "POLICY")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
 
+/// Answers of `POLICY` by (generation, slot, zone pair, protocol, port); see
+/// `PolicyCacheKey`. Per-CPU LRU lists keep inserts free of a global lock.
+#[map(name = "POLICY_CACHE")]
+pub static POLICY_CACHE: LruHashMap<PolicyCacheKey, PolicyValue> =
+    LruHashMap::pinned(POLICY_CACHE_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// `map_flags` bit of LRU maps: one LRU list per CPU.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -64,6 +73,15 @@ pub struct Run {
 
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The coarse clock as last read on this CPU, and the jiffy it was read in.
+pub struct Clock {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<Clock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

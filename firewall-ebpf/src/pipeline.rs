@@ -15,8 +15,9 @@ use firewall_common::*;
 use crate::{
     conntrack,
     emit::{self, EventMeta},
+    fast::{self, Fast},
     identity,
-    maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, Run, SCRATCH, Scratch, count},
+    maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, POLICY_CACHE, Run, SCRATCH, Scratch, count},
     parse::{
         self, Fragment, Frame, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet,
         ParseError, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -30,6 +31,11 @@ pub const PASS: i32 = -1;
 pub const DROP: i32 = 2;
 
 /// Outcomes decided before policy; each one is counted and has a fixed action.
+///
+/// Four bytes wide like the `i32` of `Ok`, so that no part of a `Result<i32, Early>` is
+/// left undefined: LLVM fills undefined bits from any register, which the verifier
+/// rejects as a read of an uninitialised register.
+#[repr(u32)]
 enum Early {
     NonIp,
     Vlan,
@@ -87,6 +93,11 @@ fn is_local(endpoint: &Option<EndpointValue>) -> u8 {
 #[inline(always)]
 fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     let config = CONFIG.get(0).ok_or(Early::NoConfig)?;
+    let tracked = match fast::established(ctx, hook, config) {
+        Fast::Done(action) => return Ok(action),
+        Fast::Untracked => false,
+        Fast::Full => true,
+    };
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Early::NoConfig)?;
     // SAFETY: per-CPU scratch slot, exclusively ours while the program runs.
     let scratch = unsafe { &mut *scratch };
@@ -129,7 +140,13 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     // Fast path: a tracked flow needs one lookup and no identity. Entries never outlive
     // an owner change of their addresses: user space removes them before an address gets
     // a new owner.
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+    // (Skipped when the fast path already found no entry for this very key.)
+    let entry = if tracked {
+        CONNTRACK.get_ptr_mut(key)
+    } else {
+        None
+    };
+    if let Some(entry) = entry {
         // SAFETY: pointer from a successful lookup. Concurrent updates from other CPUs can
         // only blur counters and timestamps.
         let ct = unsafe { &mut *entry };
@@ -339,11 +356,7 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
             IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => packet.dst_port,
             _ => 0,
         };
-        let lookup = Key::new(
-            POLICY_PREFIX_FULL,
-            PolicyKey::new(config.active_slot, src_zone, dst_zone, packet.proto, port),
-        );
-        match POLICY.get(lookup) {
+        match policy_lookup(config, src_zone, dst_zone, packet.proto, port) {
             Some(value) => {
                 audit = value.audit != 0;
                 audit_rule = value.audit_rule;
@@ -403,11 +416,65 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     };
     track(packet, key, ct, run, config, &decision);
     let kind = if audit { EVENT_AUDIT } else { EVENT_START };
-    emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW));
+    // `run.now` is the precise clock here (taken for the new flow).
+    emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW).precise());
     if packet.fragment == Fragment::First {
         remember_fragment(packet);
     }
     PASS
+}
+
+/// The policy entry for a (zone pair, protocol, port), from the cache when this policy
+/// generation was asked the same before, else from the trie (and then remembered).
+#[inline(always)]
+fn policy_lookup(
+    config: &Config,
+    src_zone: u32,
+    dst_zone: u32,
+    proto: u8,
+    port: u16,
+) -> Option<PolicyValue> {
+    // Each read once: user space may rewrite CONFIG while this runs, and the cache entry
+    // must name the generation and slot that were really asked.
+    // SAFETY: reads of plain integers through a valid reference.
+    let (generation, slot) = unsafe {
+        (
+            core::ptr::read_volatile(&config.generation),
+            core::ptr::read_volatile(&config.active_slot),
+        )
+    };
+    let cache_key = PolicyCacheKey {
+        generation,
+        src_zone,
+        dst_zone,
+        proto,
+        slot: slot as u8,
+        port,
+    };
+    if let Some(known) = POLICY_CACHE.get_ptr(&cache_key) {
+        // SAFETY: pointer from a successful lookup, read at once.
+        let known = unsafe { *known };
+        return if known.verdict == VERDICT_NONE {
+            None
+        } else {
+            Some(known)
+        };
+    }
+    let lookup = Key::new(
+        POLICY_PREFIX_FULL,
+        PolicyKey::new(slot, src_zone, dst_zone, proto, port),
+    );
+    let found = POLICY.get(lookup).copied();
+    let remembered = found.unwrap_or(PolicyValue {
+        verdict: VERDICT_NONE,
+        audit: 0,
+        _pad: [0; 2],
+        rule: RULE_NONE,
+        audit_rule: RULE_NONE,
+        _pad2: 0,
+    });
+    let _ = POLICY_CACHE.insert(&cache_key, &remembered, 0);
+    found
 }
 
 /// Tracks a deferred connection so its replies (un-DNATed to the Service address) pass,
