@@ -121,6 +121,13 @@ struct Plan {
     rounds: usize,
     seconds: u32,
     omit: u32,
+    /// A pass of every test in every configuration before the measured rounds.
+    warm_up: bool,
+    /// Each configuration installed afresh before each test (else once per round, for all
+    /// the tests in a row: the quick run, whose installs would take longer than its tests).
+    install_per_test: bool,
+    /// How long a connection to the closed port may take before it counts as refused.
+    closed_timeout: Duration,
 }
 
 fn main() {
@@ -130,12 +137,19 @@ fn main() {
         rounds: options.pick(6, 1),
         seconds: options.pick(4, 1),
         omit: options.pick(1, 0),
+        warm_up: !options.quick,
+        install_per_test: !options.quick,
+        closed_timeout: options.pick(Duration::from_millis(500), Duration::from_millis(250)),
     };
     let mut report = Report::new(BENCHMARK, &options);
     report.method("rounds", plan.rounds);
     report.method(
         "order",
-        "each round runs every test in every configuration back to back (rotating order), installing the configuration before each run",
+        if plan.install_per_test {
+            "each round runs every test in every configuration back to back (rotating order), installing the configuration before each run"
+        } else {
+            "each round installs every configuration once (rotating order) and runs every test in it; no warm-up pass"
+        },
     );
     report.method(
         "seconds per test",
@@ -240,48 +254,71 @@ fn main() {
     let mut agent_share = vec![Vec::<f64>::new(); TESTS.len()];
     let veths = [client_veth.as_str(), server_veth.as_str()];
     // Warm-up: one short run of each test in each configuration.
-    for filter in &filters {
-        let installed = install(*filter, node, &generated, &rules, &veths);
-        check_enforcement(*filter, client_ns);
-        for test in TESTS {
-            run_test(test, client_ns, server_ns, 1, 0);
-        }
-        drop(installed);
-    }
-    // Each test runs in every configuration back to back, so the configurations it
-    // compares are measured seconds apart, not minutes.
-    for round in 0..plan.rounds {
-        for test_index in round_order(TESTS.len(), round) {
-            let test = TESTS[test_index];
-            for filter_index in round_order(filters.len(), round) {
-                let filter = filters[filter_index];
-                let installed = install(filter, node, &generated, &rules, &veths);
-                check_enforcement(filter, client_ns);
-                let agent_pid = match &installed {
-                    Installed::Agent { pid, .. } => Some(*pid),
-                    _ => None,
-                };
-                let agent_cpu = agent_pid.and_then(common::process_cpu_seconds);
-                let started = Instant::now();
-                let value = run_test(test, client_ns, server_ns, plan.seconds, plan.omit);
-                if let (Some(pid), Some(before)) = (agent_pid, agent_cpu)
-                    && let Some(after) = common::process_cpu_seconds(pid)
-                {
-                    agent_share[test_index]
-                        .push((after - before) / started.elapsed().as_secs_f64());
-                }
-                progress!(
-                    "round {} {:<22} {:<18} {}",
-                    round + 1,
-                    test.label(),
-                    filter.label(),
-                    number(value)
-                );
-                samples[filter_index][test_index].push(value);
-                report.sample(test.key(), filter.label(), round, value, test.unit());
-                drop(installed);
+    if plan.warm_up {
+        for filter in &filters {
+            let installed = install(*filter, node, &generated, &rules, &veths);
+            check_enforcement(*filter, client_ns, plan.closed_timeout);
+            for test in TESTS {
+                run_test(test, client_ns, server_ns, 1, 0);
             }
+            drop(installed);
         }
+    }
+    for round in 0..plan.rounds {
+        // Each test runs in every configuration back to back, so the configurations it
+        // compares are measured seconds apart, not minutes. The quick run visits the
+        // configurations in the outer loop instead and installs each once.
+        let tests = round_order(TESTS.len(), round);
+        let configurations = round_order(filters.len(), round);
+        let visits: Vec<(usize, usize)> = if plan.install_per_test {
+            tests
+                .iter()
+                .flat_map(|test| configurations.iter().map(move |filter| (*test, *filter)))
+                .collect()
+        } else {
+            configurations
+                .iter()
+                .flat_map(|filter| tests.iter().map(move |test| (*test, *filter)))
+                .collect()
+        };
+        let mut current: Option<(usize, Installed)> = None;
+        for (test_index, filter_index) in visits {
+            let test = TESTS[test_index];
+            let filter = filters[filter_index];
+            let reuse = !plan.install_per_test
+                && current
+                    .as_ref()
+                    .is_some_and(|(installed, _)| *installed == filter_index);
+            if !reuse {
+                // The previous configuration goes before the next one is installed.
+                drop(current.take());
+                let installed = install(filter, node, &generated, &rules, &veths);
+                check_enforcement(filter, client_ns, plan.closed_timeout);
+                current = Some((filter_index, installed));
+            }
+            let agent_pid = match current.as_ref().map(|(_, installed)| installed) {
+                Some(Installed::Agent { pid, .. }) => Some(*pid),
+                _ => None,
+            };
+            let agent_cpu = agent_pid.and_then(common::process_cpu_seconds);
+            let started = Instant::now();
+            let value = run_test(test, client_ns, server_ns, plan.seconds, plan.omit);
+            if let (Some(pid), Some(before)) = (agent_pid, agent_cpu)
+                && let Some(after) = common::process_cpu_seconds(pid)
+            {
+                agent_share[test_index].push((after - before) / started.elapsed().as_secs_f64());
+            }
+            progress!(
+                "round {} {:<22} {:<18} {}",
+                round + 1,
+                test.label(),
+                filter.label(),
+                number(value)
+            );
+            samples[filter_index][test_index].push(value);
+            report.sample(test.key(), filter.label(), round, value, test.unit());
+        }
+        drop(current);
     }
     build_report(&mut report, &filters, &samples, &rules, &agent_share);
     report.write(&options);
@@ -289,13 +326,8 @@ fn main() {
 
 /// Checks that the configuration really filters: the open port connects, the closed one
 /// does only without a filter.
-fn check_enforcement(filter: Filter, client: &Netns) {
-    let closed_connects = tcp_connect(
-        client,
-        SERVER_V4.into(),
-        CLOSED_PORT,
-        Duration::from_millis(500),
-    );
+fn check_enforcement(filter: Filter, client: &Netns, closed_timeout: Duration) {
+    let closed_connects = tcp_connect(client, SERVER_V4.into(), CLOSED_PORT, closed_timeout);
     assert_eq!(
         closed_connects,
         filter == Filter::None,
@@ -367,7 +399,7 @@ fn install<'a>(
             for veth in veths {
                 agent.wait_attached(veth);
             }
-            let pid = common::agent_pid(&agent.config).expect("the agent's process");
+            let pid = agent.pid().expect("the agent's process");
             Installed::Agent {
                 _agent: Box::new(agent),
                 pid,
