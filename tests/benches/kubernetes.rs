@@ -527,7 +527,7 @@ fn build_report(
                 ]
             })
             .collect(),
-        caption: "Read from /proc/<pid>/status of the agent process. The peak includes the bulk load, when the watch cache, the snapshot and the compiled policy exist side by side.".into(),
+        caption: "Read from /proc/<pid>/status of the agent process; the peak (VmHWM) is the most it has held since it started, the bulk load included.".into(),
     });
     report.tables.push(Table {
         title: "Bulk load".into(),
@@ -595,6 +595,7 @@ fn build_report(
     );
     report.metric("all_lost_large", lost as f64);
     report.metric("agent_rss_mib", served.rss);
+    report.metric("agent_rss_mib_started", memory[0].rss);
     report.metric("agent_rss_peak_mib", served.peak);
     report.metric("pods", served.pods as f64);
 }

@@ -405,15 +405,20 @@ fn explain_miss(id: &str, report: &Report, reports: &[Report]) -> Option<String>
             fmt(Some(pods_of(report) as f64))
         ),
         "kubernetes-memory" => format!(
-            "{} MiB with {} pods served (peak {} MiB): about {} KiB per pod. The agent keeps the \
-             watched pods (trimmed), the snapshot built from them, the compiled policy, the \
-             enricher's owner table and the sync's shadow of the maps; a heap profile would show \
-             which dominates. Sharing names and labels between them, and dropping the snapshot \
-             once compiled, would be the first things to try.",
+            "{} MiB with {} pods served (peak {} MiB), {} MiB with 100 pods: about {} KiB for \
+             every pod more. Per pod the agent holds the trimmed object in its watch cache, its \
+             endpoint in the compiled policy, its owner entry (names, labels) in the flow-log \
+             enricher and its entry in the sync's shadow of the maps; this run does not break \
+             the figure down, a heap profile would. Sharing names and labels between those \
+             copies would be the first thing to try.",
             fmt(metric("agent_rss_mib")),
             fmt(Some(pods_of(report) as f64)),
             fmt(metric("agent_rss_peak_mib")),
-            fmt(metric("agent_rss_mib").map(|mib| mib * 1024.0 / pods_of(report).max(1) as f64))
+            fmt(metric("agent_rss_mib_started")),
+            fmt(metric("agent_rss_mib")
+                .zip(metric("agent_rss_mib_started"))
+                .map(|(served, started)| (served - started) * 1024.0
+                    / pods_of(report).saturating_sub(100).max(1) as f64))
         ),
         "control-plane-latency" => format!(
             "The agent learns of a change by polling the file (every 100 ms here, 200 ms by \
@@ -796,6 +801,7 @@ mod tests {
                 ["all_p99_ms_10000_pods", p99_ms],
                 ["agent_rss_mib", 92.0],
                 ["agent_rss_peak_mib", 97.0],
+                ["agent_rss_mib_started", 34.0],
                 ["pods", 10000.0]
             ]
         });
