@@ -457,15 +457,6 @@ fn reserved_rule_name(rule: u32) -> Option<&'static str> {
     }
 }
 
-const RESERVED_RULES: [u32; 6] = [
-    RULE_NONE,
-    RULE_DEFAULT_INTRA_ALLOW,
-    RULE_DEFAULT_INTER_DENY,
-    RULE_UNKNOWN_SOURCE,
-    RULE_FRAGMENT,
-    RULE_SERVICE_DEFERRED,
-];
-
 /// Turns kernel events into records. Keeps the names of every generation still
 /// referenced by live flows (rules are per generation; zone ids are stable).
 pub struct Enricher {
@@ -475,7 +466,8 @@ pub struct Enricher {
     reserved_zone_names: [(u32, Name); 4],
     /// Rule names by generation, then by rule id.
     rules: BTreeMap<u32, Arc<IdMap<u32, Name>>>,
-    reserved_rule_names: IdMap<u32, Name>,
+    /// Names of the reserved rule ids, by id (the reserved ids are the smallest).
+    reserved_rule_names: Vec<Option<Name>>,
     /// By the address as the kernel writes it (IPv4 mapped into IPv6).
     owners: IdMap<u128, Arc<Owner>>,
     interface_names: IdMap<u32, Name>,
@@ -501,9 +493,8 @@ impl Enricher {
                 (ZONE_UNKNOWN, "unknown".into()),
             ],
             rules: BTreeMap::new(),
-            reserved_rule_names: RESERVED_RULES
-                .iter()
-                .filter_map(|rule| Some((*rule, Name::from(reserved_rule_name(*rule)?))))
+            reserved_rule_names: (0..FIRST_USER_RULE_ID)
+                .map(|rule| reserved_rule_name(rule).map(Name::from))
                 .collect(),
             owners: IdMap::default(),
             interface_names: IdMap::default(),
@@ -658,7 +649,7 @@ impl Enricher {
     }
 
     fn rule_name(&self, generation: u32, rule: u32) -> Name {
-        if let Some(name) = self.reserved_rule_names.get(&rule) {
+        if let Some(Some(name)) = self.reserved_rule_names.get(rule as usize) {
             return name.clone();
         }
         // Most events come from the newest generation: try it before the tree.
@@ -853,6 +844,7 @@ pub fn decode(bytes: &[u8]) -> Option<FlowEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::compiled::CompiledPolicy;
 
     fn reference_rfc3339(unix_ns: i128) -> String {
         let Ok(time) = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns) else {
@@ -926,6 +918,155 @@ mod tests {
             sequence: 42,
         };
         assert_eq!(id.to_string(), "18f0c2a1-42");
+    }
+
+    fn policy(web_labels: &str) -> CompiledPolicy {
+        crate::policy::load_str(&format!(
+            r#"
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {{name: dmz}}
+spec: {{podSelector: {{matchLabels: {{zone: dmz}}}}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: Zone
+metadata: {{name: db}}
+spec: {{podSelector: {{matchLabels: {{zone: db}}}}}}
+---
+apiVersion: zonewall.dev/v1alpha1
+kind: ZonePolicy
+metadata: {{name: dmz-to-db}}
+spec:
+  from: [dmz]
+  to: [db]
+  action: Allow
+  ports: [{{protocol: TCP, port: 5432}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, labels: {{zone: dmz, {web_labels}}}}}
+spec: {{nodeName: node-a}}
+status: {{podIP: 10.0.0.5}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-0, namespace: shop, labels: {{zone: db}}}}
+status: {{podIP: 10.0.0.6}}
+"#
+        ))
+        .expect("a valid policy")
+    }
+
+    fn event(compiled: &CompiledPolicy, generation: u32, rule: u32) -> FlowEvent {
+        let zone = |name: &str| compiled.zones[name].id;
+        let address = |ip: &str| address_bytes(ip.parse().unwrap());
+        FlowEvent {
+            time_ns: 2_000_000_000,
+            flow_id: 0xabc,
+            start_ns: 1_000_000_000,
+            packets: [3, 2],
+            bytes: [300, 200],
+            src_addr: address("10.0.0.5"),
+            dst_addr: address("10.0.0.6"),
+            src_port: 40_000,
+            dst_port: 5432,
+            src_zone: zone("dmz"),
+            dst_zone: zone("db"),
+            rule,
+            audit_rule: 0,
+            generation,
+            suppressed: 0,
+            ifindex: 7,
+            kind: EVENT_END,
+            verdict: VERDICT_ALLOW,
+            proto: 6,
+            tcp_flags: 0x1b,
+            tcp_flags_reply: 0x12,
+            hook: HOOK_FROM_POD,
+            _pad: [0; 2],
+        }
+    }
+
+    fn rule_id(compiled: &CompiledPolicy, name: &str) -> u32 {
+        *compiled
+            .rules
+            .iter()
+            .find(|(_, info)| info.name == name)
+            .expect("the rule")
+            .0
+    }
+
+    #[test]
+    fn events_are_enriched_with_names_pods_and_times() {
+        let compiled = policy("app: web");
+        let mut enricher = Enricher::new(Some("node-a".into()));
+        enricher.wall_offset_ns = 1_767_323_040_000_000_000;
+        enricher.learn(1, &compiled);
+        enricher.name_interface(7, "veth-web");
+        let rule = rule_id(&compiled, "dmz-to-db");
+        let record = enricher.event(&event(&compiled, 1, rule));
+        assert_eq!(&*record.policy, "dmz-to-db");
+        assert_eq!(record.event, "end");
+        assert_eq!(record.time.to_string(), "2026-01-02T03:04:02Z");
+        assert_eq!(record.start.to_string(), "2026-01-02T03:04:01Z");
+        assert_eq!(record.end, Some(record.time));
+        assert_eq!((record.packets, record.packets_reply), (5, 2));
+        assert_eq!((record.bytes, record.bytes_reply), (500, 200));
+        assert_eq!(record.interface.as_deref(), Some("veth-web"));
+        assert_eq!(record.node.as_deref(), Some("node-a"));
+        assert_eq!(record.record_id.sequence, 1);
+        assert_eq!(&*record.src.zone, "dmz");
+        assert_eq!(record.src.pod(), Some("web-1"));
+        assert_eq!(record.src.namespace(), Some("shop"));
+        assert_eq!(record.src.node(), Some("node-a"));
+        assert_eq!(record.src.labels().unwrap()["app"], "web");
+        assert_eq!(record.dst.port, Some(5432));
+        assert_eq!(record.dst.pod(), Some("db-0"));
+        let json: serde_json::Value = serde_json::from_slice(
+            &Record::Flow(record.clone()).encode(super::super::Format::Json, &[]),
+        )
+        .unwrap();
+        assert_eq!(json["tcp_flags"], "FIN,SYN,PSH,ACK");
+        assert_eq!(json["tcp_flags_reply"], "SYN,ACK");
+        assert_eq!(json["flow_id"], "0000000000000abc");
+        assert_eq!(json["src"]["labels"]["app"], "web");
+        assert_eq!(json["dst"]["zone"], "db");
+        assert_eq!(json["record_id"], format!("{:x}-1", enricher.started_ns));
+
+        // Reserved and unknown rules, unknown zones, addresses nobody owns.
+        let mut unknown = event(&compiled, 9, 999);
+        unknown.dst_addr = address_bytes("192.0.2.1".parse().unwrap());
+        unknown.dst_zone = 77;
+        unknown.proto = 1;
+        unknown.dst_port = 0;
+        let record = enricher.event(&unknown);
+        assert_eq!(&*record.policy, "rule-999@generation-9");
+        assert_eq!(&*record.dst.zone, "zone-77");
+        assert_eq!(record.dst.owner, None);
+        assert_eq!(record.dst.port, None);
+        let record = enricher.event(&event(&compiled, 1, RULE_DEFAULT_INTER_DENY));
+        assert_eq!(&*record.policy, "default-deny-inter-zone");
+    }
+
+    #[test]
+    fn a_new_generation_is_written_with_its_own_labels() {
+        let mut enricher = Enricher::new(None);
+        let first = policy("app: web");
+        enricher.learn(1, &first);
+        let rule = rule_id(&first, "dmz-to-db");
+        let encode = |enricher: &Enricher, generation: u32| {
+            let record = Record::Flow(enricher.event(&event(&first, generation, rule)));
+            let body = record.encode(super::super::Format::Json, &[]);
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let old = encode(&enricher, 1);
+        assert_eq!(old["src"]["labels"]["app"], "web");
+        enricher.learn(2, &policy("app: shop, tier: \"front\\\"end\""));
+        let new = encode(&enricher, 2);
+        assert_eq!(new["src"]["labels"]["app"], "shop");
+        assert_eq!(new["src"]["labels"]["tier"], "front\"end");
+        // Late events of generation 1 keep its rule names.
+        assert_eq!(encode(&enricher, 1)["policy"], "dmz-to-db");
     }
 
     #[test]
