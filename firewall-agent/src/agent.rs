@@ -43,8 +43,9 @@ struct Agent {
     enricher: Enricher,
     sinks: Dispatcher,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// The last input applied, to name what a new one changes.
-    last_set: Option<crate::policy::PolicySet>,
+    /// A digest of every zone and policy last applied, to name what a new input changes
+    /// (the input itself is not kept: it holds every pod).
+    last_objects: ObjectDigests,
     node_name: Option<String>,
     generation: u32,
 }
@@ -138,17 +139,17 @@ impl Agent {
             Err(error) => {
                 tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
                 self.source.outcome(Outcome::Rejected(&error));
-                self.policy_change(
-                    "rejected",
-                    changed_objects(self.last_set.as_ref(), &set),
-                    Some(error.to_string()),
-                );
+                let changed = changed_objects(&self.last_objects, &object_digests(&set));
+                self.policy_change("rejected", changed, Some(error.to_string()));
                 return Ok(false);
             }
         };
-        let changed = changed_objects(self.last_set.as_ref(), &set);
+        let objects = object_digests(&set);
+        let changed = changed_objects(&self.last_objects, &objects);
+        // The input is not needed any more; freeing it before the sync lowers the peak.
+        drop(set);
         let previous_generation = self.generation;
-        match self.apply(&compiled) {
+        let applied = match self.apply(&compiled) {
             Ok(()) => {
                 self.source.outcome(Outcome::Applied {
                     generation: self.generation,
@@ -164,8 +165,8 @@ impl Agent {
                     self.source.changed_by(),
                 );
                 self.write_record(Record::PolicyChange(record));
-                self.last_set = Some(set);
-                Ok(true)
+                self.last_objects = objects;
+                true
             }
             Err(error) => {
                 // E.g. a map too small for the new policy: the switch to the new slot
@@ -173,9 +174,12 @@ impl Agent {
                 tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
                 self.source.outcome(Outcome::Failed(error.to_string()));
                 self.policy_change("failed", changed, Some(error.to_string()));
-                Ok(false)
+                false
             }
-        }
+        };
+        drop(compiled);
+        release_free_memory();
+        Ok(applied)
     }
 
     /// Attaches to new matching interfaces and lets go of vanished ones.
@@ -303,47 +307,52 @@ impl Agent {
     }
 }
 
-/// `Kind/name` of the zones and policies that differ between two inputs.
-fn changed_objects(
-    old: Option<&crate::policy::PolicySet>,
-    new: &crate::policy::PolicySet,
-) -> Vec<String> {
-    use std::collections::BTreeMap;
-    fn index<'a, T: std::fmt::Debug>(
-        items: &'a [T],
-        name: impl Fn(&T) -> &str,
-    ) -> BTreeMap<String, String> {
-        items
-            .iter()
-            .map(|item| (name(item).to_owned(), format!("{item:?}")))
-            .collect()
+/// `Kind/name` of every zone and policy, with a digest of its content.
+type ObjectDigests = BTreeMap<String, crate::policy::documents::Digest>;
+
+fn object_digests(set: &crate::policy::PolicySet) -> ObjectDigests {
+    let mut digests = ObjectDigests::new();
+    let mut add = |kind: &str, name: &str, item: &dyn std::fmt::Debug| {
+        let text = format!("{item:?}");
+        digests.insert(
+            format!("{kind}/{name}"),
+            crate::policy::documents::digest(text.as_bytes()),
+        );
+    };
+    for zone in &set.zones {
+        add("Zone", &zone.name, zone);
     }
-    let empty = crate::policy::PolicySet::default();
-    let old = old.unwrap_or(&empty);
-    let mut changed = Vec::new();
-    for (kind, before, after) in [
-        (
-            "Zone",
-            index(&old.zones, |zone| &zone.name),
-            index(&new.zones, |zone| &zone.name),
-        ),
-        (
-            "ZonePolicy",
-            index(&old.policies, |policy| &policy.name),
-            index(&new.policies, |policy| &policy.name),
-        ),
-    ] {
-        for name in before
-            .keys()
-            .chain(after.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            if before.get(name) != after.get(name) {
-                changed.push(format!("{kind}/{name}"));
-            }
-        }
+    for policy in &set.policies {
+        add("ZonePolicy", &policy.name, policy);
     }
+    digests
+}
+
+/// `Kind/name` of the zones and policies that differ between two inputs (Zones first,
+/// then ZonePolicies, each by name).
+fn changed_objects(old: &ObjectDigests, new: &ObjectDigests) -> Vec<String> {
+    let mut changed: Vec<String> = old
+        .iter()
+        .filter(|(name, digest)| new.get(*name) != Some(digest))
+        .map(|(name, _)| name.clone())
+        .chain(new.keys().filter(|name| !old.contains_key(*name)).cloned())
+        .collect();
+    changed.sort_by(|left, right| {
+        let kind = |name: &str| !name.starts_with("Zone/");
+        (kind(left), left).cmp(&(kind(right), right))
+    });
+    changed.dedup();
     changed
+}
+
+/// Hands memory freed after a big compile back to the system: glibc keeps freed heap
+/// pages otherwise, and the agent's resident size would stay at its peak.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Resolves when the source announces a change; never for polled-only sources.
@@ -361,7 +370,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let node_name = args.node_name.clone().or_else(default_node_name);
     // Standalone with --config; otherwise the cluster's API server.
     let source: Box<dyn PolicySource> = match &args.config {
-        Some(path) => Box::new(FileSource::new(path)),
+        Some(path) => Box::new(FileSource::watched(path)),
         None => Box::new(
             crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref())).await?,
         ),
@@ -389,7 +398,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         enricher: Enricher::new(node_name.clone()),
         sinks,
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
-        last_set: None,
+        last_objects: ObjectDigests::new(),
         node_name,
         generation: previous.generation,
         args,
@@ -485,4 +494,57 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     tracing::info!(?summary, "counters at exit");
     agent.sinks.shutdown(Duration::from_secs(3));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(yaml: &str) -> crate::policy::PolicySet {
+        crate::policy::parse(yaml).expect("a valid test input")
+    }
+
+    const ZONES: &str = "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\nspec: {networks: [\"10.1.0.0/16\"]}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: b}\nspec: {networks: [\"10.2.0.0/16\"]}\n";
+
+    fn policy(name: &str, port: u16) -> String {
+        format!(
+            "---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: {name}}}\nspec: {{from: [a], to: [b], ports: [{{protocol: TCP, port: {port}}}], action: Allow}}\n"
+        )
+    }
+
+    #[test]
+    fn changed_objects_names_added_removed_and_edited_zones_and_policies() {
+        let first = object_digests(&set(&format!(
+            "{ZONES}{}{}",
+            policy("web", 443),
+            policy("db", 5432)
+        )));
+        assert_eq!(
+            changed_objects(&ObjectDigests::new(), &first),
+            ["Zone/a", "Zone/b", "ZonePolicy/db", "ZonePolicy/web"]
+        );
+        assert!(changed_objects(&first, &first).is_empty());
+        let second = object_digests(&set(&format!(
+            "{}{}{}",
+            ZONES.replace("10.2.0.0/16", "10.3.0.0/16"),
+            policy("web", 8443),
+            policy("dns", 53)
+        )));
+        assert_eq!(
+            changed_objects(&first, &second),
+            [
+                "Zone/b",
+                "ZonePolicy/db",
+                "ZonePolicy/dns",
+                "ZonePolicy/web"
+            ]
+        );
+        // Pods are not named: they change with every rollout.
+        let with_pod = object_digests(&set(&format!(
+            "{ZONES}{}{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\nstatus: {{podIP: 10.1.0.5}}\n",
+            policy("web", 443),
+            policy("db", 5432)
+        )));
+        assert!(changed_objects(&first, &with_pod).is_empty());
+    }
 }

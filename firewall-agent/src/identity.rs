@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use firewall_common::{ENDPOINT_FLAG_LOCAL, EndpointKey, EndpointValue, ipv4_mapped};
 
-use crate::policy::compiled::Endpoint;
+use crate::policy::compiled::{Endpoint, EndpointKind};
 
 /// FNV-1a, 32 bits. Zero is reserved for "not an endpoint", so it is mapped to 1.
 pub fn epoch_of(owner_key: &str) -> u32 {
@@ -16,6 +16,40 @@ pub fn epoch_of(owner_key: &str) -> u32 {
     for byte in owner_key.bytes() {
         hash ^= byte as u32;
         hash = hash.wrapping_mul(0x0100_0193);
+    }
+    if hash == 0 { 1 } else { hash }
+}
+
+/// [`epoch_of`] of `kind.owner_key()`, without building the string: the sync computes
+/// it for every address of every generation.
+pub fn epoch_of_kind(kind: &EndpointKind) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut feed = |part: &str| {
+        for byte in part.bytes() {
+            hash ^= byte as u32;
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    };
+    match kind {
+        EndpointKind::Pod {
+            namespace,
+            name,
+            uid,
+            ..
+        } => {
+            for part in ["pod/", namespace, "/", name, "/", uid] {
+                feed(part);
+            }
+        }
+        EndpointKind::Node { name } => {
+            feed("node/");
+            feed(name);
+        }
+        EndpointKind::Service { namespace, name } => {
+            for part in ["service/", namespace, "/", name] {
+                feed(part);
+            }
+        }
     }
     if hash == 0 { 1 } else { hash }
 }
@@ -48,7 +82,7 @@ pub fn address_from_bytes(bytes: [u8; 16]) -> IpAddr {
 pub fn endpoint_value(endpoint: &Endpoint, local: bool) -> EndpointValue {
     EndpointValue {
         zone: endpoint.zone,
-        epoch: epoch_of(&endpoint.kind.owner_key()),
+        epoch: epoch_of_kind(&endpoint.kind),
         flags: if local { ENDPOINT_FLAG_LOCAL } else { 0 },
         _pad: 0,
     }
@@ -65,6 +99,36 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, epoch_of("pod/shop/web-1/uid-a"));
         assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn epoch_of_kind_equals_the_epoch_of_the_owner_key() {
+        let kinds = [
+            EndpointKind::Pod {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                uid: "uid-a".into(),
+                labels: Default::default(),
+                node: None,
+                workload: None,
+            },
+            EndpointKind::Pod {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                uid: String::new(),
+                labels: Default::default(),
+                node: Some("n1".into()),
+                workload: None,
+            },
+            EndpointKind::Node { name: "n1".into() },
+            EndpointKind::Service {
+                namespace: "shop".into(),
+                name: "api".into(),
+            },
+        ];
+        for kind in &kinds {
+            assert_eq!(epoch_of_kind(kind), epoch_of(&kind.owner_key()), "{kind:?}");
+        }
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Writing a compiled policy into the maps. Policy entries go into the inactive slot of
 //! POLICY and are switched on with one write of CONFIG, so packets see either the old or
-//! the new policy, never a mix. Identity maps are diffed against a shadow copy of what is
-//! in the kernel (read once from the pinned maps at start), so a sync costs one map update
-//! per change, not per entry.
+//! the new policy, never a mix. Every map is diffed against a shadow copy of what is in
+//! the kernel (read once from the pinned maps at start), so a sync costs one map update
+//! per change, not per entry: the inactive slot keeps the generation before the live one,
+//! and the next policy is written over it as a diff. Writes go to the kernel in batches
+//! (`BPF_MAP_UPDATE_BATCH`, one syscall for many entries) where the map type has them.
 
 use std::collections::HashMap as StdHashMap;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use std::time::{Duration, Instant};
 
+use aya::maps::IterableMap as _;
 use aya::maps::lpm_trie::Key;
 use firewall_common::*;
 
@@ -55,11 +59,19 @@ pub struct SyncReport {
     pub endpoints_removed: usize,
     pub networks_written: usize,
     pub networks_removed: usize,
+    /// Entries of the new generation (the size of one POLICY slot).
     pub policy_entries: usize,
+    /// POLICY writes and deletes this sync needed: the difference between the new
+    /// generation and what the inactive slot held.
+    pub policy_written: usize,
+    pub policy_removed: usize,
     /// Tracked connections removed because an address left or changed owner.
     pub connections_flushed: usize,
     pub duration: Duration,
 }
+
+/// A POLICY entry as the shadow keeps it: prefix length and key with the slot zeroed.
+type PolicySlotKey = (u32, PolicyKey);
 
 /// What user space believes is in the kernel maps.
 #[derive(Default)]
@@ -67,7 +79,124 @@ pub(crate) struct Shadow {
     loaded: bool,
     endpoints: StdHashMap<EndpointKey, EndpointValue>,
     networks: StdHashMap<(u32, NetworkKey), NetworkValue>,
-    policy: Vec<(u32, PolicyKey)>,
+    /// The entries of each POLICY slot.
+    policy: [StdHashMap<PolicySlotKey, PolicyValue>; 2],
+    /// Per map: whether the kernel refused a batched update (then entries go one by one).
+    no_batch: [bool; 3],
+}
+
+const BATCH_ENDPOINTS: usize = 0;
+const BATCH_NETWORKS: usize = 1;
+const BATCH_POLICY: usize = 2;
+
+/// `bpf_attr` as BPF_MAP_*_BATCH reads it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// One `BPF_MAP_UPDATE_BATCH`: writes `keys[i] -> values[i]`. Returns how many entries
+/// the kernel wrote, and the error that stopped it, if any.
+fn update_batch<K: Copy, V: Copy>(
+    fd: RawFd,
+    keys: &[K],
+    values: &[V],
+) -> (usize, Option<std::io::Error>) {
+    debug_assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return (0, None);
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` points at `count` keys and values that stay alive and unchanged for
+    // the call; the kernel reads them and writes only `attr.count`.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if result == 0 {
+        (keys.len(), None)
+    } else {
+        let error = std::io::Error::last_os_error();
+        ((attr.count as usize).min(keys.len()), Some(error))
+    }
+}
+
+/// Errors that mean "this map type has no batch operations" rather than a failed write.
+fn batch_unsupported(error: &std::io::Error) -> bool {
+    // ENOTSUPP (524) is the kernel-internal code the bpf() syscall returns for missing ops.
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524)
+    )
+}
+
+fn map_full(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)
+    )
+}
+
+/// Writes every `(key, value)` of `writes`: in one batch when the map takes it, else one
+/// by one through `insert`. `wrote(i)` is called for every entry the kernel took, before
+/// any error is returned, so the caller's shadow stays true to the kernel.
+#[allow(clippy::too_many_arguments)]
+fn write_all<K: Copy, V: Copy>(
+    fd: RawFd,
+    no_batch: &mut bool,
+    name: &'static str,
+    capacity: usize,
+    keys: &[K],
+    values: &[V],
+    mut insert: impl FnMut(&K, &V) -> Result<(), aya::maps::MapError>,
+    mut wrote: impl FnMut(usize),
+) -> Result<(), DatapathError> {
+    let mut done = 0;
+    if !*no_batch && keys.len() > 1 {
+        let (written, error) = update_batch(fd, keys, values);
+        (0..written).for_each(&mut wrote);
+        done = written;
+        match error {
+            None => return Ok(()),
+            Some(error) if map_full(&error) => {
+                return Err(DatapathError::MapFull {
+                    name,
+                    entries: capacity,
+                });
+            }
+            Some(error) if written == 0 && batch_unsupported(&error) => {
+                tracing::debug!(map = name, %error, "no batched updates; writing one by one");
+                *no_batch = true;
+            }
+            // Anything else: the one-by-one path below reports it for the entry at fault.
+            Some(_) => {}
+        }
+    }
+    for index in done..keys.len() {
+        insert(&keys[index], &values[index]).map_err(full_or(name, capacity))?;
+        wrote(index);
+    }
+    Ok(())
 }
 
 fn full_or(
@@ -111,6 +240,17 @@ fn network_key(network: &ipnet::IpNet) -> (u32, NetworkKey) {
     }
 }
 
+fn slot_key(key: &PolicyKey) -> PolicyKey {
+    PolicyKey {
+        slot: [0; 4],
+        ..*key
+    }
+}
+
+fn raw_fd(map: &aya::maps::MapData) -> RawFd {
+    map.fd().as_fd().as_raw_fd()
+}
+
 impl Datapath {
     fn load_shadow(&mut self) -> Result<(), DatapathError> {
         if self.shadow.loaded {
@@ -130,9 +270,11 @@ impl Datapath {
                 .networks
                 .insert((key.prefix_len(), key.data()), value);
         }
-        for key in self.policy.keys() {
-            let key = key.map_err(map_error(MAP_POLICY))?;
-            shadow.policy.push((key.prefix_len(), key.data()));
+        for entry in self.policy.iter() {
+            let (key, value) = entry.map_err(map_error(MAP_POLICY))?;
+            let data = key.data();
+            let slot = (slot_of(&data) & 1) as usize;
+            shadow.policy[slot].insert((key.prefix_len(), slot_key(&data)), value);
         }
         self.shadow = shadow;
         Ok(())
@@ -157,83 +299,70 @@ impl Datapath {
         let generation = old.generation.wrapping_add(1).max(1);
         let mut report = SyncReport {
             generation,
+            policy_entries: compiled.entries.len(),
             ..Default::default()
         };
 
-        // 1. The new policy, beside the live one. Leftovers of an interrupted sync in that
-        //    slot go first.
-        let policy_capacity = self.policy_capacity;
-        let mut kept = Vec::with_capacity(self.shadow.policy.len());
-        for (prefix_len, key) in std::mem::take(&mut self.shadow.policy) {
-            if slot_of(&key) == new_slot {
-                let _ = self.policy.remove(&Key::new(prefix_len, key));
-            } else {
-                kept.push((prefix_len, key));
-            }
-        }
-        for entry in &compiled.entries {
-            let key = PolicyKey::new(
-                new_slot,
-                entry.src_zone,
-                entry.dst_zone,
-                entry.proto,
-                entry.port,
-            );
-            self.policy
-                .insert(&Key::new(entry.prefix_len, key), entry.value, 0)
-                .map_err(full_or(MAP_POLICY, policy_capacity))?;
-            kept.push((entry.prefix_len, key));
-        }
-        report.policy_entries = compiled.entries.len();
-        self.shadow.policy = kept;
+        // 1. The new policy, beside the live one, written over what the inactive slot
+        //    holds (the generation before the live one, or leftovers of an interrupted
+        //    sync): entries it should not have go, entries that differ are written.
+        self.sync_policy_slot(compiled, new_slot, &mut report)?;
 
         // 2. Identities: removals first, so an address never carries two owners' state.
-        let desired: StdHashMap<EndpointKey, EndpointValue> = compiled
-            .endpoints
-            .iter()
-            .map(|(ip, endpoint)| {
-                (
-                    identity::endpoint_key(*ip),
-                    identity::endpoint_value(endpoint, is_local(endpoint)),
-                )
-            })
-            .collect();
-        // An address that leaves, or changes owner, loses its identity and then its
-        // tracked connections before a new owner gets it: the datapath's fast path trusts
-        // conntrack entries without looking identities up again.
-        let stale: Vec<EndpointKey> = self
-            .shadow
-            .endpoints
-            .iter()
-            .filter(|(key, value)| match desired.get(key) {
-                None => true,
-                Some(wanted) => wanted.epoch != value.epoch,
-            })
-            .map(|(key, _)| *key)
-            .collect();
+        //    An address that leaves, or changes owner, loses its identity and then its
+        //    tracked connections before a new owner gets it: the datapath's fast path
+        //    trusts conntrack entries without looking identities up again.
+        let mut stale: Vec<EndpointKey> = Vec::new();
+        let mut owner_changed = 0;
+        for (key, value) in &self.shadow.endpoints {
+            match compiled
+                .endpoints
+                .get(&identity::address_from_bytes(key.addr))
+            {
+                None => stale.push(*key),
+                Some(endpoint) if identity::epoch_of_kind(&endpoint.kind) != value.epoch => {
+                    stale.push(*key);
+                    owner_changed += 1;
+                }
+                Some(_) => {}
+            }
+        }
         for key in &stale {
             match self.endpoints.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(MAP_ENDPOINTS)(error)),
             }
             self.shadow.endpoints.remove(key);
-            if !desired.contains_key(key) {
-                report.endpoints_removed += 1;
-            }
         }
+        report.endpoints_removed = stale.len() - owner_changed;
         if !stale.is_empty() {
             report.connections_flushed = self.flush_connections_of(&stale)?;
         }
-        let endpoint_capacity = self.endpoint_capacity;
-        for (key, value) in &desired {
-            if self.shadow.endpoints.get(key) != Some(value) {
-                self.endpoints
-                    .insert(key, value, 0)
-                    .map_err(full_or(MAP_ENDPOINTS, endpoint_capacity))?;
-                self.shadow.endpoints.insert(*key, *value);
-                report.endpoints_written += 1;
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for (ip, endpoint) in &compiled.endpoints {
+            let key = identity::endpoint_key(*ip);
+            let value = identity::endpoint_value(endpoint, is_local(endpoint));
+            if self.shadow.endpoints.get(&key) != Some(&value) {
+                keys.push(key);
+                values.push(value);
             }
         }
+        let shadow = &mut self.shadow.endpoints;
+        let endpoints = &mut self.endpoints;
+        write_all(
+            raw_fd(endpoints.map()),
+            &mut self.shadow.no_batch[BATCH_ENDPOINTS],
+            MAP_ENDPOINTS,
+            self.endpoint_capacity,
+            &keys,
+            &values,
+            |key, value| endpoints.insert(key, value, 0),
+            |index| {
+                shadow.insert(keys[index], values[index]);
+                report.endpoints_written += 1;
+            },
+        )?;
 
         let desired_networks: StdHashMap<(u32, NetworkKey), NetworkValue> = compiled
             .networks
@@ -260,16 +389,32 @@ impl Datapath {
             self.shadow.networks.remove(&(prefix_len, key));
             report.networks_removed += 1;
         }
-        let network_capacity = self.network_capacity;
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
         for ((prefix_len, key), value) in &desired_networks {
             if self.shadow.networks.get(&(*prefix_len, *key)) != Some(value) {
-                self.networks
-                    .insert(&Key::new(*prefix_len, *key), value, 0)
-                    .map_err(full_or(MAP_NETWORKS, network_capacity))?;
-                self.shadow.networks.insert((*prefix_len, *key), *value);
-                report.networks_written += 1;
+                keys.push(Key::new(*prefix_len, *key));
+                values.push(*value);
             }
         }
+        let shadow = &mut self.shadow.networks;
+        let networks = &mut self.networks;
+        write_all(
+            raw_fd(networks.map()),
+            &mut self.shadow.no_batch[BATCH_NETWORKS],
+            MAP_NETWORKS,
+            self.network_capacity,
+            &keys,
+            &values,
+            |key, value| networks.insert(key, value, 0),
+            |index| {
+                shadow.insert(
+                    (keys[index].prefix_len(), keys[index].data()),
+                    values[index],
+                );
+                report.networks_written += 1;
+            },
+        )?;
 
         // 3. The switch: one write makes the new slot live.
         let nanos = |duration: Duration| duration.as_nanos().min(u64::MAX as u128) as u64;
@@ -297,16 +442,8 @@ impl Datapath {
             .set(0, config, 0)
             .map_err(map_error(MAP_CONFIG))?;
 
-        // 4. The old slot is dead now.
-        let mut live = Vec::with_capacity(self.shadow.policy.len());
-        for (prefix_len, key) in std::mem::take(&mut self.shadow.policy) {
-            if slot_of(&key) != new_slot {
-                let _ = self.policy.remove(&Key::new(prefix_len, key));
-            } else {
-                live.push((prefix_len, key));
-            }
-        }
-        self.shadow.policy = live;
+        // 4. The old slot is dead now; its entries stay as the base the next generation is
+        //    written over.
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -320,8 +457,81 @@ impl Datapath {
         self.endpoint_capacity
     }
 
-    /// (entries, capacity) of POLICY: both slots during a switch, one otherwise.
+    /// (entries, capacity) of POLICY: both slots, the live one and the previous
+    /// generation kept as the base of the next diff.
     pub fn policy_fill(&self) -> (usize, usize) {
-        (self.shadow.policy.len(), self.policy_capacity)
+        (
+            self.shadow.policy[0].len() + self.shadow.policy[1].len(),
+            self.policy_capacity,
+        )
+    }
+
+    /// Writes the slot `slot` of POLICY so that it holds exactly `compiled.entries`.
+    fn sync_policy_slot(
+        &mut self,
+        compiled: &CompiledPolicy,
+        slot: u32,
+        report: &mut SyncReport,
+    ) -> Result<(), DatapathError> {
+        let shadow_slot = (slot & 1) as usize;
+        let desired: StdHashMap<PolicySlotKey, PolicyValue> = compiled
+            .entries
+            .iter()
+            .map(|entry| {
+                (
+                    (
+                        entry.prefix_len,
+                        PolicyKey::new(0, entry.src_zone, entry.dst_zone, entry.proto, entry.port),
+                    ),
+                    entry.value,
+                )
+            })
+            .collect();
+        let stale: Vec<PolicySlotKey> = self.shadow.policy[shadow_slot]
+            .keys()
+            .filter(|key| !desired.contains_key(key))
+            .copied()
+            .collect();
+        let in_slot = |key: &PolicyKey| PolicyKey {
+            slot: slot.to_be_bytes(),
+            ..*key
+        };
+        for (prefix_len, key) in &stale {
+            match self.policy.remove(&Key::new(*prefix_len, in_slot(key))) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(MAP_POLICY)(error)),
+            }
+            self.shadow.policy[shadow_slot].remove(&(*prefix_len, *key));
+            report.policy_removed += 1;
+        }
+        // Written in the compiler's order (pair, prefix length, protocol, port): the
+        // order does not matter to packets, the slot is not live, but it is reproducible.
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for entry in &compiled.entries {
+            let key = PolicyKey::new(0, entry.src_zone, entry.dst_zone, entry.proto, entry.port);
+            if self.shadow.policy[shadow_slot].get(&(entry.prefix_len, key)) != Some(&entry.value) {
+                keys.push(Key::new(entry.prefix_len, in_slot(&key)));
+                values.push(entry.value);
+            }
+        }
+        let shadow = &mut self.shadow.policy[shadow_slot];
+        let policy = &mut self.policy;
+        write_all(
+            raw_fd(policy.map()),
+            &mut self.shadow.no_batch[BATCH_POLICY],
+            MAP_POLICY,
+            self.policy_capacity,
+            &keys,
+            &values,
+            |key, value| policy.insert(key, value, 0),
+            |index| {
+                shadow.insert(
+                    (keys[index].prefix_len(), slot_key(&keys[index].data())),
+                    values[index],
+                );
+                report.policy_written += 1;
+            },
+        )
     }
 }

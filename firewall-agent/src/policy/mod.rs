@@ -11,6 +11,7 @@ pub mod compile;
 pub mod compiled;
 pub mod crd;
 mod decode;
+pub mod documents;
 pub mod model;
 pub mod validate;
 
@@ -19,6 +20,7 @@ use std::fmt;
 pub use check::render_check;
 pub use compile::{compile, zone_id};
 pub use compiled::CompiledPolicy;
+pub use documents::DocumentCache;
 pub use model::PolicySet;
 pub use validate::validate;
 

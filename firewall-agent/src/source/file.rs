@@ -1,8 +1,29 @@
 //! The standalone source: one multi-document YAML file, re-read when its content changes.
-//! Polling the content (not inotify) survives editors that replace the file, ConfigMap
-//! symlink swaps and bind mounts alike; at a few reads per second it costs nothing.
+//!
+//! The file's folder is watched with inotify (through `notify`), so a change is seen
+//! within milliseconds: writes in place, editors' write-then-rename, `ln -sf` and
+//! Kubernetes ConfigMap updates (a `..data` symlink swapped in the folder) all raise an
+//! event there. Events are debounced ([`QUIET`] without events, at most [`MAX_DELAY`]) so
+//! a file still being written is not read half way. Polling stays as the fallback (bind
+//! mounts, network file systems, inotify limits): each poll compares the file's metadata
+//! and re-reads only when it moved, and re-reads regardless every [`FULL_READ_EVERY`]
+//! polls. What decides "changed" is a digest of the content, never the text itself: the
+//! agent keeps no copy of the file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::policy::documents::{Digest, digest};
+
+/// Quiet time after the last event before the file is read.
+pub const QUIET: Duration = Duration::from_millis(5);
+/// Longest a stream of events delays the read.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+/// Polls between reads of a file whose metadata did not change (a safety net for file
+/// systems whose time stamps are too coarse to show a rewrite).
+pub const FULL_READ_EVERY: u32 = 25;
 
 /// What the last look at the file found.
 #[derive(Debug)]
@@ -13,34 +34,197 @@ pub enum FileState {
     Unreadable(String),
 }
 
+/// What identifies one version of the file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Signature {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Signature {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+}
+
+/// Watches the file's folder; dropping it stops the watch and its debouncer.
+struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    /// Set by the debouncer when an event concerned the file: read it at the next poll
+    /// whatever its metadata says.
+    dirty: Arc<AtomicBool>,
+    changes: Arc<tokio::sync::Notify>,
+}
+
 pub struct FileSource {
     path: PathBuf,
-    last_content: Option<String>,
+    last_digest: Option<Digest>,
+    /// Metadata of the version behind `last_digest`.
+    last_signature: Option<Signature>,
     last_error: Option<String>,
+    polls_since_read: u32,
+    watch: Option<Watch>,
+    /// Decoded documents of the last good file: a change re-decodes only what changed.
+    documents: crate::policy::DocumentCache,
 }
 
 impl FileSource {
+    /// A polled-only source (see [`FileSource::watched`]).
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
-            last_content: None,
+            last_digest: None,
+            last_signature: None,
             last_error: None,
+            polls_since_read: 0,
+            watch: None,
+            documents: Default::default(),
         }
+    }
+
+    /// A source that also watches the file's folder with inotify. When the watch cannot
+    /// be set up (no folder yet, inotify limits) it says why and falls back to polling.
+    pub fn watched(path: &Path) -> Self {
+        let mut source = Self::new(path);
+        match Self::watch(path) {
+            Ok(watch) => source.watch = Some(watch),
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot watch the policy file's folder; changes are seen by polling only"
+            ),
+        }
+        source
+    }
+
+    fn watch(path: &Path) -> Result<Watch, notify::Error> {
+        use notify::Watcher as _;
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        // Names in a watched folder whose events concern the file: its own name, the
+        // name of what it links to, and Kubernetes' `..data` machinery.
+        let mut names = vec![path.file_name().map(|name| name.to_owned())];
+        let mut folders = vec![folder.clone()];
+        if let Ok(target) = std::fs::canonicalize(path) {
+            names.push(target.file_name().map(|name| name.to_owned()));
+            if let Some(parent) = target.parent()
+                && parent != folder
+                && std::fs::canonicalize(&folder).ok().as_deref() != Some(parent)
+            {
+                folders.push(parent.to_owned());
+            }
+        }
+        let names: Vec<std::ffi::OsString> = names.into_iter().flatten().collect();
+        let (sender, receiver) = std::sync::mpsc::channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match &event {
+                    // Overflow or an error: better read once too often.
+                    Err(_) => true,
+                    Ok(event) => {
+                        use notify::event::{AccessKind, AccessMode, EventKind};
+                        // Opening and reading (the agent's own reads among them) change
+                        // nothing; a write ends with a modify or close-after-write.
+                        let reads_only = matches!(event.kind, EventKind::Access(access)
+                            if access != AccessKind::Close(AccessMode::Write));
+                        event.need_rescan()
+                            || !reads_only
+                                && event.paths.iter().any(|path| {
+                                    path.file_name().is_some_and(|name| {
+                                        names.iter().any(|wanted| wanted == name)
+                                            || name.as_encoded_bytes().starts_with(b"..")
+                                    })
+                                })
+                    }
+                };
+                if relevant {
+                    let _ = sender.send(());
+                }
+            })?;
+        for folder in &folders {
+            watcher.watch(folder, notify::RecursiveMode::NonRecursive)?;
+        }
+        let dirty = Arc::new(AtomicBool::new(false));
+        let changes = Arc::new(tokio::sync::Notify::new());
+        std::thread::Builder::new()
+            .name("policy-file-watch".into())
+            .spawn({
+                let dirty = dirty.clone();
+                let changes = changes.clone();
+                move || debounce(&receiver, &dirty, &changes)
+            })
+            .map_err(|error| notify::Error::generic(&error.to_string()))?;
+        Ok(Watch {
+            _watcher: watcher,
+            dirty,
+            changes,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Reads the file and says whether it changed since the last call.
+    /// Woken (after debouncing) when an event concerned the file; None when unwatched.
+    pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.watch.as_ref().map(|watch| watch.changes.clone())
+    }
+
+    /// Whether the folder is watched.
+    pub fn is_watched(&self) -> bool {
+        self.watch.is_some()
+    }
+
+    /// Parses a version of the file, reusing the documents earlier versions shared.
+    pub fn parse(
+        &mut self,
+        content: &str,
+    ) -> Result<crate::policy::PolicySet, crate::policy::PolicyError> {
+        self.documents.parse(content)
+    }
+
+    /// Looks at the file and says whether its content changed since the last call.
     pub fn poll(&mut self) -> FileState {
+        let signature = Signature::of(&self.path);
+        let event = self
+            .watch
+            .as_ref()
+            .is_some_and(|watch| watch.dirty.swap(false, Ordering::AcqRel));
+        self.polls_since_read += 1;
+        // Unwatched, every poll reads: only a watched file's events make skipping safe
+        // enough (time stamps alone can miss a same-size rewrite within one tick).
+        let skip = self.watch.is_some()
+            && !event
+            && signature.is_some()
+            && signature == self.last_signature
+            && self.last_error.is_none()
+            && self.polls_since_read < FULL_READ_EVERY;
+        if skip {
+            return FileState::Unchanged;
+        }
+        self.polls_since_read = 0;
         match std::fs::read_to_string(&self.path) {
             Ok(content) => {
                 self.last_error = None;
-                if self.last_content.as_deref() == Some(content.as_str()) {
+                self.last_signature = signature;
+                let digest = digest(content.as_bytes());
+                if self.last_digest == Some(digest) {
                     FileState::Unchanged
                 } else {
-                    self.last_content = Some(content.clone());
+                    self.last_digest = Some(digest);
                     FileState::Changed(content)
                 }
             }
@@ -54,6 +238,32 @@ impl FileSource {
                 }
             }
         }
+    }
+}
+
+/// Turns bursts of events into one `dirty` + notification, [`QUIET`] after the last event
+/// of a burst (at most [`MAX_DELAY`] after its first). Ends when the watcher is dropped.
+fn debounce(
+    events: &std::sync::mpsc::Receiver<()>,
+    dirty: &AtomicBool,
+    changes: &tokio::sync::Notify,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while events.recv().is_ok() {
+        let first = Instant::now();
+        loop {
+            let left = MAX_DELAY.saturating_sub(first.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match events.recv_timeout(QUIET.min(left)) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        dirty.store(true, Ordering::Release);
+        changes.notify_one();
     }
 }
 
@@ -73,5 +283,121 @@ mod tests {
         assert!(matches!(source.poll(), FileState::Unchanged));
         std::fs::write(&path, "a: 2\n").unwrap();
         assert!(matches!(source.poll(), FileState::Changed(_)));
+    }
+
+    /// Waits (2 s at most) until an announced change reads as one. A burst of events
+    /// can be announced in two parts on a busy machine, so an announcement may find the
+    /// change already read; polling happens only when announced.
+    fn announced(source: &mut FileSource) -> FileState {
+        let changes = source.changes().expect("a watched source");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let woke = runtime
+                .block_on(async { tokio::time::timeout(left, changes.notified()).await.is_ok() });
+            assert!(woke, "no change announced");
+            match source.poll() {
+                FileState::Unchanged => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Lets every pending event be announced and forgets it.
+    fn settle(source: &mut FileSource) {
+        std::thread::sleep(MAX_DELAY * 2);
+        source.poll();
+        let changes = source.changes().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_millis(1), changes.notified()).await;
+        });
+    }
+
+    fn assert_changed(state: FileState, expected: &str) {
+        match state {
+            FileState::Changed(content) => assert_eq!(content, expected),
+            other => panic!("expected a change to {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inotify_sees_writes_in_place_renames_over_and_symlink_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "v: 1\n").unwrap();
+        let mut source = FileSource::watched(&path);
+        assert!(source.is_watched());
+        assert_changed(source.poll(), "v: 1\n");
+
+        // Written in place, same size: only the event tells.
+        std::fs::write(&path, "v: 2\n").unwrap();
+        assert_changed(announced(&mut source), "v: 2\n");
+
+        // An editor's write-then-rename.
+        let temporary = dir.path().join(".policy.yaml.swp");
+        std::fs::write(&temporary, "v: 3\n").unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        assert_changed(announced(&mut source), "v: 3\n");
+
+        // Events of other files in the folder are not announced.
+        settle(&mut source);
+        std::fs::write(dir.path().join("flows.jsonl"), "{}\n").unwrap();
+        std::thread::sleep(MAX_DELAY * 2);
+        assert!(!source.watch.as_ref().unwrap().dirty.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn inotify_sees_a_configmap_style_symlink_swap() {
+        // Kubernetes mounts a ConfigMap as `policy.yaml -> ..data/policy.yaml` and
+        // `..data -> ..<timestamp>`; an update renames a new `..data` over the old one.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let version = |name: &str, content: &str| {
+            std::fs::create_dir(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join("policy.yaml"), content).unwrap();
+        };
+        version("..v1", "v: 1\n");
+        std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).unwrap();
+        let path = root.join("policy.yaml");
+        let mut source = FileSource::watched(&path);
+        assert_changed(source.poll(), "v: 1\n");
+
+        version("..v2", "v: 2\n");
+        std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        assert_changed(announced(&mut source), "v: 2\n");
+    }
+
+    #[test]
+    fn a_watched_file_is_still_polled_and_reread_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "v: 1\n").unwrap();
+        let mut source = FileSource::watched(&path);
+        assert_changed(source.poll(), "v: 1\n");
+        // A change whose event is lost (simulated: the dirty flag is cleared) but whose
+        // metadata moved is still found by the next poll.
+        std::fs::write(&path, "v: 22\n").unwrap();
+        std::thread::sleep(QUIET * 4);
+        source
+            .watch
+            .as_ref()
+            .unwrap()
+            .dirty
+            .store(false, Ordering::Release);
+        assert_changed(source.poll(), "v: 22\n");
+        // Unchanged metadata and no event: no read, until the periodic one.
+        for _ in 0..FULL_READ_EVERY * 2 {
+            assert!(matches!(source.poll(), FileState::Unchanged));
+        }
     }
 }

@@ -67,10 +67,14 @@ impl PolicySource for FileSource {
         match FileSource::poll(self) {
             FileState::Unchanged => SourceUpdate::Unchanged,
             FileState::Unreadable(message) => SourceUpdate::Unavailable(message),
-            FileState::Changed(content) => match crate::policy::parse(&content) {
+            FileState::Changed(content) => match self.parse(&content) {
                 Ok(set) => SourceUpdate::Changed(set),
                 Err(error) => SourceUpdate::Invalid(error),
             },
         }
+    }
+
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        FileSource::changes(self)
     }
 }

@@ -589,32 +589,117 @@ fn networks_are_normalised_and_sorted() {
 // The POLICY partition.
 // ---------------------------------------------------------------------------------------
 
+/// What a longest-prefix lookup of `port` finds among `blocks`, else `inherited`.
+fn lookup_blocks(
+    blocks: &[(u32, u32, PolicyValue)],
+    inherited: PolicyValue,
+    port: u32,
+) -> PolicyValue {
+    blocks
+        .iter()
+        .filter(|(start, bits, _)| port >> bits == start >> bits)
+        .min_by_key(|(_, bits, _)| *bits)
+        .map_or(inherited, |(_, _, value)| *value)
+}
+
 #[test]
-fn aligned_blocks_cover_exactly() {
-    assert_eq!(aligned_blocks(0, 65_535), [(0, 16)]);
-    assert_eq!(aligned_blocks(443, 443), [(443, 0)]);
+fn fewest_blocks_nest_exceptions_inside_a_wider_block() {
+    let (pair, rule_a, rule_b) = (deny(RULE_DEFAULT_INTER_DENY), allow(70), deny(71));
+    let single = [(0, 442, pair), (443, 443, rule_a), (444, 65_535, pair)];
+    assert_eq!(fewest_blocks(&single, pair), [(443, 0, rule_a)]);
+    // The same port when the protocol's background differs from the pair entry: one
+    // entry for the protocol, one for the port.
+    let other = [(0, 442, rule_b), (443, 443, rule_a), (444, 65_535, rule_b)];
     assert_eq!(
-        aligned_blocks(8080, 8090),
-        [(8080, 3), (8088, 1), (8090, 0)]
+        fewest_blocks(&other, pair),
+        [(0, 16, rule_b), (443, 0, rule_a)]
     );
-    assert_eq!(aligned_blocks(1, 65_535).len(), 16);
+    assert_eq!(fewest_blocks(&[(0, 65_535, pair)], pair), []);
+    assert_eq!(
+        fewest_blocks(&[(0, 65_535, rule_a)], pair),
+        [(0, 16, rule_a)]
+    );
+}
+
+#[test]
+fn fewest_blocks_match_every_port_and_beat_a_flat_partition() {
+    let values = [
+        deny(RULE_DEFAULT_INTER_DENY),
+        allow(70),
+        allow(71),
+        deny(72),
+    ];
     let mut seed = 0x1234_5678u32;
-    for _ in 0..2000 {
+    let mut next = move || {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
-        let start = seed % 65_536;
-        let end = start + (seed >> 16) % (65_536 - start);
-        let blocks = aligned_blocks(start, end);
-        let mut next = start;
-        for (block, bits) in &blocks {
-            assert_eq!(*block, next);
-            assert_eq!(block % (1 << bits), 0, "aligned");
-            next = block + (1 << bits);
+        seed
+    };
+    for _ in 0..300 {
+        // Random cut points, random values, neighbours merged as the compiler does.
+        let mut cuts: Vec<u32> = (0..next() % 12).map(|_| 1 + next() % 65_535).collect();
+        if next() % 4 == 0 {
+            let port = next() % 65_535;
+            cuts.extend([port, port + 1]);
         }
-        assert_eq!(next, end + 1);
-        assert!(blocks.len() <= 32);
+        cuts.push(0);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut segments: Vec<(u32, u32, PolicyValue)> = Vec::new();
+        for (index, start) in cuts.iter().enumerate() {
+            let end = cuts.get(index + 1).map_or(65_535, |next| next - 1);
+            let value = values[next() as usize % values.len()];
+            match segments.last_mut() {
+                Some(last) if last.2 == value => last.1 = end,
+                _ => segments.push((*start, end, value)),
+            }
+        }
+        let inherited = values[next() as usize % values.len()];
+        let blocks = fewest_blocks(&segments, inherited);
+        for (start, end, value) in &segments {
+            let mut probes = vec![*start, *end, (start + end) / 2];
+            probes.extend((0..8).map(|_| start + next() % (end - start + 1)));
+            for port in probes {
+                assert_eq!(
+                    lookup_blocks(&blocks, inherited, port),
+                    *value,
+                    "port {port} of {segments:?}: {blocks:?}"
+                );
+            }
+        }
+        // Every block is aligned and distinct.
+        let mut seen = std::collections::BTreeSet::new();
+        for (start, bits, _) in &blocks {
+            assert_eq!(start % (1 << bits), 0, "aligned");
+            assert!(seen.insert((*start, *bits)), "one entry per prefix");
+        }
+        // Never more entries than the flat partition into aligned blocks.
+        let flat: usize = segments
+            .iter()
+            .filter(|_| !(segments.len() == 1 && segments[0].2 == inherited))
+            .map(|(start, end, _)| flat_blocks(*start, *end))
+            .sum();
+        assert!(blocks.len() <= flat, "{} > {flat}", blocks.len());
     }
+}
+
+/// How many aligned power-of-two blocks exactly cover `start..=end`.
+fn flat_blocks(mut start: u32, end: u32) -> usize {
+    let mut count = 0;
+    while start <= end {
+        let mut bits = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
+        while start + (1 << bits) - 1 > end {
+            bits -= 1;
+        }
+        count += 1;
+        start += 1 << bits;
+    }
+    count
 }
 
 #[test]
