@@ -853,6 +853,13 @@ fn build_report(report: &mut Report, loaded: &[Loaded]) {
     let (value_v6, at_v6) = worst(EstablishedV6, &|_| true);
     report.metric("established_v6_ns_above_empty", value_v6);
     let _ = at_v6;
+    // Context for the new-flow figures: what a conntrack hit costs timed the same way (one
+    // run per syscall), and what the whole decision costs without creating state.
+    report.metric(
+        "single_established_ns_above_empty",
+        worst(SingleEstablished, &|_| true).0,
+    );
+    report.metric("denied_ns_above_empty", worst(Denied, &|_| true).0);
     let largest_prefixes = loaded
         .iter()
         .map(|config| config.scale.prefixes)

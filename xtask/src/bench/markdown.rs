@@ -293,25 +293,32 @@ fn explain_miss(id: &str, report: &Report, reports: &[Report]) -> Option<String>
     };
     let text = match id {
         "per-packet-established" => format!(
-            "An established packet costs {} ns above the empty program. The profile table in \
-             section 1 shows where the time goes; the program's own instructions and the \
-             hashing of map keys dominate. Getting under 50 ns needs fewer instructions on the \
-             hit path: build the conntrack key straight from the packet instead of copying the \
-             headers into per-CPU memory first, avoid the `memset`/`memmove` the compiler \
-             emits as BPF subprograms, and update counters and timestamps less often \
-             (e.g. only when the coarse clock moved).",
+            "An established packet costs {} ns above the empty program. It takes the fast path \
+             (the conntrack key read straight from the packet, one lookup, the coarse clock \
+             read once per jiffy); the profile table in section 1 shows what is left: the \
+             program's own instructions and hashing the 40-byte conntrack key. A conntrack key \
+             of its own for IPv4 (16 bytes instead of an IPv4-mapped IPv6 pair) would roughly \
+             halve the hashing.",
             fmt(metric("established_ns_above_empty"))
         ),
         "per-packet-new" | "per-packet-new-cidr" => format!(
-            "A new flow does far more than one lookup: conntrack miss, the source's and \
-             destination's identities, a policy LPM lookup, an LRU insert of a 96-byte entry, \
-             two random numbers for the flow id and a 128-byte ring-buffer event ({} ns above \
-             empty pod to pod, {} ns to a CIDR zone, single-run method). One LPM trie lookup \
-             alone costs more than 100 ns here (see the denied flow in the profile table). \
-             150 ns would need an exact-match hash in front of the policy trie (most lookups \
-             hit a full key), a cheaper flow id and emitting the start event lazily.",
+            "A new allowed flow costs {} ns above the empty program pod to pod and {} ns to a \
+             CIDR zone (single-run method, in which even a conntrack hit measures {} ns: every \
+             run starts with caches cooled by the syscall). Deciding is not what costs: the \
+             policy answer comes from the policy cache with one hash lookup, and a denied flow, \
+             which takes the whole decision path but creates no state, costs {} ns (repeat \
+             method). What a new allowed flow adds is its state and its record: the insert of a \
+             96-byte conntrack entry into the LRU hash (a free node taken under the LRU's lock), \
+             the 128-byte start event reserved and committed in the ring buffer, a precise \
+             clock read for its timestamp, and the conntrack miss and two endpoint lookups \
+             before them, each a cache miss once the tables are large. One LRU insert and one \
+             ring-buffer event already cost more than 150 ns here; getting there would need \
+             per-CPU LRU lists (BPF_F_NO_COMMON_LRU, which splits the table's capacity between \
+             CPUs) and start events batched per CPU instead of one per flow.",
             fmt(metric("new_ns_above_empty")),
-            fmt(metric("new_cidr_ns_above_empty"))
+            fmt(metric("new_cidr_ns_above_empty")),
+            fmt(metric("single_established_ns_above_empty")),
+            fmt(metric("denied_ns_above_empty"))
         ),
         "per-packet-flat" => "Only new flows between random pods grow with the number of pods \
              (see the pods panel of the plot): with many pods their endpoint entries, spread over \
