@@ -562,6 +562,10 @@ fn build_report(
             &format!("{}_events_per_second", stage.key().replace('-', "_")),
             rate.median,
         );
+        report.metric(
+            &format!("{}_cpu_seconds_per_million", stage.key().replace('-', "_")),
+            cpu.median,
+        );
     }
     report.tables.push(Table {
         title: "Drain rate on one core, stage by stage (absolute numbers of this VM)".into(),

@@ -208,7 +208,7 @@ read from `/proc` during each test: its user-space work (flow records) competes 
 client and the server for the two cores.";
 
 const FLOW_LOG: &str = "\
-The agent's own code — `decode`, `Enricher`, `Record::encode` and the sink `Dispatcher` —
+The agent's own code — `decode`, `Enricher`, the record encoders and the sink `Dispatcher` —
 fed with real kernel events: the TC program judges frames of new allowed flows between pods
 (with namespaces and labels) and emits one start event each into the ring buffer. The
 drain side is measured alone: the ring is filled first (not timed), then drained and timed
@@ -360,8 +360,8 @@ fn explain_miss(id: &str, report: &Report, reports: &[Report]) -> Option<String>
              cheap next to a TCP handshake (section 1), but the agent writes a start and an end \
              record for every connection and used {} % of a core doing so during this test, on a \
              machine with two cores that the client, the server and the kernel also need; the \
-             netfilter baselines log nothing. A cheaper flow-log encoder (section 3) or \
-             sampling allowed flows (`sample=` on the sink) would close the gap.",
+             netfilter baselines log nothing. Sampling allowed flows (`sample=` on the sink) \
+             or encoding on more threads would close the gap.",
             fmt(metric("connections_zonewall_ratio")),
             fmt(metric("agent_cpu_percent_connections"))
         ),
@@ -372,20 +372,26 @@ fn explain_miss(id: &str, report: &Report, reports: &[Report]) -> Option<String>
              trails, the explanation of the TCP target above applies."
             .to_owned(),
         "flow-log-rate" => format!(
-            "Encoding dominates: decode and enrichment reach {} events/s on one core, JSON \
-             encoding brings it down to {} events/s. The encoder builds a `serde_json::Value` \
-             tree for every record and serialises that, and every record allocates its \
-             strings (times, names, labels). Serialising straight from the record, caching the \
-             per-endpoint part (pod, namespace, labels change only with a policy generation) \
-             and formatting times without allocation would close most of the gap; encoding on \
-             more than one thread the rest.",
+            "Decode and enrichment reach {} events/s, JSON to `/dev/null` {} events/s in wall \
+             time. The encoder writes straight from the record into a reused buffer (times, \
+             numbers and escaping by hand, each pod's part rendered once per policy \
+             generation) and needs {} CPU seconds per million events on this run, i.e. {} \
+             events/s per fully available core: where the wall-clock rate stays below that, the \
+             benchmark thread was not getting a whole core on this 2-core VM (other load, or \
+             the hypervisor). Encoding on more than one thread would add headroom.",
             fmt(metric("enrich_events_per_second")),
-            fmt(metric("json_dev_null_events_per_second"))
+            fmt(metric("json_dev_null_events_per_second")),
+            fmt(metric("json_dev_null_cpu_seconds_per_million")),
+            fmt(metric("json_dev_null_cpu_seconds_per_million")
+                .filter(|cpu| *cpu > 0.0)
+                .map(|cpu| 1e6 / cpu))
         ),
         "flow-log-sustained" => "The ring buffer side kept up (nothing lost there, see the \
-             table), but the file sink's thread cannot encode and write 100 000 records a \
-             second on this machine (see the drain rate), so its bounded queue overflowed and \
-             the sink counted what it dropped. The fix is the encoder's (see above)."
+             table), but the file sink's thread fell behind 100 000 records a second during \
+             this run, so its bounded queue overflowed and the sink counted what it dropped \
+             (every drop is counted, none is silent). The sink thread competes with the \
+             producer and the reader for two cores; see the drain rate and its CPU cost in the \
+             table to tell a slow encoder from a starved thread."
             .to_owned(),
         "control-plane-compile" => format!(
             "Compile plus the first sync takes {} s for 100 000 pods and 10 000 policies: \
