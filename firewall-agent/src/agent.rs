@@ -120,6 +120,7 @@ impl Agent {
     /// Looks at the source; an invalid or unavailable input leaves the last good policy.
     fn reload(&mut self) -> Result<bool, AgentError> {
         let source_name = self.source.describe();
+        let started = Instant::now();
         let set = match self.source.poll() {
             SourceUpdate::Unchanged => return Ok(false),
             SourceUpdate::Unavailable(message) => {
@@ -134,6 +135,7 @@ impl Agent {
             }
             SourceUpdate::Changed(set) => set,
         };
+        let read = started.elapsed();
         let compiled = match policy::compile(&set) {
             Ok(compiled) => compiled,
             Err(error) => {
@@ -144,6 +146,12 @@ impl Agent {
                 return Ok(false);
             }
         };
+        let compile = started.elapsed() - read;
+        tracing::debug!(
+            read_ms = read.as_secs_f64() * 1000.0,
+            compile_ms = compile.as_secs_f64() * 1000.0,
+            "policy input compiled"
+        );
         let objects = object_digests(&set);
         let changed = changed_objects(&self.last_objects, &objects);
         // The input is not needed any more; freeing it before the sync lowers the peak.

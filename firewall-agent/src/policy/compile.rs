@@ -182,53 +182,77 @@ fn resolve_pods(
         }
     }
 
-    let mut order: Vec<usize> = (0..input.pods.len()).collect();
-    order.sort_by(|left, right| {
-        let (left, right) = (&input.pods[*left], &input.pods[*right]);
-        (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name))
-    });
+    // Per namespace: the zones without an anchor whose namespaceSelector it passes, so a
+    // pod without anchored candidates needs no allocation at all.
+    let unanchored_passing: HashMap<&str, Vec<usize>> = namespace_passes
+        .iter()
+        .map(|(name, passes)| {
+            let zones = unanchored
+                .iter()
+                .copied()
+                .filter(|index| passes[*index])
+                .collect();
+            (*name, zones)
+        })
+        .collect();
+    // Warnings come out in pod name order whatever the input order: (pod, text).
+    let mut pod_warnings: Vec<((&str, &str), String)> = Vec::new();
     let mut zones = vec![None; input.pods.len()];
-    for index in order {
-        let pod = &input.pods[index];
+    let mut candidates: Vec<usize> = Vec::new();
+    let mut matching: Vec<&str> = Vec::new();
+    for (index, pod) in input.pods.iter().enumerate() {
         if pod.is_terminated() {
             continue;
         }
-        let passes = &namespace_passes[pod.namespace.as_str()];
-        let mut candidates = unanchored.clone();
+        let namespace = pod.namespace.as_str();
+        let passes = &namespace_passes[namespace];
+        candidates.clear();
+        candidates.extend_from_slice(&unanchored_passing[namespace]);
+        let plain = candidates.len();
         for (key, value) in &pod.labels {
             if let Some(zones) = anchored.get(&(key.as_str(), value.as_str())) {
-                candidates.extend_from_slice(zones);
+                candidates.extend(zones.iter().filter(|index| passes[**index]));
             }
         }
         // Zone indices follow name order, so the first match is the name that sorts first.
-        candidates.sort_unstable();
-        candidates.dedup();
-        let matching: Vec<&str> = candidates
-            .into_iter()
-            .filter(|index| {
-                passes[*index]
-                    && selector_zones[*index]
+        if candidates.len() > plain {
+            candidates.sort_unstable();
+            candidates.dedup();
+        }
+        matching.clear();
+        matching.extend(
+            candidates
+                .iter()
+                .filter(|index| {
+                    selector_zones[**index]
                         .pod_selector
                         .as_ref()
                         .is_none_or(|selector| selector.matches(&pod.labels))
-            })
-            .map(|index| selector_zones[index].name.as_str())
-            .collect();
+                })
+                .map(|index| selector_zones[*index].name.as_str()),
+        );
+        let key = (namespace, pod.name.as_str());
         if matching.len() > 1 {
-            warnings.push(format!(
-                "Pod {}/{} matches zones {}; it is placed in zone {} (the name that sorts first)",
-                pod.namespace,
-                pod.name,
-                matching.join(", "),
-                matching[0]
+            pod_warnings.push((
+                key,
+                format!(
+                    "Pod {}/{} matches zones {}; it is placed in zone {} (the name that sorts first)",
+                    pod.namespace,
+                    pod.name,
+                    matching.join(", "),
+                    matching[0]
+                ),
             ));
         }
         zones[index] = Some(if pod.host_network {
             if let Some(zone) = matching.first() {
-                warnings.push(format!(
-                    "Pod {}/{} uses the host network: its traffic leaves from the node's address \
-                     and is identified as zone host, not zone {zone}",
-                    pod.namespace, pod.name
+                pod_warnings.push((
+                    key,
+                    format!(
+                        "Pod {}/{} uses the host network: its traffic leaves from the node's \
+                         address and is identified as zone host, not zone {zone}",
+                        pod.namespace, pod.name
+                    ),
                 ));
             }
             ZONE_HOST
@@ -236,6 +260,9 @@ fn resolve_pods(
             matching.first().map_or(ZONE_UNZONED, |name| zone_id(name))
         });
     }
+    // Stable: a pod's own warnings keep their order.
+    pod_warnings.sort_by(|left, right| left.0.cmp(&right.0));
+    warnings.extend(pod_warnings.into_iter().map(|(_, warning)| warning));
     zones
 }
 

@@ -8,7 +8,7 @@ pub mod kube;
 
 use std::sync::Arc;
 
-pub use file::{FileSource, FileState};
+pub use file::{FileSource, FileState, QUIET};
 
 use crate::policy::{CompiledPolicy, PolicyError, PolicySet};
 
