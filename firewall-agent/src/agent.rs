@@ -46,6 +46,8 @@ struct Agent {
     /// A digest of every zone and policy last applied, to name what a new input changes
     /// (the input itself is not kept: it holds every pod).
     last_objects: ObjectDigests,
+    /// When freed heap memory was last handed back to the system.
+    last_trim: Option<Instant>,
     node_name: Option<String>,
     generation: u32,
 }
@@ -186,7 +188,15 @@ impl Agent {
             }
         };
         drop(compiled);
-        release_free_memory();
+        // Trimming hands pages back that the next compile faults in again: once after the
+        // first policy (the largest allocation burst), then at most every TRIM_EVERY.
+        if self
+            .last_trim
+            .is_none_or(|last| last.elapsed() >= TRIM_EVERY)
+        {
+            release_free_memory();
+            self.last_trim = Some(Instant::now());
+        }
         Ok(applied)
     }
 
@@ -353,6 +363,9 @@ fn changed_objects(old: &ObjectDigests, new: &ObjectDigests) -> Vec<String> {
     changed
 }
 
+/// Least time between two [`release_free_memory`] calls after applies.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+
 /// Hands memory freed after a big compile back to the system: glibc keeps freed heap
 /// pages otherwise, and the agent's resident size would stay at its peak.
 fn release_free_memory() {
@@ -407,6 +420,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         sinks,
         metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
         last_objects: ObjectDigests::new(),
+        last_trim: None,
         node_name,
         generation: previous.generation,
         args,

@@ -313,20 +313,25 @@ impl Datapath {
         //    tracked connections before a new owner gets it: the datapath's fast path
         //    trusts conntrack entries without looking identities up again.
         let mut stale: Vec<EndpointKey> = Vec::new();
-        let mut owner_changed = 0;
-        for (key, value) in &self.shadow.endpoints {
-            match compiled
-                .endpoints
-                .get(&identity::address_from_bytes(key.addr))
-            {
-                None => stale.push(*key),
-                Some(endpoint) if identity::epoch_of_kind(&endpoint.kind) != value.epoch => {
-                    stale.push(*key);
-                    owner_changed += 1;
-                }
-                Some(_) => {}
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for (ip, endpoint) in &compiled.endpoints {
+            let key = identity::endpoint_key(*ip);
+            let value = identity::endpoint_value(endpoint, is_local(endpoint));
+            match self.shadow.endpoints.get(&key) {
+                Some(held) if *held == value => continue,
+                Some(held) if held.epoch != value.epoch => stale.push(key),
+                _ => {}
             }
+            keys.push(key);
+            values.push(value);
         }
+        let owner_changed = stale.len();
+        stale.extend(self.shadow.endpoints.keys().filter(|key| {
+            !compiled
+                .endpoints
+                .contains_key(&identity::address_from_bytes(key.addr))
+        }));
         for key in &stale {
             match self.endpoints.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -337,16 +342,6 @@ impl Datapath {
         report.endpoints_removed = stale.len() - owner_changed;
         if !stale.is_empty() {
             report.connections_flushed = self.flush_connections_of(&stale)?;
-        }
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for (ip, endpoint) in &compiled.endpoints {
-            let key = identity::endpoint_key(*ip);
-            let value = identity::endpoint_value(endpoint, is_local(endpoint));
-            if self.shadow.endpoints.get(&key) != Some(&value) {
-                keys.push(key);
-                values.push(value);
-            }
         }
         let shadow = &mut self.shadow.endpoints;
         let endpoints = &mut self.endpoints;
