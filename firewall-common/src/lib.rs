@@ -134,8 +134,9 @@ const _: () = assert!(size_of::<NetworkValue>() == 8);
 /// `POLICY` LPM key data. All fields are big-endian so that bit prefixes make sense:
 /// `slot | src_zone | dst_zone | proto | pad | port`.
 ///
-/// The compiler writes a full partition of (proto, port) for every zone pair it knows, so
-/// the longest-prefix match is the answer, in one lookup, whatever the number of rules.
+/// For every zone pair it knows, the compiler covers (proto, port) with the fewest nested
+/// prefixes whose longest match gives each port its decision, so the longest-prefix match
+/// is the answer, in one lookup, whatever the number of rules.
 /// `slot` lets a new policy be written beside the active one and switched on atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
