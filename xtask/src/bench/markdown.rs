@@ -556,8 +556,10 @@ pub fn render(reports: &[Report], machine: &Machine, results: &str) -> String {
     let quick = reports.iter().any(|report| report.quick);
     if quick {
         out.push_str(
-            "> **A quick run** (`--quick`): fewer configurations, rounds and seconds, meant to check that \
-             the benchmarks work, not to quote. Run `cargo xtask bench` for the real figures.\n\n",
+            "> **A quick run** (`--quick`): fewer configurations, rounds and seconds, and built \
+             without optimisations (the `dev` profile, so that it reuses the test build), meant to \
+             check that the benchmarks work, not to quote. Run `cargo xtask bench` for the real \
+             figures.\n\n",
         );
     }
     out.push_str(
@@ -565,7 +567,7 @@ pub fn render(reports: &[Report], machine: &Machine, results: &str) -> String {
          `bench-results/` (every sample as CSV, the summaries as JSON, the plots as SVG). Each can be \
          rerun alone — `cargo xtask bench per-packet`, `throughput`, `flow-log`, `control-plane`, \
          `kubernetes` — and this page is rendered again from every result present. `cargo xtask bench --quick` is \
-         the smoke run CI uses (results under `target/bench-quick/`).\n\n",
+         the smoke run CI uses (unoptimised build, results under `target/bench-quick/`).\n\n",
     );
     out.push_str(
         "**How to read it.** The machine is a small, shared virtual machine: absolute numbers wander \

@@ -1221,19 +1221,3 @@ fn a_large_input_compiles() {
         (verdict, rule)
     );
 }
-
-/// `cargo test --release -p firewall-agent --lib compiles_at_scale -- --ignored --nocapture`
-#[test]
-#[ignore = "timing test, meaningful in release builds only"]
-fn compiles_at_scale() {
-    let set = large_set(200, 10_000, 100_000);
-    let started = std::time::Instant::now();
-    let compiled = compile(&set).unwrap();
-    let elapsed = started.elapsed();
-    println!(
-        "10000 policies, 100000 pods, 200 zones: {} entries, {} endpoints in {elapsed:?}",
-        compiled.entries.len(),
-        compiled.endpoints.len()
-    );
-    assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
-}
