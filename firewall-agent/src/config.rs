@@ -96,7 +96,8 @@ pub struct RunArgs {
     /// This agent's name as a Lease holder; default: the node name and process id.
     #[arg(long, env = "POD_NAME")]
     pub status_identity: Option<String>,
-    /// How often the policy file and the interfaces are checked, in milliseconds.
+    /// How often the interfaces are checked, and the policy file as a fallback to watching
+    /// its folder with inotify, in milliseconds.
     #[arg(long, env = "ZONEWALL_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
     /// Conntrack timeouts in seconds.
