@@ -467,12 +467,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         interfaces = ?agent.args.interfaces,
         "zonewall agent running"
     );
+    // After a drain, the next one waits at least this long: events then arrive in batches
+    // instead of waking the agent one by one (a wake-up costs more than encoding a
+    // record). The ring holds far more than this many milliseconds of events at any rate
+    // the encoder keeps up with.
+    const DRAIN_PAUSE: Duration = Duration::from_millis(2);
+    let mut next_drain = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = async {
+                tokio::time::sleep_until(next_drain).await;
+                ring.readable_mut().await
+            } => {
                 let mut guard = guard.map_err(|source| AgentError::Io { what: "ring buffer".into(), source })?;
                 agent.drain_events(guard.get_inner_mut())?;
                 guard.clear_ready();
+                next_drain = tokio::time::Instant::now() + DRAIN_PAUSE;
             }
             _ = wait_for_changes(&changes) => {
                 if agent.reload()? && agent.generation != 0 {
