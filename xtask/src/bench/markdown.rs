@@ -355,9 +355,10 @@ fn explain_miss(id: &str, report: &Report, reports: &[Report]) -> Option<String>
                  every ACK, each run about {} ns above the empty program for an established \
                  flow (section 1), and the agent used {} % of a core during the test. TCP between \
                  two pods is bound by the CPU on this 2-core VM, so that much extra work per \
-                 packet costs a few percent. Making the established path cheaper (see the \
-                 per-packet target) is the fix; confirming the size of the gap needs a quiet \
-                 machine with pinned CPUs and longer rounds.",
+                 packet can cost a few percent; rounds of the same configuration differ by more \
+                 than that here. Confirming the size of the gap needs a quiet machine with \
+                 pinned CPUs and longer rounds; a smaller conntrack key for IPv4 would make the \
+                 established path cheaper still.",
                 fmt(low),
                 fmt(high),
                 fmt(other_metric("per-packet", "established_ns_above_empty")),
