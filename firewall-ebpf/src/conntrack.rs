@@ -2,7 +2,9 @@
 //! that the lower (address, port) end comes first, and the entry records which end
 //! initiated.
 use firewall_common::{
-    CT_STATE_CLOSED, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, Config, CtKey,
+    CT_FLAG_END_REPORTED, CT_FLAG_INITIATOR_IS_HI, CT_STATE_CLOSED, CT_STATE_CLOSING,
+    CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, Config, CtKey, CtValue, DIR_FORWARD, DIR_REPLY,
+    HOOK_FROM_POD,
 };
 
 use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
@@ -74,4 +76,53 @@ pub fn timeout(config: &Config, proto: u8, state: u8) -> u64 {
         IPPROTO_ICMP | IPPROTO_ICMPV6 => config.ct_timeout_icmp_ns,
         _ => config.ct_timeout_other_ns,
     }
+}
+
+/// Whether a packet whose source is the key's `hi` end (`src_is_hi`) goes from the flow's
+/// initiator to its responder.
+#[inline(always)]
+pub fn is_forward(ct: &CtValue, src_is_hi: bool) -> bool {
+    src_is_hi == (ct.flags & CT_FLAG_INITIATOR_IS_HI != 0)
+}
+
+/// Whether `hook` counts a packet of the flow going `forward` (or back). Counted once: at
+/// the sender's own interface, or at the receiver's when the sender is not on this node.
+#[inline(always)]
+pub fn counts_here(ct: &CtValue, hook: u8, forward: bool) -> bool {
+    let sender_local = if forward { ct.local[0] } else { ct.local[1] };
+    hook == HOOK_FROM_POD || sender_local == 0
+}
+
+/// Charges a packet of a tracked flow to its entry: when it was last seen, its packet and
+/// byte counters (when this hook counts it) and the TCP flags seen in its direction.
+#[inline(always)]
+pub fn charge(
+    ct: &mut CtValue,
+    now: u64,
+    forward: bool,
+    counting: bool,
+    bytes: u64,
+    tcp_flags: u8,
+) {
+    let direction = if forward { DIR_FORWARD } else { DIR_REPLY };
+    ct.last_seen_ns = now;
+    if counting {
+        if let Some(packets) = ct.packets.get_mut(direction) {
+            *packets += 1;
+        }
+        if let Some(total) = ct.bytes.get_mut(direction) {
+            *total += bytes;
+        }
+    }
+    if let Some(seen) = ct.tcp_flags.get_mut(direction) {
+        *seen |= tcp_flags;
+    }
+}
+
+/// Whether a long flow is due for its periodic update event.
+#[inline(always)]
+pub fn update_due(config: &Config, ct: &CtValue, now: u64) -> bool {
+    config.update_interval_ns != 0
+        && now.saturating_sub(ct.last_report_ns) > config.update_interval_ns
+        && ct.flags & CT_FLAG_END_REPORTED == 0
 }

@@ -181,30 +181,22 @@ pub fn established(ctx: &TcContext, hook: u8, config: &Config) -> Fast {
     if now.saturating_sub(ct.last_seen_ns) > conntrack::timeout(config, shape.proto, ct.state) {
         return Fast::Full;
     }
-    if config.update_interval_ns != 0
-        && now.saturating_sub(ct.last_report_ns) > config.update_interval_ns
-        && ct.flags & CT_FLAG_END_REPORTED == 0
-    {
+    if conntrack::update_due(config, ct, now) {
         // A periodic update is due: the full pipeline emits it.
         return Fast::Full;
     }
-    let forward = shape.src_is_hi == (ct.flags & CT_FLAG_INITIATOR_IS_HI != 0);
-    let direction = if forward { DIR_FORWARD } else { DIR_REPLY };
-    // Counted once: at the sender's own interface, or at the receiver's when the sender is
-    // not on this node.
-    let sender_local = if forward { ct.local[0] } else { ct.local[1] };
-    ct.last_seen_ns = now;
-    if hook == HOOK_FROM_POD || sender_local == 0 {
-        if let Some(packets) = ct.packets.get_mut(direction) {
-            *packets += 1;
-        }
-        if let Some(total) = ct.bytes.get_mut(direction) {
-            *total += ctx.len() as u64;
-        }
-    }
-    if let Some(seen) = ct.tcp_flags.get_mut(direction) {
-        *seen |= shape.tcp_flags;
-    }
+    let forward = conntrack::is_forward(ct, shape.src_is_hi);
+    let counting = conntrack::counts_here(ct, hook, forward);
+    conntrack::charge(
+        ct,
+        now,
+        forward,
+        counting,
+        ctx.len() as u64,
+        shape.tcp_flags,
+    );
+    // Without SYN, FIN or RST, the only TCP state change is the responder's first packet
+    // after the handshake's SYN.
     if shape.proto == IPPROTO_TCP && ct.state == CT_STATE_SYN_SENT && !forward {
         ct.state = CT_STATE_ESTABLISHED;
     }

@@ -93,7 +93,9 @@ fn is_local(endpoint: &Option<EndpointValue>) -> u8 {
 #[inline(always)]
 fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     let config = CONFIG.get(0).ok_or(Early::NoConfig)?;
-    let tracked = match fast::established(ctx, hook, config) {
+    // Whether conntrack may hold this packet's flow: false when the fast path already
+    // looked its key up and found nothing.
+    let maybe_tracked = match fast::established(ctx, hook, config) {
         Fast::Done(action) => return Ok(action),
         Fast::Untracked => false,
         Fast::Full => true,
@@ -137,11 +139,10 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     );
     let key = &*key;
 
-    // Fast path: a tracked flow needs one lookup and no identity. Entries never outlive
-    // an owner change of their addresses: user space removes them before an address gets
-    // a new owner.
-    // (Skipped when the fast path already found no entry for this very key.)
-    let entry = if tracked {
+    // A tracked flow needs one lookup and no identity (here for the shapes the fast path
+    // leaves to this pipeline). Entries never outlive an owner change of their addresses:
+    // user space removes them before an address gets a new owner.
+    let entry = if maybe_tracked {
         CONNTRACK.get_ptr_mut(key)
     } else {
         None
@@ -150,24 +151,18 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
         // SAFETY: pointer from a successful lookup. Concurrent updates from other CPUs can
         // only blur counters and timestamps.
         let ct = unsafe { &mut *entry };
-        let forward = run.src_is_hi == (ct.flags & CT_FLAG_INITIATOR_IS_HI != 0);
+        let forward = conntrack::is_forward(ct, run.src_is_hi);
         let expired = run.now.saturating_sub(ct.last_seen_ns)
             > conntrack::timeout(config, packet.proto, ct.state);
         let reopened = packet.proto == IPPROTO_TCP
             && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && ct.state == CT_STATE_CLOSED;
         if !expired && !reopened {
-            // Counted once: at the sender's own interface, or at the receiver's when the
-            // sender is not on this node.
-            let sender_local = if forward { ct.local[0] } else { ct.local[1] };
-            run.counting = hook == HOOK_FROM_POD || sender_local == 0;
+            run.counting = conntrack::counts_here(ct, hook, forward);
             // SAFETY: the context pointer is valid for the whole program run.
             run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
             established(ct, key, packet, run, forward);
-            if config.update_interval_ns != 0
-                && run.now.saturating_sub(ct.last_report_ns) > config.update_interval_ns
-                && ct.flags & CT_FLAG_END_REPORTED == 0
-            {
+            if conntrack::update_due(config, ct, run.now) {
                 ct.last_report_ns = run.now;
                 emit::flow(key, ct, &EventMeta::of(run, EVENT_UPDATE, VERDICT_ALLOW));
             }
@@ -210,19 +205,14 @@ fn retire(key: &CtKey, ct: &mut CtValue, run: &Run) {
 /// Updates an entry for a packet of a known flow: counters, TCP state, end of flow.
 #[inline(always)]
 fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forward: bool) {
-    let direction = if forward { DIR_FORWARD } else { DIR_REPLY };
-    ct.last_seen_ns = run.now;
-    if run.counting {
-        if let Some(packets) = ct.packets.get_mut(direction) {
-            *packets += 1;
-        }
-        if let Some(total) = ct.bytes.get_mut(direction) {
-            *total += run.bytes;
-        }
-    }
-    if let Some(seen) = ct.tcp_flags.get_mut(direction) {
-        *seen |= packet.tcp_flags;
-    }
+    conntrack::charge(
+        ct,
+        run.now,
+        forward,
+        run.counting,
+        run.bytes,
+        packet.tcp_flags,
+    );
     if packet.proto != IPPROTO_TCP {
         return;
     }

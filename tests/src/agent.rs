@@ -30,26 +30,40 @@ pub fn agent_binary() -> PathBuf {
     candidate
 }
 
-/// One agent process and its files. Dropping it kills the agent, detaches everything it
-/// pinned and unmounts the bpffs.
-pub struct Agent {
+/// One `firewall-agent` process of a test, whatever its policy source: a private folder
+/// (a log per start, the flow log, the ready file) and a bpffs the harness mounts for its
+/// pins. [`Agent`] (policy file) and [`crate::kube_agent::KubeAgent`] (API server) add
+/// their source. Dropping it kills the agent, detaches everything it pinned and unmounts
+/// the bpffs.
+pub struct AgentProcess {
     child: Option<Child>,
     node: String,
     dir: tempfile::TempDir,
     pub bpffs: PathBuf,
-    pub config: PathBuf,
     pub flow_log: PathBuf,
     pub ready_file: PathBuf,
+    /// The policy source's flag and file (`--config` or `--kubeconfig`).
+    source: (&'static str, PathBuf),
     extra_args: Vec<String>,
     starts: usize,
+    /// How long [`AgentProcess::wait_generation`] waits.
+    patience: Duration,
 }
 
-impl Agent {
-    /// Writes `policy` and starts the agent in `node`, enforcing on `veth*`; waits until it
-    /// reports a first policy generation.
-    pub fn start(node: &Netns, policy: &str, extra_args: &[&str]) -> Self {
+impl AgentProcess {
+    /// A folder (named after `prefix`) with a fresh bpffs, for an agent in `node` reading
+    /// its policy from the file `source_file` (inside the folder) given to `source_flag`.
+    /// Nothing runs yet: see [`AgentProcess::spawn`].
+    pub(crate) fn new(
+        prefix: &str,
+        node: &Netns,
+        source_flag: &'static str,
+        source_file: &str,
+        extra_args: &[&str],
+        patience: Duration,
+    ) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("zonewall-agent-")
+            .prefix(prefix)
             .tempdir_in("/run")
             .expect("temporary folder under /run");
         let bpffs = dir.path().join("bpffs");
@@ -62,28 +76,30 @@ impl Agent {
             None::<&str>,
         )
         .expect("mounting a bpffs for the test");
-        let mut agent = Self {
+        Self {
             child: None,
             node: node.name().to_owned(),
-            config: dir.path().join("policy.yaml"),
             flow_log: dir.path().join("flows.jsonl"),
             ready_file: dir.path().join("ready.json"),
+            source: (source_flag, dir.path().join(source_file)),
             bpffs,
             dir,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             starts: 0,
-        };
-        agent.write_policy(policy);
-        agent.spawn();
-        agent.wait_generation(1);
-        agent
+            patience,
+        }
+    }
+
+    /// The policy source's file (the policy file or the kubeconfig).
+    pub(crate) fn source_file(&self) -> &Path {
+        &self.source.1
     }
 
     fn log_path(&self, start: usize) -> PathBuf {
         self.dir.path().join(format!("agent-{start}.log"))
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         assert!(self.child.is_none(), "agent already running");
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log file");
@@ -91,8 +107,8 @@ impl Agent {
         command
             .args(["netns", "exec", &self.node])
             .arg(agent_binary())
-            .arg("--config")
-            .arg(&self.config)
+            .arg(self.source.0)
+            .arg(&self.source.1)
             .args(["--interfaces", "veth*"])
             .arg("--flow-log")
             .arg(&self.flow_log)
@@ -101,7 +117,13 @@ impl Agent {
             .arg("--ready-file")
             .arg(&self.ready_file)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info")
+            .env_remove("ZONEWALL_CONFIG")
+            .env_remove("KUBECONFIG")
+            // ZONEWALL_TEST_AGENT_LOG (e.g. `info,firewall_agent=debug`) to see more.
+            .env(
+                "RUST_LOG",
+                std::env::var("ZONEWALL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
@@ -145,13 +167,6 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Replaces the policy file atomically (as an editor or a ConfigMap update would).
-    pub fn write_policy(&self, policy: &str) {
-        let temporary = self.config.with_extension("tmp");
-        std::fs::write(&temporary, policy).expect("writing policy");
-        std::fs::rename(&temporary, &self.config).expect("replacing policy");
-    }
-
     /// The generation in the ready file, if any.
     pub fn generation(&self) -> Option<u64> {
         let text = std::fs::read_to_string(&self.ready_file).ok()?;
@@ -159,9 +174,9 @@ impl Agent {
         value["generation"].as_u64()
     }
 
-    /// Waits until the ready file reports at least `generation` (10 s deadline).
+    /// Waits until the ready file reports at least `generation`.
     pub fn wait_generation(&mut self, generation: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + self.patience;
         while Instant::now() < deadline {
             if self
                 .generation()
@@ -169,13 +184,12 @@ impl Agent {
             {
                 return;
             }
-            if !self.running() {
-                panic!("the agent exited early:\n{}", self.logs());
-            }
+            assert!(self.running(), "the agent exited early:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "no policy generation {generation} within 20 s:\n{}",
+            "no policy generation {generation} within {} s:\n{}",
+            self.patience.as_secs(),
             self.logs()
         );
     }
@@ -186,6 +200,100 @@ impl Agent {
             .map(|start| std::fs::read_to_string(self.log_path(start)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
+    }
+}
+
+impl AgentProcess {
+    /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
+    pub fn wait_attached(&mut self, interface: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let attached = std::fs::read_to_string(&self.ready_file)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|ready| {
+                    ready["interfaces"]
+                        .as_array()
+                        .is_some_and(|list| list.iter().any(|name| name == interface))
+                });
+            if attached {
+                return;
+            }
+            assert!(self.running(), "the agent exited:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{interface} not attached within 10 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(agent_binary())
+            .arg("detach")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The agent with a policy file (standalone mode).
+pub struct Agent {
+    process: AgentProcess,
+    pub config: PathBuf,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = AgentProcess;
+
+    fn deref(&self) -> &AgentProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut AgentProcess {
+        &mut self.process
+    }
+}
+
+impl Agent {
+    /// Writes `policy` and starts the agent in `node`, enforcing on `veth*`; waits until it
+    /// reports a first policy generation.
+    pub fn start(node: &Netns, policy: &str, extra_args: &[&str]) -> Self {
+        let process = AgentProcess::new(
+            "zonewall-agent-",
+            node,
+            "--config",
+            "policy.yaml",
+            extra_args,
+            Duration::from_secs(20),
+        );
+        let mut agent = Self {
+            config: process.source_file().to_owned(),
+            process,
+        };
+        agent.write_policy(policy);
+        agent.process.spawn();
+        agent.wait_generation(1);
+        agent
+    }
+
+    /// Replaces the policy file atomically (as an editor or a ConfigMap update would).
+    pub fn write_policy(&self, policy: &str) {
+        let temporary = self.config.with_extension("tmp");
+        std::fs::write(&temporary, policy).expect("writing policy");
+        std::fs::rename(&temporary, &self.config).expect("replacing policy");
     }
 
     /// Every flow record written so far.
@@ -223,23 +331,6 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(agent_binary())
-            .arg("detach")
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -289,31 +380,4 @@ pub fn send_raw_frame(interface: &str, frame: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-impl Agent {
-    /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
-    pub fn wait_attached(&mut self, interface: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let attached = std::fs::read_to_string(&self.ready_file)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .is_some_and(|ready| {
-                    ready["interfaces"]
-                        .as_array()
-                        .is_some_and(|list| list.iter().any(|name| name == interface))
-                });
-            if attached {
-                return;
-            }
-            assert!(self.running(), "the agent exited:\n{}", self.logs());
-            assert!(
-                Instant::now() < deadline,
-                "{interface} not attached within 10 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }

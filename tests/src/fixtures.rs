@@ -129,6 +129,18 @@ impl PolicyFile {
 }
 
 /// A ZonePolicy document.
+/// The policy most lab tests start from: dmz may reach trusted on TCP 8080.
+pub fn dmz_to_trusted_http() -> String {
+    zone_policy(
+        "dmz-to-trusted",
+        "dmz",
+        "trusted",
+        "[{protocol: TCP, port: 8080}]",
+        "Allow",
+        "",
+    )
+}
+
 pub fn zone_policy(
     name: &str,
     from: &str,

@@ -109,6 +109,17 @@ impl Kernel {
     }
 }
 
+/// Drains a flow-event ring buffer and returns the decoded events.
+pub fn drain_events(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+) -> Vec<firewall_common::FlowEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(firewall_agent::flows::decode(&item).expect("event of the right size"));
+    }
+    events
+}
+
 impl Drop for Kernel {
     fn drop(&mut self) {
         let _ = firewall_agent::datapath::detach_all(&self.bpffs);

@@ -3,7 +3,7 @@
 //! invalid edits, IP reuse, and a SIGKILLed agent. Flow records are checked field by field.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zonewall_tests::agent::Agent;
 use zonewall_tests::fixtures::{PolicyFile, zone_policy};

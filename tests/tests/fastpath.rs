@@ -12,19 +12,31 @@ use firewall_agent::datapath::Tuning;
 use firewall_common::*;
 use rand::prelude::*;
 use zonewall_tests::fixtures::THREE_ZONES;
-use zonewall_tests::kernel::{DROP, Kernel, PASS, privileged};
+use zonewall_tests::kernel::{DROP, Kernel, PASS, drain_events as drain, privileged};
 use zonewall_tests::packet::{self, ACK, FIN, SYN, Spec};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<FlowEvent> {
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(firewall_agent::flows::decode(&item).expect("event of the right size"));
-    }
-    events
+/// A random generator whose seed is printed, so a failure can be replayed.
+fn seeded_rng() -> StdRng {
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// A dmz pod and a trusted pod of THREE_ZONES, over IPv4 and over IPv6.
+fn web_and_app() -> [(IpAddr, IpAddr); 2] {
+    [
+        (ip("198.18.0.10"), ip("198.18.0.20")),
+        (ip("2001:db8::10"), ip("2001:db8::20")),
+    ]
+}
+
+/// THREE_ZONES with dmz -> trusted allowed on UDP 8080 instead of TCP.
+fn udp_allowed() -> String {
+    THREE_ZONES.replace("protocol: TCP, port: 8080", "protocol: UDP, port: 8080")
 }
 
 /// A frame of `spec` in a shape only the full pipeline handles: IPv4 with a four-byte
@@ -102,19 +114,11 @@ fn tcp_flows_are_accounted_the_same_on_both_paths() {
     if !privileged("tcp_flows_are_accounted_the_same_on_both_paths") {
         return;
     }
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng();
     let mut kernel = Kernel::load();
     kernel.apply(THREE_ZONES);
     let mut ring = kernel.datapath.take_flow_events().unwrap();
-    for (index, (web, app)) in [
-        (ip("198.18.0.10"), ip("198.18.0.20")),
-        (ip("2001:db8::10"), ip("2001:db8::20")),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (index, (web, app)) in web_and_app().into_iter().enumerate() {
         let port = 41000 + index as u16;
         let established_before = kernel.counter(COUNTER_ALLOWED_ESTABLISHED);
         let syn = Spec::tcp(web, app, port, 8080, SYN).frame();
@@ -167,27 +171,16 @@ fn udp_flows_are_accounted_the_same_on_both_paths() {
     if !privileged("udp_flows_are_accounted_the_same_on_both_paths") {
         return;
     }
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng();
     let mut kernel = Kernel::load();
-    let compiled = firewall_agent::policy::load_str(
-        &THREE_ZONES.replace("protocol: TCP, port: 8080", "protocol: UDP, port: 8080"),
-    )
-    .unwrap();
+    let compiled = firewall_agent::policy::load_str(&udp_allowed()).unwrap();
     let tuning = Tuning {
         update_interval: Duration::from_millis(50),
         ..Tuning::default()
     };
     kernel.apply_compiled(compiled, &tuning);
     let mut ring = kernel.datapath.take_flow_events().unwrap();
-    for (index, (web, app)) in [
-        (ip("198.18.0.10"), ip("198.18.0.20")),
-        (ip("2001:db8::10"), ip("2001:db8::20")),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (index, (web, app)) in web_and_app().into_iter().enumerate() {
         let port = 42000 + index as u16;
         let forward = Spec::udp(web, app, port, 8080);
         let reply = Spec::udp(app, web, 8080, port);
@@ -221,16 +214,13 @@ fn an_expired_flow_is_judged_again() {
     if !privileged("an_expired_flow_is_judged_again") {
         return;
     }
-    let allow = THREE_ZONES.replace("protocol: TCP, port: 8080", "protocol: UDP, port: 8080");
+    let allow = udp_allowed();
     let tuning = Tuning {
         udp_timeout: Duration::from_millis(200),
         ..Tuning::default()
     };
     let mut kernel = Kernel::load();
-    for (web, app) in [
-        (ip("198.18.0.10"), ip("198.18.0.20")),
-        (ip("2001:db8::10"), ip("2001:db8::20")),
-    ] {
+    for (web, app) in web_and_app() {
         kernel.apply_compiled(firewall_agent::policy::load_str(&allow).unwrap(), &tuning);
         let datagram = Spec::udp(web, app, 43000, 8080).frame();
         assert_eq!(kernel.run(PROG_FROM_POD, &datagram), PASS, "allowed");

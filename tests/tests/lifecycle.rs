@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, zone_policy};
+use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
 use zonewall_tests::topology::{TcpServer, Topology, can_run, ping, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
@@ -54,14 +54,7 @@ fn policy_edits_audit_mode_and_invalid_edits() {
         .pod("web", "dmz", &ips(&topology, "web"))
         .pod("app", "trusted", &ips(&topology, "app"))
         .extra(partners_zone())
-        .extra(&zone_policy(
-            "dmz-to-trusted",
-            "dmz",
-            "trusted",
-            "[{protocol: TCP, port: 8080}]",
-            "Allow",
-            "",
-        ));
+        .extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(topology.node(), &base.build(), &[]);
     let app = &topology.pod("app").netns;
     let web = &topology.pod("web").netns;
@@ -315,14 +308,7 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
         .pod("web", "dmz", &ips(&topology, "web"))
         .pod("app", "trusted", &ips(&topology, "app"))
         .pod("db", "restricted", &ips(&topology, "db"))
-        .extra(&zone_policy(
-            "dmz-to-trusted",
-            "dmz",
-            "trusted",
-            "[{protocol: TCP, port: 8080}]",
-            "Allow",
-            "",
-        ));
+        .extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
 
     let stop = Arc::new(AtomicBool::new(false));

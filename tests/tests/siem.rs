@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, zone_policy};
+use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
 use zonewall_tests::rsyslog::{Certificates, Rsyslog, validate_ocsf};
 use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
@@ -30,14 +30,7 @@ fn lab() -> (Topology, Vec<TcpServer>, String) {
         .pod("web", "dmz", &ips("web"))
         .pod("app", "trusted", &ips("app"))
         .pod("db", "restricted", &ips("db"))
-        .extra(&zone_policy(
-            "dmz-to-trusted",
-            "dmz",
-            "trusted",
-            "[{protocol: TCP, port: 8080}]",
-            "Allow",
-            "",
-        ))
+        .extra(&dmz_to_trusted_http())
         .build();
     (topology, servers, policy)
 }

@@ -6,7 +6,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, zone_policy};
+use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
 use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(500);
@@ -40,14 +40,7 @@ fn every_sink_gets_its_own_view_and_a_dead_one_hurts_nobody() {
         .pod("web", "dmz", &ips("web"))
         .pod("app", "trusted", &ips("app"))
         .pod("db", "restricted", &ips("db"))
-        .extra(&zone_policy(
-            "dmz-to-trusted",
-            "dmz",
-            "trusted",
-            "[{protocol: TCP, port: 8080}]",
-            "Allow",
-            "",
-        ))
+        .extra(&dmz_to_trusted_http())
         .build();
     let dir = tempfile::tempdir_in("/run").unwrap();
     let path = |name: &str| dir.path().join(name);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use firewall_common::*;
 use zonewall_tests::fixtures::THREE_ZONES as POLICY;
-use zonewall_tests::kernel::{DROP, Kernel, PASS, privileged};
+use zonewall_tests::kernel::{DROP, Kernel, PASS, drain_events as drain, privileged};
 use zonewall_tests::packet::{self, ACK, FIN, SYN, Spec};
 
 fn ip(text: &str) -> IpAddr {
@@ -105,15 +105,6 @@ fn zone_verdicts_through_test_run() {
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
     let frame = packet::Spec::tcp(app, web, 8080, 40001, FIN | ACK).frame();
     assert_eq!(kernel.run(PROG_FROM_POD, &frame), PASS);
-}
-
-/// Drains the ring buffer and returns the decoded events.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<FlowEvent> {
-    let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(firewall_agent::flows::decode(&item).expect("event of the right size"));
-    }
-    events
 }
 
 #[test]
