@@ -11,7 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use tokio::io::unix::AsyncFd;
 
 use crate::config::RunArgs;
-use crate::datapath::{Datapath, MapSizes, Tuning};
+use crate::datapath::{Datapath, MapSizes, Tuning, binding::Bindings};
 use crate::flows::{Dispatcher, Enricher, Record, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
 use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
@@ -50,6 +50,8 @@ struct Agent {
     last_trim: Option<Instant>,
     node_name: Option<String>,
     generation: u32,
+    /// Which pod interface each pod address is bound to (anti-spoofing), as last found.
+    bindings: Bindings,
 }
 
 fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
@@ -97,7 +99,9 @@ impl Agent {
 
     fn apply(&mut self, compiled: &CompiledPolicy) -> Result<(), AgentError> {
         let is_local = self.is_local();
-        let report = self.datapath.sync(compiled, &self.tuning, is_local)?;
+        let report = self
+            .datapath
+            .sync(compiled, &self.tuning, is_local, &self.bindings)?;
         self.metrics
             .sync_seconds
             .observe(report.duration.as_secs_f64());
@@ -200,12 +204,48 @@ impl Agent {
         Ok(applied)
     }
 
-    /// Attaches to new matching interfaces and lets go of vanished ones.
-    fn scan_interfaces(&mut self) -> Result<bool, AgentError> {
-        let wanted: Vec<(String, u32)> = crate::datapath::interfaces()
+    /// The pod interfaces of this node: (name, index) of interfaces matching the globs.
+    fn pod_interfaces(&self) -> Vec<(String, u32)> {
+        crate::datapath::interfaces()
             .into_iter()
             .filter(|(name, _)| self.globs.is_match(name))
-            .collect();
+            .collect()
+    }
+
+    /// Finds which pod interface each pod address is on and, when that changed, binds the
+    /// addresses anew (in place: bindings are not policy). Before a policy is enforced the
+    /// bindings are only remembered; the first sync writes them.
+    fn refresh_bindings(&mut self, interfaces: &[(String, u32)]) {
+        let indexes = interfaces.iter().map(|(_, index)| *index).collect();
+        let bindings = match crate::datapath::binding::discover(&indexes) {
+            Ok(bindings) => bindings,
+            Err(error) => {
+                tracing::warn!(%error, "cannot find the pod interfaces' addresses; bindings unchanged");
+                return;
+            }
+        };
+        if bindings == self.bindings {
+            return;
+        }
+        self.bindings = bindings;
+        if self.generation == 0 {
+            return;
+        }
+        match self.datapath.rebind(&self.bindings) {
+            Ok(0) => {}
+            Ok(changed) => {
+                tracing::info!(changed, bound = self.bindings.len(), "pod addresses bound to their interfaces")
+            }
+            Err(error) => {
+                tracing::error!(%error, "binding pod addresses to their interfaces failed; retried next scan")
+            }
+        }
+    }
+
+    /// Attaches to new matching interfaces and lets go of vanished ones.
+    fn scan_interfaces(&mut self) -> Result<bool, AgentError> {
+        let wanted = self.pod_interfaces();
+        self.refresh_bindings(&wanted);
         let mut changed = false;
         for (name, index) in &wanted {
             if !self.datapath.is_attached(name, *index) {
@@ -424,8 +464,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         node_name,
         generation: previous.generation,
         args,
+        bindings: Bindings::new(),
     };
-    // Policy before interfaces: a newly attached interface is enforced from its first packet.
+    // Bindings before the policy, so the first sync keeps pod addresses bound (a restart
+    // must not unbind them); policy before interfaces: a newly attached interface is
+    // enforced from its first packet.
+    let interfaces = agent.pod_interfaces();
+    agent.refresh_bindings(&interfaces);
     agent.reload()?;
     agent.scan_interfaces()?;
     if agent.generation != 0 {

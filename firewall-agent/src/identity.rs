@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use firewall_common::{ENDPOINT_FLAG_LOCAL, EndpointKey, EndpointValue, ipv4_mapped};
+use firewall_common::{
+    ENDPOINT_FLAG_LOCAL, ENDPOINT_FLAG_PRESENT, EndpointKey, EndpointSlot, ipv4_mapped,
+};
 
 use crate::policy::compiled::{Endpoint, EndpointKind};
 
@@ -78,12 +80,13 @@ pub fn address_from_bytes(bytes: [u8; 16]) -> IpAddr {
     }
 }
 
-/// The map value of an endpoint. `local` marks endpoints whose interface is on this node.
-pub fn endpoint_value(endpoint: &Endpoint, local: bool) -> EndpointValue {
-    EndpointValue {
+/// An endpoint as one policy slot of the map holds it. `local` marks endpoints whose
+/// interface is on this node.
+pub fn endpoint_slot(endpoint: &Endpoint, local: bool) -> EndpointSlot {
+    EndpointSlot {
         zone: endpoint.zone,
         epoch: epoch_of_kind(&endpoint.kind),
-        flags: if local { ENDPOINT_FLAG_LOCAL } else { 0 },
+        flags: ENDPOINT_FLAG_PRESENT | if local { ENDPOINT_FLAG_LOCAL } else { 0 },
         _pad: 0,
     }
 }

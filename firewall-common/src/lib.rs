@@ -11,7 +11,7 @@
 use core::mem::size_of;
 
 /// Version of the map layouts below; part of the pin path (`<bpffs>/v<SCHEMA_VERSION>`).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 // ---------------------------------------------------------------------------------------
 // Names, as the maps and programs are called in the object file and pinned under bpffs.
@@ -26,6 +26,7 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_DENY_LIMIT: &str = "DENY_LIMIT";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_POLICY_CACHE: &str = "POLICY_CACHE";
+pub const MAP_INTERFACES: &str = "INTERFACES";
 /// TC ingress of the host-side veth: what the pod sends (egress enforcement).
 pub const PROG_FROM_POD: &str = "zonewall_from_pod";
 /// TC egress of the host-side veth: what the pod receives.
@@ -41,6 +42,7 @@ pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
 pub const DENY_LIMIT_MAX_ENTRIES: u32 = 16_384;
 pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const POLICY_CACHE_MAX_ENTRIES: u32 = 65_536;
+pub const INTERFACES_MAX_ENTRIES: u32 = 16_384;
 pub const FLOW_EVENTS_BYTES: u32 = 8 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
@@ -77,6 +79,8 @@ pub const RULE_FRAGMENT: u32 = 4;
 /// A connection to a Service address whose pods span several zones: passed at the
 /// client's interface, judged at the destination pod's interface after the DNAT.
 pub const RULE_SERVICE_DEFERRED: u32 = 5;
+/// The source address is not one of the sending interface's addresses (anti-spoofing).
+pub const RULE_SPOOFED: u32 = 6;
 /// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
 pub const FIRST_USER_RULE_ID: u32 = 16;
 
@@ -94,21 +98,56 @@ const _: () = assert!(size_of::<EndpointKey>() == 16);
 
 /// The endpoint lives on this node (its packets cross one of our hooks first).
 pub const ENDPOINT_FLAG_LOCAL: u32 = 1;
+/// The slot holds an identity for the address (an address absent from a slot is no
+/// endpoint in that policy generation).
+pub const ENDPOINT_FLAG_PRESENT: u32 = 2;
 
-/// `ENDPOINTS` value: the identity owning an IP right now.
-///
-/// `epoch` changes whenever the IP changes owner. User space removes the conntrack entries
-/// of an IP before giving it to a new owner, so a reused IP never inherits its previous
-/// owner's connections (and the per-packet path needs no identity lookup for them).
+/// One policy slot's view of an endpoint (see [`EndpointValue`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct EndpointValue {
+pub struct EndpointSlot {
     pub zone: u32,
+    /// Changes whenever the IP changes owner; 0 for "no endpoint".
     pub epoch: u32,
+    /// `ENDPOINT_FLAG_*`.
     pub flags: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<EndpointValue>() == 16);
+const _: () = assert!(size_of::<EndpointSlot>() == 16);
+
+/// `ENDPOINTS` value: the identity owning an IP, once per policy slot.
+///
+/// Identities are double-buffered like `POLICY`: user space writes the identity of the
+/// next generation into the inactive slot of every entry and then switches
+/// `Config.active_slot`, so a packet sees the zones and the policy of one generation,
+/// never a mix. The datapath reads `slots[active_slot]`.
+///
+/// `ifindex` binds a local pod's address to its host-side interface: a packet from a pod
+/// interface whose source is not bound to that interface is spoofed and dropped. It is
+/// not part of the policy (changing it cannot allow what the policy denies), so it is
+/// written in place, for both slots at once. 0: not bound (not local, or not found yet).
+///
+/// `epoch` is stored in conntrack entries; the datapath compares it again whenever the
+/// generation changes, so a reused IP never inherits its previous owner's connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointValue {
+    pub slots: [EndpointSlot; 2],
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EndpointValue>() == 40);
+
+/// `INTERFACES` value, keyed by the ifindex of a pod's host-side interface: how many
+/// addresses are bound to it. A source that is no endpoint at all, sent from an
+/// interface that has bound addresses, is spoofed (not an unknown new pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InterfaceValue {
+    pub bound_addresses: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<InterfaceValue>() == 8);
 
 /// `NETWORKS` LPM key data (the LPM prefix length is carried beside it). IPv4 prefixes are
 /// stored IPv4-mapped with `96 + len` bits.
@@ -119,11 +158,14 @@ pub struct NetworkKey {
 }
 const _: () = assert!(size_of::<NetworkKey>() == 16);
 
+/// `NETWORKS` value: the zone of a prefix, once per policy slot (double-buffered like
+/// `ENDPOINTS`). A prefix that exists in one slot only holds, in the other slot, the
+/// answer that slot's own prefixes give for it (the zone of the longest prefix covering
+/// it there, or `ZONE_WORLD`), so the longest match answers correctly in both slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NetworkValue {
-    pub zone: u32,
-    pub _pad: u32,
+    pub zone: [u32; 2],
 }
 const _: () = assert!(size_of::<NetworkValue>() == 8);
 
@@ -218,7 +260,9 @@ pub const VERDICT_NONE: u8 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Which `slot` of `POLICY` is live. Written last when a policy is switched.
+    /// Which slot of `POLICY`, `ENDPOINTS` and `NETWORKS` is live. Switched together with
+    /// `generation` by one write of the whole value; it comes first, so a reader that sees
+    /// the new generation sees the new slot too.
     pub active_slot: u32,
     /// Monotonic policy generation, copied into conntrack entries and events. The policy a
     /// generation names never changes (see [`PolicyCacheKey`]).
@@ -282,6 +326,9 @@ pub const CT_FLAG_FIN_INITIATOR: u8 = 16;
 pub const CT_FLAG_FIN_RESPONDER: u8 = 32;
 /// Passed for a Service whose pods span zones; the destination's hook decides.
 pub const CT_FLAG_DEFERRED: u8 = 64;
+/// Made from a TCP packet without SYN (a flow picked up mid-stream, e.g. after the
+/// entry was evicted), after the policy allowed that packet's direction.
+pub const CT_FLAG_PICKED_UP: u8 = 128;
 
 /// Direction index into the per-direction counters.
 pub const DIR_FORWARD: usize = 0;
@@ -311,8 +358,19 @@ pub struct CtValue {
     pub flags: u8,
     /// TCP flags seen per direction.
     pub tcp_flags: [u8; 2],
+    /// [initiator, responder]: the host-side interface a local end sends from (0 when
+    /// that end is not on this node). A packet of the flow from a local end must come
+    /// from that interface.
+    pub ifindex: [u32; 2],
+    /// [initiator, responder]: the owner epochs of the two addresses when the entry was
+    /// made (0: no endpoint).
+    pub epoch: [u32; 2],
+    /// The `Config.generation` at which the epochs were last compared with `ENDPOINTS`;
+    /// a packet of another generation compares them again before the entry is trusted.
+    pub checked_generation: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<CtValue>() == 96);
+const _: () = assert!(size_of::<CtValue>() == 120);
 
 // ---------------------------------------------------------------------------------------
 // Fragments and deny-event rate limits.
@@ -414,6 +472,8 @@ pub const COUNTER_VLAN_DROPPED: u32 = 10;
 pub const COUNTER_NEIGHBOR_DISCOVERY_PASSED: u32 = 11;
 pub const COUNTER_RINGBUF_FULL: u32 = 12;
 pub const COUNTER_DENY_EVENTS_SUPPRESSED: u32 = 13;
+/// A tracked connection whose addresses changed owner was ended by the datapath (the
+/// epochs stored in the entry differ from `ENDPOINTS`).
 pub const COUNTER_CT_EPOCH_MISMATCH: u32 = 14;
 pub const COUNTER_CT_INSERT_FAILED: u32 = 15;
 pub const COUNTER_IPV6_HEADER_CHAIN_DROPPED: u32 = 16;
@@ -421,10 +481,21 @@ pub const COUNTER_NOT_READY_DROPPED: u32 = 17;
 pub const COUNTER_FRAGMENT_PASSED: u32 = 18;
 pub const COUNTER_ALLOWED_DEFAULT: u32 = 19;
 pub const COUNTER_SERVICE_DEFERRED: u32 = 20;
+/// A pod interface sent a packet whose source address is not bound to it.
+pub const COUNTER_SPOOFED_DROPPED: u32 = 21;
+/// A non-NDP/MLD packet with a link-local or unspecified IPv6 source from a pod.
+pub const COUNTER_LINK_LOCAL_DROPPED: u32 = 22;
+/// A packet of a tracked flow from a local end that arrived from another interface than
+/// the one the flow was tracked on (not the same sender).
+pub const COUNTER_WRONG_INTERFACE_DROPPED: u32 = 23;
+/// An ICMP error whose outer addresses do not belong to the flow it quotes.
+pub const COUNTER_ICMP_ERROR_DROPPED: u32 = 24;
+/// A TCP RST or FIN without a tracked flow: judged, never tracked.
+pub const COUNTER_UNTRACKED_TEARDOWN: u32 = 25;
 pub const COUNTER_MAX: u32 = 32;
 
 /// Human names of the counters, indexed like `COUNTER_*` (for metrics and `status`).
-pub const COUNTER_NAMES: [&str; 21] = [
+pub const COUNTER_NAMES: [&str; 26] = [
     "allowed_new",
     "allowed_established",
     "denied_policy",
@@ -446,6 +517,11 @@ pub const COUNTER_NAMES: [&str; 21] = [
     "fragment_passed",
     "allowed_default",
     "service_deferred",
+    "spoofed_dropped",
+    "link_local_dropped",
+    "wrong_interface_dropped",
+    "icmp_error_dropped",
+    "untracked_teardown",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -468,6 +544,10 @@ mod user {
     unsafe impl aya::Pod for EndpointKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for EndpointValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for EndpointSlot {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for InterfaceValue {}
     // SAFETY: see above.
     unsafe impl aya::Pod for NetworkKey {}
     // SAFETY: see above.

@@ -126,3 +126,33 @@ pub fn update_due(config: &Config, ct: &CtValue, now: u64) -> bool {
         && now.saturating_sub(ct.last_report_ns) > config.update_interval_ns
         && ct.flags & CT_FLAG_END_REPORTED == 0
 }
+
+/// Whether a packet of a tracked flow crosses the interfaces the flow belongs to.
+///
+/// - On a pod's own hook (`HOOK_FROM_POD`) the sender must be the local end bound to this
+///   interface: a reply direction is only open to the pod the flow was tracked for.
+/// - On a receiving hook, a local sender must have entered the node on its own interface
+///   (`ingress_ifindex`), and a local receiver must be this interface's pod (a bridge may
+///   flood a copy of the frame to other ports).
+///
+/// An end recorded as 0 (not local, or not bound when the flow began) is not checked on
+/// the receiving hook; on the sending hook it sends the packet to the full pipeline,
+/// which checks the source and records the interface.
+#[inline(always)]
+pub fn interfaces_match(
+    ct: &CtValue,
+    hook: u8,
+    forward: bool,
+    ifindex: u32,
+    ingress_ifindex: u32,
+) -> bool {
+    let (sender, receiver) = if forward {
+        (ct.ifindex[0], ct.ifindex[1])
+    } else {
+        (ct.ifindex[1], ct.ifindex[0])
+    };
+    if hook == HOOK_FROM_POD {
+        return sender == ifindex;
+    }
+    (sender == 0 || sender == ingress_ifindex) && (receiver == 0 || receiver == ifindex)
+}

@@ -185,7 +185,20 @@ pub fn established(ctx: &TcContext, hook: u8, config: &Config) -> Fast {
         // A periodic update is due: the full pipeline emits it.
         return Fast::Full;
     }
+    if ct.checked_generation != config.generation {
+        // Identities changed since the entry was last checked: the full pipeline compares
+        // the owners' epochs before trusting it.
+        return Fast::Full;
+    }
     let forward = conntrack::is_forward(ct, shape.src_is_hi);
+    // SAFETY: the context pointer is valid for the whole program run.
+    let (ifindex, ingress_ifindex) =
+        unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).ingress_ifindex) };
+    if !conntrack::interfaces_match(ct, hook, forward, ifindex, ingress_ifindex) {
+        // Not from (or not to) the interface the flow was tracked on: the full pipeline
+        // decides (anti-spoofing, or a new owner of the address).
+        return Fast::Full;
+    }
     let counting = conntrack::counts_here(ct, hook, forward);
     conntrack::charge(
         ct,

@@ -24,6 +24,11 @@ pub static POLICY_CACHE: LruHashMap<PolicyCacheKey, PolicyValue> =
 /// `map_flags` bit of LRU maps: one LRU list per CPU.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
+/// Pod interfaces with bound addresses (see `InterfaceValue`), by ifindex.
+#[map(name = "INTERFACES")]
+pub static INTERFACES: HashMap<u32, InterfaceValue> =
+    HashMap::pinned(INTERFACES_MAX_ENTRIES, 0);
+
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -62,13 +67,19 @@ pub struct Run {
     pub now: u64,
     pub bytes: u64,
     pub ifindex: u32,
+    /// The interface the packet entered the node on (`skb->skb_iif`): for a packet from a
+    /// local pod to another, the sender's host-side interface.
+    pub ingress_ifindex: u32,
+    /// The live slot of POLICY, ENDPOINTS and NETWORKS and its generation, read once.
+    pub slot: u32,
+    pub generation: u32,
     pub hook: u8,
     /// This hook counts the packet (see `pipeline`).
     pub counting: bool,
     /// The packet's source is the `hi` end of the conntrack key.
     pub src_is_hi: bool,
-    pub src_endpoint: Option<EndpointValue>,
-    pub dst_endpoint: Option<EndpointValue>,
+    pub src_endpoint: crate::identity::Endpoint,
+    pub dst_endpoint: crate::identity::Endpoint,
 }
 
 #[map(name = "SCRATCH")]

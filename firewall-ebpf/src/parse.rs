@@ -135,8 +135,11 @@ pub enum IcmpKind {
     /// Destination unreachable, time exceeded, packet too big, parameter problem: related
     /// to the flow whose header it quotes.
     Error,
-    /// IPv6 neighbour discovery / MLD: link-local plumbing, always passed.
-    LinkLocal,
+    /// IPv6 neighbour discovery (133-137): link plumbing, passed only on the link (see
+    /// `pipeline::on_link_plumbing`), else judged by policy like any ICMPv6.
+    NeighborDiscovery,
+    /// IPv6 multicast listener discovery (130-132, 143): the same.
+    MulticastListener,
     Other,
 }
 
@@ -153,6 +156,9 @@ pub struct Packet {
     /// Offset of the L4 header (for ICMP errors: where the quoted packet starts is l4 + 8).
     pub l4_offset: u16,
     pub ipv6: bool,
+    /// IPv6 hop limit (0 for IPv4): neighbour discovery is only valid at 255 (it was not
+    /// routed), MLD at 1.
+    pub hop_limit: u8,
 }
 
 /// Outcomes of parsing that are decided without policy.
@@ -237,6 +243,7 @@ fn parse_ipv4(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(),
     packet.icmp = IcmpKind::NotIcmp;
     packet.l4_offset = (offset + header_len) as u16;
     packet.ipv6 = false;
+    packet.hop_limit = 0;
     if fragment != Fragment::Later {
         parse_l4(ctx, packet)?;
     }
@@ -250,6 +257,7 @@ fn parse_ipv6(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(),
         return Err(ParseError::Malformed);
     }
     let mut next_header = load_u8(ctx, offset + 6)?;
+    let hop_limit = load_u8(ctx, offset + 7)?;
     if ctx.len < offset + 40 {
         return Err(ParseError::Malformed);
     }
@@ -313,6 +321,7 @@ fn parse_ipv6(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(),
     packet.icmp = IcmpKind::NotIcmp;
     packet.l4_offset = l4 as u16;
     packet.ipv6 = true;
+    packet.hop_limit = hop_limit;
     if fragment != Fragment::Later {
         parse_l4(ctx, packet)?;
     }
@@ -375,7 +384,8 @@ fn classify_icmp(proto: u8, icmp_type: u8) -> IcmpKind {
         match icmp_type {
             128 | 129 => IcmpKind::Echo,
             1..=4 => IcmpKind::Error,
-            130..=137 | 143 => IcmpKind::LinkLocal,
+            133..=137 => IcmpKind::NeighborDiscovery,
+            130..=132 | 143 => IcmpKind::MulticastListener,
             _ => IcmpKind::Other,
         }
     }

@@ -16,7 +16,7 @@ use crate::{
     conntrack,
     emit::{self, EventMeta},
     fast::{self, Fast},
-    identity,
+    identity::{self, Endpoint},
     maps::{CONFIG, CONNTRACK, FRAGMENTS, POLICY, POLICY_CACHE, Run, SCRATCH, Scratch, count},
     parse::{
         self, Fragment, Frame, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IcmpKind, Packet,
@@ -43,6 +43,14 @@ enum Early {
     HeaderChain,
     NeighborDiscovery,
     NoConfig,
+    /// The source is not bound to the sending interface (deny event already emitted).
+    Spoofed,
+    /// A link-local or unspecified IPv6 source from a pod, other than NDP/MLD.
+    LinkLocal,
+    /// A local end of the packet is bound to another interface than the one it crosses.
+    WrongInterface,
+    /// An ICMP error that quotes no tracked flow, or whose outer addresses do not match it.
+    IcmpError,
 }
 
 impl From<ParseError> for Early {
@@ -68,6 +76,10 @@ impl Early {
             Early::NeighborDiscovery => (COUNTER_NEIGHBOR_DISCOVERY_PASSED, PASS),
             // Fail closed: without configuration nothing is known.
             Early::NoConfig => (COUNTER_NOT_READY_DROPPED, DROP),
+            Early::Spoofed => (COUNTER_SPOOFED_DROPPED, DROP),
+            Early::LinkLocal => (COUNTER_LINK_LOCAL_DROPPED, DROP),
+            Early::WrongInterface => (COUNTER_WRONG_INTERFACE_DROPPED, DROP),
+            Early::IcmpError => (COUNTER_ICMP_ERROR_DROPPED, DROP),
         };
         count(counter);
         action
@@ -83,16 +95,80 @@ pub fn classify(ctx: &TcContext, hook: u8) -> i32 {
 }
 
 #[inline(always)]
-fn is_local(endpoint: &Option<EndpointValue>) -> u8 {
-    match endpoint {
-        Some(value) => (value.flags & ENDPOINT_FLAG_LOCAL != 0) as u8,
-        None => 0,
+fn is_local(endpoint: &Endpoint) -> u8 {
+    endpoint.is_local() as u8
+}
+
+/// fe80::/10 (link-local unicast) or :: (unspecified, used before an address is
+/// configured).
+#[inline(always)]
+fn link_scoped_source(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || addr.iter().all(|byte| *byte == 0)
+}
+
+/// fe80::/10 or a link-scope multicast group (ff02::/16): never routed off the link.
+#[inline(always)]
+fn link_scoped_destination(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || (addr[0] == 0xff && addr[1] & 0x0f == 0x02)
+}
+
+/// Whether an NDP or MLD packet stays on the link between a pod and its node: the hop
+/// limit the protocol demands (255 for NDP, which proves it was not routed; 1 for MLD),
+/// and each end link-scoped or an endpoint of this node (a pod on the same bridge, or a
+/// node address). Anything else of these types is judged by policy like other ICMPv6,
+/// so they cannot carry traffic to or from anywhere the policy does not allow.
+#[inline(never)]
+fn on_link_plumbing(packet: &Packet, run: &Run) -> bool {
+    let hop_limit_ok = match packet.icmp {
+        IcmpKind::NeighborDiscovery => packet.hop_limit == 255,
+        IcmpKind::MulticastListener => packet.hop_limit == 1,
+        _ => false,
+    };
+    let on_node =
+        |endpoint: &Endpoint| endpoint.is_local() || (endpoint.present() && endpoint.zone == ZONE_HOST);
+    hop_limit_ok
+        && (link_scoped_source(&packet.src) || on_node(&run.src_endpoint))
+        && (link_scoped_destination(&packet.dst) || on_node(&run.dst_endpoint))
+}
+
+/// Anti-spoofing on a pod's own hook: the source must be bound to this interface. An
+/// address the agent has not bound yet is left to `--unknown-source` (see `new_flow`)
+/// unless this interface already has bound addresses, in which case the pod is known and
+/// the address is not its own.
+#[inline(never)]
+fn source_is_spoofed(run: &Run) -> bool {
+    let source = &run.src_endpoint;
+    if source.is_local() && source.ifindex == run.ifindex {
+        false
+    } else if source.is_local() && source.ifindex == 0 || !source.present() {
+        identity::interface_has_bindings(run.ifindex)
+    } else {
+        // A node, a Service, a remote pod or a pod bound to another interface.
+        true
     }
+}
+
+/// On a receiving hook: a local sender must have entered the node on its own interface,
+/// and a local receiver must be this interface's pod.
+#[inline(always)]
+fn crosses_wrong_interface(run: &Run) -> bool {
+    let (sender, receiver) = (&run.src_endpoint, &run.dst_endpoint);
+    let sender_elsewhere =
+        sender.is_local() && sender.ifindex != 0 && sender.ifindex != run.ingress_ifindex;
+    let receiver_elsewhere =
+        receiver.is_local() && receiver.ifindex != 0 && receiver.ifindex != run.ifindex;
+    sender_elsewhere || receiver_elsewhere
 }
 
 #[inline(always)]
 fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     let config = CONFIG.get(0).ok_or(Early::NoConfig)?;
+    // On real traffic the kernel moves a VLAN tag out of the packet into the skb before
+    // TC sees it, so the headers below would look untagged.
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Err(Early::Vlan);
+    }
     // Whether conntrack may hold this packet's flow: false when the fast path already
     // looked its key up and found nothing.
     let maybe_tracked = match fast::established(ctx, hook, config) {
@@ -105,14 +181,6 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     let scratch = unsafe { &mut *scratch };
     let frame = Frame::copy(ctx, &mut scratch.headers)?;
     parse::parse(&frame, &mut scratch.packet)?;
-    if scratch.packet.icmp == IcmpKind::LinkLocal {
-        return Err(Early::NeighborDiscovery);
-    }
-    if scratch.packet.fragment == Fragment::Later && !later_fragment_ports(&mut scratch.packet) {
-        // The first fragment was never seen or was denied: nothing to judge by.
-        count(COUNTER_FRAGMENT_DROPPED);
-        return Ok(DROP);
-    }
 
     let Scratch {
         headers: _,
@@ -123,12 +191,65 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
         ct: new_entry,
         run,
     } = scratch;
-    let packet = &*packet;
+    // Generation and slot once, slot first: user space may rewrite CONFIG while this
+    // runs, and identities, policy and conntrack checks must all name one generation.
+    // SAFETY: reads of plain integers through a valid reference.
+    let (slot, generation) = unsafe {
+        (
+            core::ptr::read_volatile(&config.active_slot),
+            core::ptr::read_volatile(&config.generation),
+        )
+    };
+    run.slot = slot & 1;
+    run.generation = generation;
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe {
+        run.ifindex = (*ctx.skb.skb).ifindex;
+        run.ingress_ifindex = (*ctx.skb.skb).ingress_ifindex;
+    }
+    run.hook = hook;
+    run.bytes = frame.len as u64;
     // The coarse clock (a few ms resolution) is plenty for timeouts and cheaper than the
     // precise one; new flows and events take the precise time below.
     run.now = unsafe { bpf_ktime_get_coarse_ns() };
-    run.bytes = frame.len as u64;
-    run.hook = hook;
+    run.src_endpoint = identity::endpoint(&packet.src, run.slot);
+    run.dst_endpoint = identity::endpoint(&packet.dst, run.slot);
+
+    if matches!(
+        packet.icmp,
+        IcmpKind::NeighborDiscovery | IcmpKind::MulticastListener
+    ) {
+        if on_link_plumbing(packet, run) {
+            return Err(Early::NeighborDiscovery);
+        }
+        // Off the link: an ICMPv6 message like any other, judged by policy.
+        packet.icmp = IcmpKind::Other;
+    }
+    if hook == HOOK_FROM_POD {
+        if packet.ipv6 && link_scoped_source(&packet.src) {
+            return Err(Early::LinkLocal);
+        }
+        if source_is_spoofed(run) {
+            let zones = ((ZONE_UNKNOWN as u64) << 32)
+                | if run.dst_endpoint.present() {
+                    run.dst_endpoint.zone as u64
+                } else {
+                    ZONE_NONE as u64
+                };
+            run.now = unsafe { bpf_ktime_get_ns() };
+            emit::deny(packet, run, config, zones, RULE_SPOOFED);
+            return Err(Early::Spoofed);
+        }
+    } else if crosses_wrong_interface(run) {
+        return Err(Early::WrongInterface);
+    }
+    if packet.fragment == Fragment::Later && !later_fragment_ports(packet) {
+        // The first fragment was never seen or was denied: nothing to judge by.
+        count(COUNTER_FRAGMENT_DROPPED);
+        return Ok(DROP);
+    }
+
+    let packet = &*packet;
     run.src_is_hi = conntrack::key_into(
         key,
         &packet.src,
@@ -139,9 +260,8 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
     );
     let key = &*key;
 
-    // A tracked flow needs one lookup and no identity (here for the shapes the fast path
-    // leaves to this pipeline). Entries never outlive an owner change of their addresses:
-    // user space removes them before an address gets a new owner.
+    // A tracked flow needs one lookup (here for the shapes the fast path leaves to this
+    // pipeline, and for packets the fast path would not trust without a check).
     let entry = if maybe_tracked {
         CONNTRACK.get_ptr_mut(key)
     } else {
@@ -154,13 +274,15 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
         let forward = conntrack::is_forward(ct, run.src_is_hi);
         let expired = run.now.saturating_sub(ct.last_seen_ns)
             > conntrack::timeout(config, packet.proto, ct.state);
-        let reopened = packet.proto == IPPROTO_TCP
-            && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && ct.state == CT_STATE_CLOSED;
-        if !expired && !reopened {
+        let syn_only = packet.proto == IPPROTO_TCP
+            && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let reopened = syn_only && ct.state == CT_STATE_CLOSED;
+        // A SYN towards the initiator opens a connection the other way: no reply, judged
+        // as new (the tracked flow stays unless the new one is allowed and replaces it).
+        let reversed = syn_only && !forward;
+        let trusted = !expired && !reopened && !reversed && still_same_owners(ct, run, forward);
+        if trusted {
             run.counting = conntrack::counts_here(ct, hook, forward);
-            // SAFETY: the context pointer is valid for the whole program run.
-            run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
             established(ct, key, packet, run, forward);
             if conntrack::update_due(config, ct, run.now) {
                 ct.last_report_ns = run.now;
@@ -172,24 +294,81 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
             count(COUNTER_ALLOWED_ESTABLISHED);
             return Ok(PASS);
         }
-        run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        retire(key, ct, run);
+        if !reversed {
+            retire(key, ct, run);
+        }
     }
 
     run.now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the context pointer is valid for the whole program run.
-    run.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    run.src_endpoint = identity::endpoint(&packet.src);
-    run.dst_endpoint = identity::endpoint(&packet.dst);
     run.counting = hook == HOOK_FROM_POD || is_local(&run.src_endpoint) == 0;
 
-    if packet.icmp == IcmpKind::Error && related_to_tracked_flow(&frame, packet, quoted, quoted_key)
-    {
-        count(COUNTER_ALLOWED_ESTABLISHED);
-        return Ok(PASS);
+    if packet.icmp == IcmpKind::Error {
+        return if related_to_tracked_flow(&frame, packet, quoted, quoted_key, hook) {
+            count(COUNTER_ALLOWED_ESTABLISHED);
+            Ok(PASS)
+        } else {
+            Err(Early::IcmpError)
+        };
     }
 
     Ok(new_flow(config, packet, key, new_entry, run))
+}
+
+/// Whether a tracked entry still belongs to the addresses' current owners and to the
+/// interfaces this packet crosses. The owners' epochs are compared once per generation
+/// (identities only change with a generation); interfaces on every packet. A mismatch
+/// means an address changed owner (or a pod was replaced by one with the same address):
+/// the entry must not carry over, and the packet is judged as new.
+#[inline(never)]
+fn still_same_owners(ct: &mut CtValue, run: &Run, forward: bool) -> bool {
+    let (initiator, responder) = if forward {
+        (&run.src_endpoint, &run.dst_endpoint)
+    } else {
+        (&run.dst_endpoint, &run.src_endpoint)
+    };
+    if ct.checked_generation != run.generation {
+        if initiator.epoch != ct.epoch[0] || responder.epoch != ct.epoch[1] {
+            count(COUNTER_CT_EPOCH_MISMATCH);
+            return false;
+        }
+        ct.checked_generation = run.generation;
+    }
+    // The interface each local end uses now: on a pod's own hook the sender is that pod
+    // (its source passed the anti-spoofing check above); on a receiving hook the sender
+    // entered on `ingress_ifindex` and the receiver is this interface.
+    let (sender_now, receiver_now) = if run.hook == HOOK_FROM_POD {
+        (run.ifindex, 0)
+    } else {
+        (run.ingress_ifindex, run.ifindex)
+    };
+    let (sender_slot, receiver_slot) = if forward { (0, 1) } else { (1, 0) };
+    let recorded_sender = if sender_slot == 0 {
+        ct.ifindex[0]
+    } else {
+        ct.ifindex[1]
+    };
+    let recorded_receiver = if receiver_slot == 0 {
+        ct.ifindex[0]
+    } else {
+        ct.ifindex[1]
+    };
+    if run.hook == HOOK_FROM_POD && recorded_sender == 0 {
+        // The end was not bound when the flow began; it is bound to this interface now.
+        if sender_slot == 0 {
+            ct.ifindex[0] = run.ifindex;
+        } else {
+            ct.ifindex[1] = run.ifindex;
+        }
+        return true;
+    }
+    let sender_moved = recorded_sender != 0 && recorded_sender != sender_now;
+    let receiver_moved =
+        run.hook != HOOK_FROM_POD && recorded_receiver != 0 && recorded_receiver != receiver_now;
+    if sender_moved || receiver_moved {
+        count(COUNTER_CT_EPOCH_MISMATCH);
+        return false;
+    }
+    true
 }
 
 /// Ends a stale entry (expired, or a TCP port reused after close) before its key is reused.
@@ -244,15 +423,22 @@ fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forwar
     }
 }
 
-/// An ICMP error passes when it quotes a packet of a flow we track (in either direction).
+/// An ICMP error passes when it quotes a packet of a flow we track (in either direction)
+/// and its own addresses fit that packet: an error goes back to the quoted packet's
+/// sender, and a pod only reports errors about packets sent to it (it is no router).
+/// Otherwise a pod could pass anything to any address under a quote of a flow it has.
 #[inline(never)]
 fn related_to_tracked_flow(
     ctx: &Frame<'_>,
     packet: &Packet,
     quoted: &mut Packet,
     key: &mut CtKey,
+    hook: u8,
 ) -> bool {
     if !parse::quoted_flow(ctx, packet, quoted) {
+        return false;
+    }
+    if packet.dst != quoted.src || (hook == HOOK_FROM_POD && packet.src != quoted.dst) {
         return false;
     }
     conntrack::key_into(
@@ -307,11 +493,14 @@ fn remember_fragment(packet: &Packet) {
 /// Judges the first packet of a flow and, when allowed, starts tracking it.
 #[inline(never)]
 fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run) -> i32 {
-    let src = identity::resolve(&packet.src, run.src_endpoint);
-    let dst = identity::resolve(&packet.dst, run.dst_endpoint);
-    // The local end of this hook: the sender on FROM_POD, the receiver on TO_POD. An
-    // address there that is no known endpoint follows `--unknown-source`.
-    let unknown_src = run.hook == HOOK_FROM_POD && !src.endpoint;
+    let src = identity::resolve(&packet.src, &run.src_endpoint, run.slot);
+    let dst = identity::resolve(&packet.dst, &run.dst_endpoint, run.slot);
+    // The local end of this hook: the sender on FROM_POD, the receiver on TO_POD. A
+    // sender not bound to this interface yet (anti-spoofing let it through: see
+    // `source_is_spoofed`), or a receiver that is no known endpoint, follows
+    // `--unknown-source`.
+    let source_bound = run.src_endpoint.is_local() && run.src_endpoint.ifindex == run.ifindex;
+    let unknown_src = run.hook == HOOK_FROM_POD && !source_bound;
     let unknown_dst = run.hook == HOOK_TO_POD && !dst.endpoint;
     let src_zone = if unknown_src { ZONE_UNKNOWN } else { src.zone };
     let dst_zone = if unknown_dst { ZONE_UNKNOWN } else { dst.zone };
@@ -319,7 +508,7 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     // A Service address whose pods span zones (zone NONE): no decision can be made
     // before kube-proxy's DNAT picks a pod; the destination pod's hook makes it.
     if run.hook == HOOK_FROM_POD && dst.endpoint && dst.zone == ZONE_NONE && !unknown_src {
-        return defer(packet, key, ct, run, config);
+        return defer(packet, key, ct, run);
     }
 
     let mut audit = false;
@@ -346,7 +535,7 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
             IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => packet.dst_port,
             _ => 0,
         };
-        match policy_lookup(config, src_zone, dst_zone, packet.proto, port) {
+        match policy_lookup(run, src_zone, dst_zone, packet.proto, port) {
             Some(value) => {
                 audit = value.audit != 0;
                 audit_rule = value.audit_rule;
@@ -386,6 +575,18 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
     }
 
     let mut flags = 0u8;
+    if packet.proto == IPPROTO_TCP && packet.tcp_flags & TCP_SYN == 0 {
+        if packet.tcp_flags & (TCP_RST | TCP_FIN) != 0 {
+            // Tearing down a connection that is not tracked: the policy allows this
+            // direction, so the packet passes, but it opens nothing (a tracked entry made
+            // from it would let the other side answer as if it were a reply).
+            count(COUNTER_UNTRACKED_TEARDOWN);
+            return PASS;
+        }
+        // Picked up mid-stream (an entry lost to eviction or expiry, or made before this
+        // datapath): allowed in this direction by the policy, followed from here on.
+        flags |= CT_FLAG_PICKED_UP;
+    }
     if run.src_is_hi {
         flags |= CT_FLAG_INITIATOR_IS_HI;
     }
@@ -404,7 +605,7 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
         audit_rule,
         flags,
     };
-    track(packet, key, ct, run, config, &decision);
+    track(packet, key, ct, run, &decision);
     let kind = if audit { EVENT_AUDIT } else { EVENT_START };
     // `run.now` is the precise clock here (taken for the new flow).
     emit::flow(key, ct, &EventMeta::of(run, kind, VERDICT_ALLOW).precise());
@@ -418,21 +619,15 @@ fn new_flow(config: &Config, packet: &Packet, key: &CtKey, ct: &mut CtValue, run
 /// generation was asked the same before, else from the trie (and then remembered).
 #[inline(always)]
 fn policy_lookup(
-    config: &Config,
+    run: &Run,
     src_zone: u32,
     dst_zone: u32,
     proto: u8,
     port: u16,
 ) -> Option<PolicyValue> {
-    // Each read once: user space may rewrite CONFIG while this runs, and the cache entry
-    // must name the generation and slot that were really asked.
-    // SAFETY: reads of plain integers through a valid reference.
-    let (generation, slot) = unsafe {
-        (
-            core::ptr::read_volatile(&config.generation),
-            core::ptr::read_volatile(&config.active_slot),
-        )
-    };
+    // Generation and slot as read once for this packet: the cache entry must name the
+    // generation and slot that were really asked.
+    let (generation, slot) = (run.generation, run.slot);
     let cache_key = PolicyCacheKey {
         generation,
         src_zone,
@@ -470,7 +665,7 @@ fn policy_lookup(
 /// Tracks a deferred connection so its replies (un-DNATed to the Service address) pass,
 /// without an event: the destination's hook logs the decision.
 #[inline(never)]
-fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Config) -> i32 {
+fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run) -> i32 {
     count(COUNTER_SERVICE_DEFERRED);
     let mut flags = CT_FLAG_DEFERRED | CT_FLAG_END_REPORTED;
     if run.src_is_hi {
@@ -483,7 +678,7 @@ fn defer(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, config: &Con
         audit_rule: RULE_NONE,
         flags,
     };
-    track(packet, key, ct, run, config, &decision);
+    track(packet, key, ct, run, &decision);
     PASS
 }
 
@@ -504,7 +699,6 @@ fn track(
     key: &CtKey,
     ct: &mut CtValue,
     run: &Run,
-    config: &Config,
     decision: &Decision,
 ) {
     ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -526,9 +720,35 @@ fn track(
     ct.responder_zone = decision.zones[1];
     ct.rule = decision.rule;
     ct.audit_rule = decision.audit_rule;
-    ct.generation = config.generation;
+    ct.generation = run.generation;
     ct.flags = decision.flags;
     ct.tcp_flags = [packet.tcp_flags, 0];
+    // The interfaces of the local ends: on a pod's own hook the sender is this
+    // interface's pod; on a receiving hook the receiver is, and a local sender entered
+    // on its own interface (checked in `crosses_wrong_interface`).
+    let bound = |endpoint: &Endpoint| {
+        if endpoint.is_local() {
+            endpoint.ifindex
+        } else {
+            0
+        }
+    };
+    ct.ifindex = if run.hook == HOOK_FROM_POD {
+        [run.ifindex, bound(&run.dst_endpoint)]
+    } else {
+        let sender = if is_local(&run.src_endpoint) != 0 {
+            run.ingress_ifindex
+        } else {
+            0
+        };
+        [sender, run.ifindex]
+    };
+    ct.epoch = [
+        run.src_endpoint.epoch,
+        run.dst_endpoint.epoch,
+    ];
+    ct.checked_generation = run.generation;
+    ct._pad2 = 0;
     if CONNTRACK.insert(key, &*ct, 0).is_err() {
         count(COUNTER_CT_INSERT_FAILED);
     }

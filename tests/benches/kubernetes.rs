@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use common::{
     Options, Panel, Plot, PlotKind, Point, Report, Series, Table, number, quantile, require_root,
 };
-use firewall_common::{EndpointKey, EndpointValue};
 use serde_json::{Value, json};
 use zonewall_tests::apiserver::ApiServer;
 use zonewall_tests::apiserver::objects::{namespace, selector_zone, zone_policy};
@@ -132,28 +131,22 @@ impl Event {
     }
 }
 
-/// The pinned ENDPOINTS map of the agent, opened once.
+/// The pinned ENDPOINTS map of the agent (and CONFIG, which names its live slot),
+/// opened once.
 struct Endpoints {
-    map: aya::maps::HashMap<aya::maps::MapData, EndpointKey, EndpointValue>,
+    live: zonewall_tests::kube_agent::LiveEndpoints,
 }
 
 impl Endpoints {
     fn open(agent: &KubeAgent) -> Self {
-        let path = agent
-            .bpffs
-            .join(format!("v{}", firewall_common::SCHEMA_VERSION))
-            .join(firewall_common::MAP_ENDPOINTS);
-        let data = aya::maps::MapData::from_pin(&path).expect("the agent's pinned ENDPOINTS map");
-        let map = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash map");
-        Self { map }
+        let live = zonewall_tests::kube_agent::LiveEndpoints::open(&agent.bpffs)
+            .expect("the agent's pinned ENDPOINTS and CONFIG maps");
+        Self { live }
     }
 
-    /// The zone the kernel holds for `ip`, if it holds `ip` at all.
+    /// The zone the kernel enforces for `ip`, if it holds `ip` at all.
     fn zone(&self, ip: IpAddr) -> Option<u32> {
-        self.map
-            .get(&firewall_agent::identity::endpoint_key(ip), 0)
-            .ok()
-            .map(|value| value.zone)
+        self.live.get(ip).map(|value| value.zone)
     }
 
     /// Waits until the kernel holds `wanted` for `ip` (a zone, or no entry); how long

@@ -4,12 +4,39 @@
 use std::path::PathBuf;
 
 use aya::programs::TestRun as _;
-use firewall_agent::datapath::{Datapath, MapSizes, Tuning};
+use firewall_agent::datapath::{Datapath, MapSizes, Tuning, binding::Bindings};
 use firewall_agent::policy::{self, compiled::CompiledPolicy};
 
 /// What the programs return.
 pub const PASS: i32 = -1;
 pub const DROP: i32 = 2;
+
+/// The interface BPF_PROG_TEST_RUN runs a classifier on: loopback, unless the context
+/// names another.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Every address of `compiled` bound to [`TEST_RUN_IFINDEX`]: the anti-spoofing check
+/// then accepts any of them as the source of a test run, as if all pods sat behind one
+/// interface.
+pub fn test_run_bindings(compiled: &CompiledPolicy) -> Bindings {
+    compiled
+        .endpoints
+        .keys()
+        .map(|ip| (*ip, TEST_RUN_IFINDEX))
+        .collect()
+}
+
+/// The `__sk_buff` a test run starts from: entered the node on [`TEST_RUN_IFINDEX`]
+/// (`ingress_ifindex`, offset 36), so a local sender crossed its own interface.
+pub const TEST_RUN_CONTEXT: [u8; 40] = {
+    let mut context = [0u8; 40];
+    let index = TEST_RUN_IFINDEX.to_ne_bytes();
+    context[36] = index[0];
+    context[37] = index[1];
+    context[38] = index[2];
+    context[39] = index[3];
+    context
+};
 
 /// True when this process may load BPF programs and create namespaces. Outside CI a test
 /// that cannot run says so and returns; under `CI=true` it fails instead.
@@ -65,7 +92,7 @@ impl Kernel {
 
     pub fn apply_compiled(&mut self, compiled: CompiledPolicy, tuning: &Tuning) -> &CompiledPolicy {
         self.datapath
-            .sync(&compiled, tuning, |_| true)
+            .sync(&compiled, tuning, |_| true, &test_run_bindings(&compiled))
             .unwrap_or_else(|error| panic!("sync: {error}"));
         self.compiled.insert(compiled)
     }
@@ -81,6 +108,7 @@ impl Kernel {
             .test_run(aya::TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&TEST_RUN_CONTEXT),
                 ..Default::default()
             })
             .unwrap_or_else(|error| {
@@ -97,6 +125,7 @@ impl Kernel {
             .test_run(aya::TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&TEST_RUN_CONTEXT),
                 repeat,
                 ..Default::default()
             })

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use firewall_common::{EndpointKey, EndpointValue};
+use firewall_common::{Config, ENDPOINT_FLAG_PRESENT, EndpointKey, EndpointSlot, EndpointValue};
 
 use crate::agent::AgentProcess;
 use crate::apiserver::ApiServer;
@@ -86,19 +86,50 @@ impl KubeAgent {
             .collect()
     }
 
-    /// The identity the kernel holds for `ip` (the pinned ENDPOINTS map), if any.
-    pub fn endpoint(&self, ip: IpAddr) -> Option<EndpointValue> {
-        read_endpoint(&self.bpffs, ip)
+    /// The identity the kernel enforces for `ip` (the live slot of the pinned ENDPOINTS
+    /// map), if any.
+    pub fn endpoint(&self, ip: IpAddr) -> Option<EndpointSlot> {
+        LiveEndpoints::open(&self.bpffs)?.get(ip)
     }
 }
 
-/// Reads one entry of the ENDPOINTS map pinned under `bpffs`.
-pub fn read_endpoint(bpffs: &std::path::Path, ip: IpAddr) -> Option<EndpointValue> {
-    let path = bpffs
-        .join(format!("v{}", firewall_common::SCHEMA_VERSION))
-        .join(firewall_common::MAP_ENDPOINTS);
-    let data = aya::maps::MapData::from_pin(&path).ok()?;
-    let map: aya::maps::HashMap<_, EndpointKey, EndpointValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
-    map.get(&firewall_agent::identity::endpoint_key(ip), 0).ok()
+/// The pinned ENDPOINTS and CONFIG maps of an agent, read as the datapath reads them:
+/// the slot `CONFIG` names live.
+pub struct LiveEndpoints {
+    endpoints: aya::maps::HashMap<aya::maps::MapData, EndpointKey, EndpointValue>,
+    config: aya::maps::Array<aya::maps::MapData, Config>,
+}
+
+impl LiveEndpoints {
+    /// Opens the maps pinned under `bpffs`; `None` when they are not there (yet).
+    pub fn open(bpffs: &std::path::Path) -> Option<Self> {
+        let dir = bpffs.join(format!("v{}", firewall_common::SCHEMA_VERSION));
+        let data = aya::maps::MapData::from_pin(dir.join(firewall_common::MAP_ENDPOINTS)).ok()?;
+        let endpoints = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).ok()?;
+        let data = aya::maps::MapData::from_pin(dir.join(firewall_common::MAP_CONFIG)).ok()?;
+        let config = aya::maps::Array::try_from(aya::maps::Map::Array(data)).ok()?;
+        Some(Self { endpoints, config })
+    }
+
+    /// The live identity of `ip`, if it has one.
+    pub fn get(&self, ip: IpAddr) -> Option<EndpointSlot> {
+        let config = self.config.get(&0, 0).ok()?;
+        if config.ready == 0 {
+            return None;
+        }
+        let value = self
+            .endpoints
+            .get(&firewall_agent::identity::endpoint_key(ip), 0)
+            .ok()?;
+        let slot = value.slots[(config.active_slot & 1) as usize];
+        (slot.flags & ENDPOINT_FLAG_PRESENT != 0).then_some(slot)
+    }
+
+    /// The interface `ip` is bound to (0: none), whatever its identity.
+    pub fn binding(&self, ip: IpAddr) -> Option<u32> {
+        self.endpoints
+            .get(&firewall_agent::identity::endpoint_key(ip), 0)
+            .ok()
+            .map(|value| value.ifindex)
+    }
 }

@@ -2,6 +2,7 @@
 //! pod interfaces with pinned TCX links (so enforcement outlives the agent), writing the
 //! compiled policy into the maps atomically, reading counters and ageing conntrack.
 
+pub mod binding;
 pub mod bpffs;
 mod conntrack;
 mod links;
@@ -85,6 +86,7 @@ pub struct Datapath {
     pub(crate) networks: LpmTrie<MapData, NetworkKey, NetworkValue>,
     pub(crate) policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub(crate) config: Array<MapData, Config>,
+    pub(crate) interfaces_map: HashMap<MapData, u32, InterfaceValue>,
     pub(crate) conntrack: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, u64>,
     flow_events: Option<RingBuf<MapData>>,
@@ -133,6 +135,8 @@ impl Datapath {
         let networks = LpmTrie::try_from(take(MAP_NETWORKS)?).map_err(map_error(MAP_NETWORKS))?;
         let policy = LpmTrie::try_from(take(MAP_POLICY)?).map_err(map_error(MAP_POLICY))?;
         let config = Array::try_from(take(MAP_CONFIG)?).map_err(map_error(MAP_CONFIG))?;
+        let interfaces_map =
+            HashMap::try_from(take(MAP_INTERFACES)?).map_err(map_error(MAP_INTERFACES))?;
         let conntrack =
             HashMap::try_from(take(MAP_CONNTRACK)?).map_err(map_error(MAP_CONNTRACK))?;
         let counters =
@@ -146,6 +150,7 @@ impl Datapath {
             networks,
             policy,
             config,
+            interfaces_map,
             conntrack,
             counters,
             flow_events: Some(flow_events),

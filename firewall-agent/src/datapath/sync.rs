@@ -1,12 +1,15 @@
-//! Writing a compiled policy into the maps. Policy entries go into the inactive slot of
-//! POLICY and are switched on with one write of CONFIG, so packets see either the old or
-//! the new policy, never a mix. Every map is diffed against a shadow copy of what is in
+//! Writing a compiled policy into the maps. POLICY, ENDPOINTS and NETWORKS each hold two
+//! slots; a new generation is written into the inactive slot of all three and switched on
+//! with one write of CONFIG, so packets see either the old or the new generation (zones of
+//! addresses and rules together), never a mix, and a write that fails half-way (a full
+//! map) changes nothing packets see. Only the binding of pod addresses to interfaces
+//! (anti-spoofing, not policy) is written in place. Every map is diffed against a shadow copy of what is in
 //! the kernel (read once from the pinned maps at start), so a sync costs one map update
 //! per change, not per entry: the inactive slot keeps the generation before the live one,
 //! and the next policy is written over it as a diff. Writes go to the kernel in batches
 //! (`BPF_MAP_UPDATE_BATCH`, one syscall for many entries) where the map type has them.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,7 @@ use aya::maps::IterableMap as _;
 use aya::maps::lpm_trie::Key;
 use firewall_common::*;
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, binding::Bindings, map_error};
 use crate::identity;
 use crate::policy::compiled::{CompiledPolicy, Endpoint};
 
@@ -79,6 +82,7 @@ pub(crate) struct Shadow {
     loaded: bool,
     endpoints: StdHashMap<EndpointKey, EndpointValue>,
     networks: StdHashMap<(u32, NetworkKey), NetworkValue>,
+    interfaces: StdHashMap<u32, InterfaceValue>,
     /// The entries of each POLICY slot.
     policy: [StdHashMap<PolicySlotKey, PolicyValue>; 2],
     /// Per map: whether the kernel refused a batched update (then entries go one by one).
@@ -240,6 +244,32 @@ fn network_key(network: &ipnet::IpNet) -> (u32, NetworkKey) {
     }
 }
 
+/// The value of the longest proper prefix covering `key` that `value_of` knows, or world.
+fn longest_cover(
+    key: (u32, NetworkKey),
+    value_of: impl Fn(&(u32, NetworkKey)) -> Option<u32>,
+) -> u32 {
+    let (prefix_len, network) = key;
+    let address = u128::from_be_bytes(network.addr);
+    for shorter in (0..prefix_len).rev() {
+        let mask = if shorter == 0 {
+            0
+        } else {
+            u128::MAX << (128 - shorter)
+        };
+        let cover = (
+            shorter,
+            NetworkKey {
+                addr: (address & mask).to_be_bytes(),
+            },
+        );
+        if let Some(zone) = value_of(&cover) {
+            return zone;
+        }
+    }
+    ZONE_WORLD
+}
+
 fn slot_key(key: &PolicyKey) -> PolicyKey {
     PolicyKey {
         slot: [0; 4],
@@ -270,6 +300,10 @@ impl Datapath {
                 .networks
                 .insert((key.prefix_len(), key.data()), value);
         }
+        for entry in self.interfaces_map.iter() {
+            let (key, value) = entry.map_err(map_error(MAP_INTERFACES))?;
+            shadow.interfaces.insert(key, value);
+        }
         for entry in self.policy.iter() {
             let (key, value) = entry.map_err(map_error(MAP_POLICY))?;
             let data = key.data();
@@ -281,20 +315,22 @@ impl Datapath {
     }
 
     /// Makes the kernel enforce `compiled`. `is_local` says which endpoints are on this
-    /// node (their packets cross one of our hooks first).
+    /// node (their packets cross one of our hooks first); `bindings` which pod interface
+    /// each local address is bound to.
     pub fn sync(
         &mut self,
         compiled: &CompiledPolicy,
         tuning: &Tuning,
         is_local: impl Fn(&Endpoint) -> bool,
+        bindings: &Bindings,
     ) -> Result<SyncReport, DatapathError> {
         let started = Instant::now();
         self.load_shadow()?;
         let old = self.config()?;
-        let new_slot = if old.ready == 0 {
-            0
+        let (new_slot, live_slot) = if old.ready == 0 {
+            (0, None)
         } else {
-            1 - (old.active_slot & 1)
+            (1 - (old.active_slot & 1), Some(old.active_slot & 1))
         };
         let generation = old.generation.wrapping_add(1).max(1);
         let mut report = SyncReport {
@@ -303,113 +339,13 @@ impl Datapath {
             ..Default::default()
         };
 
-        // 1. The new policy, beside the live one, written over what the inactive slot
-        //    holds (the generation before the live one, or leftovers of an interrupted
-        //    sync): entries it should not have go, entries that differ are written.
+        // 1. The new generation beside the live one, in the inactive slot of every map:
+        //    written over what that slot holds (the generation before the live one, or
+        //    leftovers of an interrupted sync).
         self.sync_policy_slot(compiled, new_slot, &mut report)?;
-
-        // 2. Identities: removals first, so an address never carries two owners' state.
-        //    An address that leaves, or changes owner, loses its identity and then its
-        //    tracked connections before a new owner gets it: the datapath's fast path
-        //    trusts conntrack entries without looking identities up again.
-        let mut stale: Vec<EndpointKey> = Vec::new();
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for (ip, endpoint) in &compiled.endpoints {
-            let key = identity::endpoint_key(*ip);
-            let value = identity::endpoint_value(endpoint, is_local(endpoint));
-            match self.shadow.endpoints.get(&key) {
-                Some(held) if *held == value => continue,
-                Some(held) if held.epoch != value.epoch => stale.push(key),
-                _ => {}
-            }
-            keys.push(key);
-            values.push(value);
-        }
-        let owner_changed = stale.len();
-        stale.extend(self.shadow.endpoints.keys().filter(|key| {
-            !compiled
-                .endpoints
-                .contains_key(&identity::address_from_bytes(key.addr))
-        }));
-        for key in &stale {
-            match self.endpoints.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(MAP_ENDPOINTS)(error)),
-            }
-            self.shadow.endpoints.remove(key);
-        }
-        report.endpoints_removed = stale.len() - owner_changed;
-        if !stale.is_empty() {
-            report.connections_flushed = self.flush_connections_of(&stale)?;
-        }
-        let shadow = &mut self.shadow.endpoints;
-        let endpoints = &mut self.endpoints;
-        write_all(
-            raw_fd(endpoints.map()),
-            &mut self.shadow.no_batch[BATCH_ENDPOINTS],
-            MAP_ENDPOINTS,
-            self.endpoint_capacity,
-            &keys,
-            &values,
-            |key, value| endpoints.insert(key, value, 0),
-            |index| {
-                shadow.insert(keys[index], values[index]);
-                report.endpoints_written += 1;
-            },
-        )?;
-
-        let desired_networks: StdHashMap<(u32, NetworkKey), NetworkValue> = compiled
-            .networks
-            .iter()
-            .map(|(network, zone)| {
-                (
-                    network_key(network),
-                    NetworkValue {
-                        zone: *zone,
-                        _pad: 0,
-                    },
-                )
-            })
-            .collect();
-        let stale: Vec<(u32, NetworkKey)> = self
-            .shadow
-            .networks
-            .keys()
-            .filter(|key| !desired_networks.contains_key(key))
-            .copied()
-            .collect();
-        for (prefix_len, key) in stale {
-            let _ = self.networks.remove(&Key::new(prefix_len, key));
-            self.shadow.networks.remove(&(prefix_len, key));
-            report.networks_removed += 1;
-        }
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for ((prefix_len, key), value) in &desired_networks {
-            if self.shadow.networks.get(&(*prefix_len, *key)) != Some(value) {
-                keys.push(Key::new(*prefix_len, *key));
-                values.push(*value);
-            }
-        }
-        let shadow = &mut self.shadow.networks;
-        let networks = &mut self.networks;
-        write_all(
-            raw_fd(networks.map()),
-            &mut self.shadow.no_batch[BATCH_NETWORKS],
-            MAP_NETWORKS,
-            self.network_capacity,
-            &keys,
-            &values,
-            |key, value| networks.insert(key, value, 0),
-            |index| {
-                shadow.insert(
-                    (keys[index].prefix_len(), keys[index].data()),
-                    values[index],
-                );
-                report.networks_written += 1;
-            },
-        )?;
+        let stale = self.sync_endpoint_slot(compiled, new_slot, live_slot, &is_local, bindings, &mut report)?;
+        let prefixes = self.sync_network_slot(compiled, new_slot, live_slot, &mut report)?;
+        self.sync_interfaces()?;
 
         // 3. The switch: one write makes the new slot live.
         let nanos = |duration: Duration| duration.as_nanos().min(u64::MAX as u128) as u64;
@@ -437,10 +373,283 @@ impl Datapath {
             .set(0, config, 0)
             .map_err(map_error(MAP_CONFIG))?;
 
-        // 4. The old slot is dead now; its entries stay as the base the next generation is
-        //    written over.
+        // 4. What only the dead slot still needs goes: addresses and prefixes of no
+        //    identity in the live slot (removing them changes no live answer), then the
+        //    tracked connections of addresses that left or changed owner (the datapath
+        //    already refuses to trust them: it compares the owners' epochs).
+        self.drop_dead_entries(new_slot, &prefixes)?;
+        if !stale.is_empty() {
+            report.connections_flushed = self.flush_connections_of(&stale)?;
+        }
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Writes the identities of `compiled` into slot `slot` of every ENDPOINTS entry,
+    /// leaving the live slot as it is. Returns the addresses that leave or change owner.
+    #[allow(clippy::too_many_arguments)]
+    fn sync_endpoint_slot(
+        &mut self,
+        compiled: &CompiledPolicy,
+        slot: u32,
+        live_slot: Option<u32>,
+        is_local: &impl Fn(&Endpoint) -> bool,
+        bindings: &Bindings,
+        report: &mut SyncReport,
+    ) -> Result<Vec<EndpointKey>, DatapathError> {
+        let slot = (slot & 1) as usize;
+        let mut desired: StdHashMap<EndpointKey, (EndpointSlot, u32)> =
+            StdHashMap::with_capacity(compiled.endpoints.len());
+        for (ip, endpoint) in &compiled.endpoints {
+            let local = is_local(endpoint);
+            let ifindex = if local {
+                bindings.get(ip).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            desired.insert(
+                identity::endpoint_key(*ip),
+                (identity::endpoint_slot(endpoint, local), ifindex),
+            );
+        }
+        let mut stale = Vec::new();
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        let absent = EndpointSlot::default();
+        for key in desired.keys().chain(
+            self.shadow
+                .endpoints
+                .keys()
+                .filter(|key| !desired.contains_key(key)),
+        ) {
+            let held = self.shadow.endpoints.get(key).copied().unwrap_or_default();
+            let mut value = held;
+            if live_slot.is_none() {
+                // Nothing is live yet: whatever the other slot holds is leftovers.
+                value.slots[1 - slot] = absent;
+            }
+            let (wanted, ifindex) = desired.get(key).copied().unwrap_or((absent, 0));
+            value.slots[slot] = wanted;
+            value.ifindex = ifindex;
+            if let Some(live) = live_slot {
+                let before = held.slots[(live & 1) as usize];
+                if before.flags & ENDPOINT_FLAG_PRESENT != 0 && before.epoch != wanted.epoch {
+                    stale.push(*key);
+                    if wanted.flags & ENDPOINT_FLAG_PRESENT == 0 {
+                        report.endpoints_removed += 1;
+                    }
+                }
+            }
+            if value != held {
+                keys.push(*key);
+                values.push(value);
+            }
+        }
+        let shadow = &mut self.shadow.endpoints;
+        let endpoints = &mut self.endpoints;
+        write_all(
+            raw_fd(endpoints.map()),
+            &mut self.shadow.no_batch[BATCH_ENDPOINTS],
+            MAP_ENDPOINTS,
+            self.endpoint_capacity,
+            &keys,
+            &values,
+            |key, value| endpoints.insert(key, value, 0),
+            |index| {
+                shadow.insert(keys[index], values[index]);
+                report.endpoints_written += 1;
+            },
+        )?;
+        Ok(stale)
+    }
+
+    /// Writes the CIDR zones of `compiled` into slot `slot` of NETWORKS. A prefix in one
+    /// slot only gets, in the other slot, the answer of that slot's own prefixes (the
+    /// longest one covering it, or world), so the trie's longest match stays right for
+    /// both slots while they differ.
+    fn sync_network_slot(
+        &mut self,
+        compiled: &CompiledPolicy,
+        slot: u32,
+        live_slot: Option<u32>,
+        report: &mut SyncReport,
+    ) -> Result<HashSet<(u32, NetworkKey)>, DatapathError> {
+        let slot = (slot & 1) as usize;
+        let desired: StdHashMap<(u32, NetworkKey), u32> = compiled
+            .networks
+            .iter()
+            .map(|(network, zone)| (network_key(network), *zone))
+            .collect();
+        report.networks_removed = self
+            .shadow
+            .networks
+            .keys()
+            .filter(|key| !desired.contains_key(key))
+            .count();
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for key in desired.keys().chain(
+            self.shadow
+                .networks
+                .keys()
+                .filter(|key| !desired.contains_key(key)),
+        ) {
+            let held = self.shadow.networks.get(key).copied();
+            let mut value = held.unwrap_or_default();
+            let other = 1 - slot;
+            value.zone[other] = match (live_slot, held) {
+                (None, _) => ZONE_WORLD,
+                (Some(_), Some(held)) => held.zone[other],
+                // New to the trie: what the live slot answers for it today.
+                (Some(_), None) => longest_cover(*key, |prefix| {
+                    self.shadow.networks.get(prefix).map(|value| value.zone[other])
+                }),
+            };
+            value.zone[slot] = match desired.get(key) {
+                Some(zone) => *zone,
+                None => longest_cover(*key, |prefix| desired.get(prefix).copied()),
+            };
+            if held != Some(value) {
+                keys.push(Key::new(key.0, key.1));
+                values.push(value);
+            }
+        }
+        let shadow = &mut self.shadow.networks;
+        let networks = &mut self.networks;
+        write_all(
+            raw_fd(networks.map()),
+            &mut self.shadow.no_batch[BATCH_NETWORKS],
+            MAP_NETWORKS,
+            self.network_capacity,
+            &keys,
+            &values,
+            |key, value| networks.insert(key, value, 0),
+            |index| {
+                shadow.insert(
+                    (keys[index].prefix_len(), keys[index].data()),
+                    values[index],
+                );
+                report.networks_written += 1;
+            },
+        )?;
+        Ok(desired.into_keys().collect())
+    }
+
+    /// After the switch to `live`: removes addresses without an identity in the live slot
+    /// and prefixes that only stood in for another slot's answer.
+    fn drop_dead_entries(
+        &mut self,
+        live: u32,
+        prefixes: &HashSet<(u32, NetworkKey)>,
+    ) -> Result<(), DatapathError> {
+        let live = (live & 1) as usize;
+        let dead: Vec<EndpointKey> = self
+            .shadow
+            .endpoints
+            .iter()
+            .filter(|(_, value)| value.slots[live].flags & ENDPOINT_FLAG_PRESENT == 0)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in dead {
+            match self.endpoints.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(MAP_ENDPOINTS)(error)),
+            }
+            self.shadow.endpoints.remove(&key);
+        }
+        let dead: Vec<(u32, NetworkKey)> = self
+            .shadow
+            .networks
+            .keys()
+            .filter(|key| !prefixes.contains(key))
+            .copied()
+            .collect();
+        for (prefix_len, key) in dead {
+            match self.networks.remove(&Key::new(prefix_len, key)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(MAP_NETWORKS)(error)),
+            }
+            self.shadow.networks.remove(&(prefix_len, key));
+        }
+        Ok(())
+    }
+
+    /// Writes how many addresses each pod interface has bound (in place: not policy).
+    fn sync_interfaces(&mut self) -> Result<(), DatapathError> {
+        let mut desired: StdHashMap<u32, InterfaceValue> = StdHashMap::new();
+        for value in self.shadow.endpoints.values() {
+            if value.ifindex != 0 {
+                desired.entry(value.ifindex).or_default().bound_addresses += 1;
+            }
+        }
+        let gone: Vec<u32> = self
+            .shadow
+            .interfaces
+            .keys()
+            .filter(|ifindex| !desired.contains_key(ifindex))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            match self.interfaces_map.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(MAP_INTERFACES)(error)),
+            }
+            self.shadow.interfaces.remove(&ifindex);
+        }
+        for (ifindex, value) in desired {
+            if self.shadow.interfaces.get(&ifindex) != Some(&value) {
+                self.interfaces_map
+                    .insert(ifindex, value, 0)
+                    .map_err(full_or(MAP_INTERFACES, INTERFACES_MAX_ENTRIES as usize))?;
+                self.shadow.interfaces.insert(ifindex, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds pod addresses to interfaces anew without a new generation: only the
+    /// `ifindex` of entries changes (in place; it is not policy). Returns how many entries
+    /// changed.
+    pub fn rebind(&mut self, bindings: &Bindings) -> Result<usize, DatapathError> {
+        self.load_shadow()?;
+        let mut changed = 0;
+        let updates: Vec<(EndpointKey, EndpointValue)> = self
+            .shadow
+            .endpoints
+            .iter()
+            .filter_map(|(key, value)| {
+                let local = value
+                    .slots
+                    .iter()
+                    .any(|slot| slot.flags & ENDPOINT_FLAG_LOCAL != 0);
+                let ifindex = if local {
+                    bindings
+                        .get(&identity::address_from_bytes(key.addr))
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                (ifindex != value.ifindex).then(|| {
+                    (
+                        *key,
+                        EndpointValue {
+                            ifindex,
+                            ..*value
+                        },
+                    )
+                })
+            })
+            .collect();
+        for (key, value) in updates {
+            self.endpoints
+                .insert(key, value, 0)
+                .map_err(full_or(MAP_ENDPOINTS, self.endpoint_capacity))?;
+            self.shadow.endpoints.insert(key, value);
+            changed += 1;
+        }
+        self.sync_interfaces()?;
+        Ok(changed)
     }
 
     /// Number of endpoint entries user space has written (for fill-level reporting).

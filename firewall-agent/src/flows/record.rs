@@ -452,6 +452,7 @@ fn reserved_rule_name(rule: u32) -> Option<&'static str> {
         RULE_UNKNOWN_SOURCE => Some("unknown-source"),
         RULE_FRAGMENT => Some("fragment"),
         RULE_SERVICE_DEFERRED => Some("service-deferred"),
+        RULE_SPOOFED => Some("spoofed-source"),
         RULE_NONE => Some("none"),
         _ => None,
     }

@@ -525,6 +525,7 @@ fn prepare_policies(
         (RULE_DEFAULT_INTER_DENY, "default-deny-inter-zone", "Deny"),
         (RULE_UNKNOWN_SOURCE, "unknown-source", "Configured"),
         (RULE_FRAGMENT, "fragment", "Deny"),
+        (firewall_common::RULE_SPOOFED, "spoofed-source", "Deny"),
     ] {
         rules.insert(
             id,

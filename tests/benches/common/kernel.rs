@@ -38,7 +38,12 @@ impl BenchDatapath {
 
     pub fn sync_with(&mut self, compiled: &CompiledPolicy, tuning: &Tuning) -> SyncReport {
         self.datapath
-            .sync(compiled, tuning, |_| true)
+            .sync(
+                compiled,
+                tuning,
+                |_| true,
+                &zonewall_tests::kernel::test_run_bindings(compiled),
+            )
             .unwrap_or_else(|error| panic!("sync: {error}"))
     }
 
@@ -54,6 +59,7 @@ impl BenchDatapath {
             .test_run(aya::TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&zonewall_tests::kernel::TEST_RUN_CONTEXT),
                 repeat,
                 ..Default::default()
             })
@@ -72,6 +78,7 @@ impl BenchDatapath {
             .test_run(aya::TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&zonewall_tests::kernel::TEST_RUN_CONTEXT),
                 ..Default::default()
             })
             .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN: {error:?}"));

@@ -1,0 +1,452 @@
+//! Which pod interface each pod address belongs to: the binding the datapath's
+//! anti-spoofing checks (a packet from a pod interface must carry one of that interface's
+//! addresses as its source).
+//!
+//! Found from the node itself, over rtnetlink, in two ways:
+//! - a host route to exactly that address through a pod interface (routed CNIs: Calico,
+//!   Cilium native routing, ptp): written by the node's CNI, so it wins;
+//! - the addresses configured on the other end of a pod's veth, read in the pod's network
+//!   namespace through its netns id (`IFA_TARGET_NETNSID`, Linux 4.20+): this covers
+//!   bridged CNIs, where all pods share one route through the bridge.
+//!
+//! Only addresses the control plane says belong to a pod of this node are ever bound (the
+//! sync looks bindings up by its endpoints), so a pod adding an address to its own
+//! interface cannot claim another pod's address: it makes it contested, and a contested
+//! address is bound nowhere (its traffic then follows `--unknown-source`), logged.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+/// Address -> ifindex of the host-side pod interface it is bound to.
+pub type Bindings = HashMap<IpAddr, u32>;
+
+/// Errors of the rtnetlink conversation.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    #[error("rtnetlink {what}: {source}")]
+    Netlink {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const RTM_GETLINK: u16 = 18;
+const RTM_GETADDR: u16 = 22;
+const RTM_GETROUTE: u16 = 26;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_TARGET_NETNSID: u16 = 10;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_TABLE: u16 = 15;
+const RT_TABLE_MAIN: u32 = 254;
+const RTN_UNICAST: u8 = 1;
+const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
+/// Nested-attribute and byte-order bits of `nla_type`.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// One rtnetlink socket.
+struct Socket {
+    fd: OwnedFd,
+    sequence: u32,
+}
+
+impl Socket {
+    fn open() -> Result<Self, BindingError> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(BindingError::Netlink {
+                what: "socket",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let on: libc::c_int = 1;
+        // Strict checking makes the kernel honour the filters of dump requests (the
+        // target netns id of RTM_GETADDR); without it they are ignored.
+        // SAFETY: `on` lives across the call; its size is passed.
+        let result = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                NETLINK_GET_STRICT_CHK,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result != 0 {
+            return Err(BindingError::Netlink {
+                what: "strict checking",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self { fd, sequence: 1 })
+    }
+
+    /// Sends a dump request (`header` is the family header, `attributes` follow it) and
+    /// calls `each` with (message type, payload) for every answer until the dump is done.
+    fn dump(
+        &mut self,
+        what: &'static str,
+        message_type: u16,
+        header: &[u8],
+        attributes: &[u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), BindingError> {
+        let error = |source| BindingError::Netlink { what, source };
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let length = NLMSG_HDRLEN + align(header.len()) + attributes.len();
+        let mut request = Vec::with_capacity(length);
+        request.extend_from_slice(&(length as u32).to_ne_bytes());
+        request.extend_from_slice(&message_type.to_ne_bytes());
+        request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        request.extend_from_slice(&sequence.to_ne_bytes());
+        request.extend_from_slice(&0u32.to_ne_bytes());
+        request.extend_from_slice(header);
+        request.resize(NLMSG_HDRLEN + align(header.len()), 0);
+        request.extend_from_slice(attributes);
+        // SAFETY: the buffer is valid for its length during the call.
+        let sent = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+            )
+        };
+        if sent < 0 {
+            return Err(error(std::io::Error::last_os_error()));
+        }
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: the buffer is valid for its length during the call.
+            let received = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
+            if received < 0 {
+                let source = std::io::Error::last_os_error();
+                if source.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error(source));
+            }
+            let mut rest = &buffer[..received as usize];
+            while rest.len() >= NLMSG_HDRLEN {
+                let length = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+                let answer_to = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
+                if length < NLMSG_HDRLEN || length > rest.len() {
+                    return Err(error(std::io::Error::other("truncated netlink message")));
+                }
+                let payload = &rest[NLMSG_HDRLEN..length];
+                if answer_to == sequence {
+                    match kind {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            let code = payload
+                                .get(0..4)
+                                .map(|bytes| i32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
+                                .unwrap_or(-libc::EIO);
+                            if code == 0 {
+                                return Ok(());
+                            }
+                            return Err(error(std::io::Error::from_raw_os_error(-code)));
+                        }
+                        _ => each(payload),
+                    }
+                }
+                rest = &rest[align(length).min(rest.len())..];
+            }
+        }
+    }
+}
+
+fn align(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+/// The attributes after a family header of `header_len` bytes: (type, value).
+fn attributes(payload: &[u8], header_len: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = payload.get(align(header_len)..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let length = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        if length < 4 || length > rest.len() {
+            return None;
+        }
+        let value = &rest[4..length];
+        rest = &rest[align(length).min(rest.len())..];
+        Some((kind, value))
+    })
+}
+
+fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(align(4 + value.len()));
+    bytes.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    bytes.extend_from_slice(&kind.to_ne_bytes());
+    bytes.extend_from_slice(value);
+    bytes.resize(align(bytes.len()), 0);
+    bytes
+}
+
+fn u32_of(value: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(value.get(0..4)?.try_into().ok()?))
+}
+
+fn address_of(family: u8, value: &[u8]) -> Option<IpAddr> {
+    match family as i32 {
+        libc::AF_INET => {
+            let octets: [u8; 4] = value.get(0..4)?.try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(octets)))
+        }
+        libc::AF_INET6 => {
+            let octets: [u8; 16] = value.get(0..16)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(octets)))
+        }
+        _ => None,
+    }
+}
+
+/// Addresses that are never a pod's own source: link-local ones (handled by the
+/// datapath's link rules), loopback, unspecified and multicast.
+fn bindable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_unspecified() || v4.is_multicast()),
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local())
+        }
+    }
+}
+
+/// A pod interface's other end: its index in the pod's namespace and that namespace's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Peer {
+    netns_id: i32,
+    ifindex: u32,
+}
+
+/// Finds the bindings of the pod interfaces `interfaces` (ifindex of host-side
+/// interfaces). An error in one step is logged and leaves that step's bindings out.
+pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
+    let mut socket = Socket::open()?;
+    // Claims: address -> interfaces that claim it (by route, or by peer address).
+    let mut routed: BTreeMap<IpAddr, HashSet<u32>> = BTreeMap::new();
+    let mut configured: BTreeMap<IpAddr, HashSet<u32>> = BTreeMap::new();
+
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+        let mut header = [0u8; 12];
+        header[0] = family;
+        let result = socket.dump("route dump", RTM_GETROUTE, &header, &[], |payload| {
+            if payload.len() < 12 {
+                return;
+            }
+            let (dst_len, table, route_type) = (payload[1], payload[4], payload[7]);
+            let full = if family as i32 == libc::AF_INET { 32 } else { 128 };
+            if dst_len != full || route_type != RTN_UNICAST {
+                return;
+            }
+            let mut table = table as u32;
+            let (mut destination, mut oif) = (None, None);
+            for (kind, value) in attributes(payload, 12) {
+                match kind {
+                    RTA_DST => destination = address_of(family, value),
+                    RTA_OIF => oif = u32_of(value),
+                    RTA_TABLE => table = u32_of(value).unwrap_or(table),
+                    _ => {}
+                }
+            }
+            if let (Some(destination), Some(oif)) = (destination, oif)
+                && table == RT_TABLE_MAIN
+                && interfaces.contains(&oif)
+                && bindable(&destination)
+            {
+                routed.entry(destination).or_default().insert(oif);
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot read host routes; bindings from pod addresses only");
+        }
+    }
+
+    // The other end of each pod veth.
+    let mut peers: HashMap<Peer, u32> = HashMap::new();
+    // struct ifinfomsg: family, pad, type, index, flags, change (16 bytes).
+    let header = [0u8; 16];
+    socket.dump("link dump", RTM_GETLINK, &header, &[], |payload| {
+        if payload.len() < 16 {
+            return;
+        }
+        let index = u32::from_ne_bytes(payload[4..8].try_into().expect("4 bytes"));
+        if !interfaces.contains(&index) {
+            return;
+        }
+        let (mut link, mut netns_id) = (None, None);
+        for (kind, value) in attributes(payload, 16) {
+            match kind {
+                IFLA_LINK => link = u32_of(value),
+                IFLA_LINK_NETNSID => netns_id = u32_of(value).map(|id| id as i32),
+                _ => {}
+            }
+        }
+        if let (Some(ifindex), Some(netns_id)) = (link, netns_id)
+            && netns_id >= 0
+        {
+            peers.insert(Peer { netns_id, ifindex }, index);
+        }
+    })?;
+
+    let namespaces: HashSet<i32> = peers.keys().map(|peer| peer.netns_id).collect();
+    for netns_id in namespaces {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            // struct ifaddrmsg: family, prefixlen, flags, scope, index (8 bytes).
+            let mut header = [0u8; 8];
+            header[0] = family;
+            let target = attribute(IFA_TARGET_NETNSID, &netns_id.to_ne_bytes());
+            let result =
+                socket.dump("address dump", RTM_GETADDR, &header, &target, |payload| {
+                    if payload.len() < 8 {
+                        return;
+                    }
+                    let index = u32::from_ne_bytes(payload[4..8].try_into().expect("4 bytes"));
+                    let Some(host_side) = peers.get(&Peer {
+                        netns_id,
+                        ifindex: index,
+                    }) else {
+                        return;
+                    };
+                    let (mut local, mut address) = (None, None);
+                    for (kind, value) in attributes(payload, 8) {
+                        match kind {
+                            IFA_LOCAL => local = address_of(family, value),
+                            IFA_ADDRESS => address = address_of(family, value),
+                            _ => {}
+                        }
+                    }
+                    if let Some(ip) = local.or(address)
+                        && bindable(&ip)
+                    {
+                        configured.entry(ip).or_default().insert(*host_side);
+                    }
+                });
+            if let Err(error) = result {
+                tracing::warn!(%error, netns_id, "cannot read a pod namespace's addresses");
+            }
+        }
+    }
+    Ok(resolve_claims(&routed, &configured))
+}
+
+/// One interface per address: a route wins; an address claimed by several interfaces
+/// (by routes, or, without a route, by pod addresses) is bound to none.
+fn resolve_claims(
+    routed: &BTreeMap<IpAddr, HashSet<u32>>,
+    configured: &BTreeMap<IpAddr, HashSet<u32>>,
+) -> Bindings {
+    let addresses: HashSet<&IpAddr> = routed.keys().chain(configured.keys()).collect();
+    let mut bindings = Bindings::new();
+    for ip in addresses {
+        let Some(claims) = routed.get(ip).or_else(|| configured.get(ip)) else {
+            continue;
+        };
+        match claims.iter().collect::<Vec<_>>().as_slice() {
+            [only] => {
+                bindings.insert(*ip, **only);
+            }
+            _ => {
+                tracing::warn!(%ip, interfaces = ?claims, "address claimed by several pod interfaces: bound to none");
+            }
+        }
+    }
+    bindings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(entries: &[(&str, &[u32])]) -> BTreeMap<IpAddr, HashSet<u32>> {
+        entries
+            .iter()
+            .map(|(ip, interfaces)| (ip.parse().unwrap(), interfaces.iter().copied().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_route_wins_over_pod_addresses() {
+        let routed = claims(&[("198.18.1.10", &[7])]);
+        let configured = claims(&[("198.18.1.10", &[9]), ("198.18.1.11", &[9])]);
+        let bindings = resolve_claims(&routed, &configured);
+        assert_eq!(bindings[&"198.18.1.10".parse::<IpAddr>().unwrap()], 7);
+        assert_eq!(bindings[&"198.18.1.11".parse::<IpAddr>().unwrap()], 9);
+    }
+
+    #[test]
+    fn a_contested_address_is_bound_nowhere() {
+        let configured = claims(&[("198.18.2.10", &[7, 9]), ("198.18.2.11", &[9])]);
+        let bindings = resolve_claims(&BTreeMap::new(), &configured);
+        assert!(!bindings.contains_key(&"198.18.2.10".parse::<IpAddr>().unwrap()));
+        assert_eq!(bindings.len(), 1);
+        let routed = claims(&[("198.18.1.10", &[3, 4])]);
+        let configured = claims(&[("198.18.1.10", &[3])]);
+        assert!(resolve_claims(&routed, &configured).is_empty());
+    }
+
+    #[test]
+    fn link_local_and_special_addresses_are_never_bound() {
+        for ip in ["fe80::1", "::1", "127.0.0.1", "0.0.0.0", "ff02::1", "224.0.0.1", "::"] {
+            assert!(!bindable(&ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["198.18.1.10", "2001:db8:1::10"] {
+            assert!(bindable(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_walked_with_padding_and_stop_at_garbage() {
+        let mut payload = vec![0u8; 8];
+        payload.extend(attribute(IFA_LOCAL, &[198, 18, 1, 10]));
+        payload.extend(attribute(7, &[1, 2, 3]));
+        payload.extend(attribute(IFA_ADDRESS, &[198, 18, 1, 11]));
+        payload.extend([200, 0, 1, 0]); // claims 200 bytes: ignored
+        let found: Vec<(u16, Vec<u8>)> = attributes(&payload, 8)
+            .map(|(kind, value)| (kind, value.to_vec()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (IFA_LOCAL, vec![198, 18, 1, 10]),
+                (7, vec![1, 2, 3]),
+                (IFA_ADDRESS, vec![198, 18, 1, 11])
+            ]
+        );
+    }
+}
