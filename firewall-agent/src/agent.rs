@@ -234,7 +234,11 @@ impl Agent {
         match self.datapath.rebind(&self.bindings) {
             Ok(0) => {}
             Ok(changed) => {
-                tracing::info!(changed, bound = self.bindings.len(), "pod addresses bound to their interfaces")
+                tracing::info!(
+                    changed,
+                    bound = self.bindings.len(),
+                    "pod addresses bound to their interfaces"
+                )
             }
             Err(error) => {
                 tracing::error!(%error, "binding pod addresses to their interfaces failed; retried next scan")

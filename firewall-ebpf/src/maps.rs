@@ -26,8 +26,7 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Pod interfaces with bound addresses (see `InterfaceValue`), by ifindex.
 #[map(name = "INTERFACES")]
-pub static INTERFACES: HashMap<u32, InterfaceValue> =
-    HashMap::pinned(INTERFACES_MAX_ENTRIES, 0);
+pub static INTERFACES: HashMap<u32, InterfaceValue> = HashMap::pinned(INTERFACES_MAX_ENTRIES, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);

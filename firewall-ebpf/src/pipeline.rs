@@ -112,23 +112,90 @@ fn link_scoped_destination(addr: &[u8; 16]) -> bool {
     (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || (addr[0] == 0xff && addr[1] & 0x0f == 0x02)
 }
 
-/// Whether an NDP or MLD packet stays on the link between a pod and its node: the hop
-/// limit the protocol demands (255 for NDP, which proves it was not routed; 1 for MLD),
-/// and each end link-scoped or an endpoint of this node (a pod on the same bridge, or a
-/// node address). Anything else of these types is judged by policy like other ICMPv6,
-/// so they cannot carry traffic to or from anywhere the policy does not allow.
+/// Whether an NDP or MLD packet stays on the link between a pod and its node; anything
+/// else of these types is judged by policy like other ICMPv6, so they cannot carry
+/// traffic to or from anywhere the policy does not allow.
+///
+/// - Neighbour discovery must have hop limit 255 (RFC 4861), which proves on a receiving
+///   hook that nobody routed it. From a pod, it must also be addressed on the link: a
+///   link-scoped address, a pod of this node (a bridge neighbour), a node address, or an
+///   address the node delivers locally (its FIB says so: e.g. the bridge's own address
+///   the pods use as their gateway).
+/// - Multicast listener discovery must have hop limit 1 and a link-local (or, for early
+///   reports, unspecified) source (RFC 2710, 3810): a hop limit of 1 is never forwarded.
 #[inline(never)]
-fn on_link_plumbing(packet: &Packet, run: &Run) -> bool {
-    let hop_limit_ok = match packet.icmp {
-        IcmpKind::NeighborDiscovery => packet.hop_limit == 255,
-        IcmpKind::MulticastListener => packet.hop_limit == 1,
+fn on_link_plumbing(ctx: &TcContext, packet: &Packet, run: &Run) -> bool {
+    match packet.icmp {
+        IcmpKind::NeighborDiscovery => {
+            if packet.hop_limit != 255 {
+                return false;
+            }
+            if run.hook != HOOK_FROM_POD {
+                return true;
+            }
+            let destination = &run.dst_endpoint;
+            link_scoped_destination(&packet.dst)
+                || destination.is_local()
+                || (destination.present() && destination.zone == ZONE_HOST)
+                || delivered_locally(ctx, packet, run)
+        }
+        IcmpKind::MulticastListener => packet.hop_limit == 1 && link_scoped_source(&packet.src),
         _ => false,
+    }
+}
+
+/// `struct bpf_fib_lookup`, as far as an IPv6 lookup uses it (64 bytes).
+#[repr(C)]
+struct FibLookup {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    flowinfo: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    vlan_proto: u16,
+    vlan_tci: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FibLookup>() == 64);
+
+/// `BPF_FIB_LKUP_RET_NOT_FWDED`: the node would not forward the packet (it is its own).
+const FIB_NOT_FORWARDED: i64 = 4;
+const AF_INET6: u8 = 10;
+
+/// Whether the node's routing table delivers `packet.dst` to the node itself.
+#[inline(always)]
+fn delivered_locally(ctx: &TcContext, packet: &Packet, run: &Run) -> bool {
+    let mut lookup = FibLookup {
+        family: AF_INET6,
+        l4_protocol: packet.proto,
+        sport: 0,
+        dport: 0,
+        tot_len: 0,
+        ifindex: run.ifindex,
+        flowinfo: 0,
+        src: packet.src,
+        dst: packet.dst,
+        vlan_proto: 0,
+        vlan_tci: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
     };
-    let on_node =
-        |endpoint: &Endpoint| endpoint.is_local() || (endpoint.present() && endpoint.zone == ZONE_HOST);
-    hop_limit_ok
-        && (link_scoped_source(&packet.src) || on_node(&run.src_endpoint))
-        && (link_scoped_destination(&packet.dst) || on_node(&run.dst_endpoint))
+    // SAFETY: `lookup` is a correctly sized bpf_fib_lookup on the stack; the context
+    // pointer is valid for the whole program run.
+    let result = unsafe {
+        aya_ebpf::helpers::generated::bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            (&mut lookup as *mut FibLookup).cast(),
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    result == FIB_NOT_FORWARDED
 }
 
 /// Anti-spoofing on a pod's own hook: the source must be bound to this interface. An
@@ -219,7 +286,7 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
         packet.icmp,
         IcmpKind::NeighborDiscovery | IcmpKind::MulticastListener
     ) {
-        if on_link_plumbing(packet, run) {
+        if on_link_plumbing(ctx, packet, run) {
             return Err(Early::NeighborDiscovery);
         }
         // Off the link: an ICMPv6 message like any other, judged by policy.
@@ -274,8 +341,8 @@ fn try_classify(ctx: &TcContext, hook: u8) -> Result<i32, Early> {
         let forward = conntrack::is_forward(ct, run.src_is_hi);
         let expired = run.now.saturating_sub(ct.last_seen_ns)
             > conntrack::timeout(config, packet.proto, ct.state);
-        let syn_only = packet.proto == IPPROTO_TCP
-            && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let syn_only =
+            packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let reopened = syn_only && ct.state == CT_STATE_CLOSED;
         // A SYN towards the initiator opens a connection the other way: no reply, judged
         // as new (the tracked flow stays unless the new one is allowed and replaces it).
@@ -694,13 +761,7 @@ struct Decision {
 
 /// Builds the entry of a new flow in `ct` (scratch memory) and inserts it.
 #[inline(always)]
-fn track(
-    packet: &Packet,
-    key: &CtKey,
-    ct: &mut CtValue,
-    run: &Run,
-    decision: &Decision,
-) {
+fn track(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, decision: &Decision) {
     ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         CT_STATE_SYN_SENT
     } else {
@@ -743,10 +804,7 @@ fn track(
         };
         [sender, run.ifindex]
     };
-    ct.epoch = [
-        run.src_endpoint.epoch,
-        run.dst_endpoint.epoch,
-    ];
+    ct.epoch = [run.src_endpoint.epoch, run.dst_endpoint.epoch];
     ct.checked_generation = run.generation;
     ct._pad2 = 0;
     if CONNTRACK.insert(key, &*ct, 0).is_err() {

@@ -62,21 +62,23 @@ pub struct Kernel {
 impl Kernel {
     /// Loads the programs with a fresh set of maps.
     pub fn load() -> Self {
+        Self::load_with(MapSizes {
+            endpoints: 65_536,
+            networks: 16_384,
+            policy: 262_144,
+            conntrack: 65_536,
+        })
+    }
+
+    /// Loads the programs with a fresh set of maps of these sizes.
+    pub fn load_with(sizes: MapSizes) -> Self {
         let bpffs = PathBuf::from(format!(
             "/run/zonewall-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let datapath = Datapath::load(
-            &bpffs,
-            MapSizes {
-                endpoints: 65_536,
-                networks: 16_384,
-                policy: 262_144,
-                conntrack: 65_536,
-            },
-        )
-        .unwrap_or_else(|error| panic!("loading the datapath: {error}"));
+        let datapath = Datapath::load(&bpffs, sizes)
+            .unwrap_or_else(|error| panic!("loading the datapath: {error}"));
         Self {
             datapath,
             bpffs,

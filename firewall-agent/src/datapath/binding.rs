@@ -270,7 +270,11 @@ pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
                 return;
             }
             let (dst_len, table, route_type) = (payload[1], payload[4], payload[7]);
-            let full = if family as i32 == libc::AF_INET { 32 } else { 128 };
+            let full = if family as i32 == libc::AF_INET {
+                32
+            } else {
+                128
+            };
             if dst_len != full || route_type != RTN_UNICAST {
                 return;
             }
@@ -331,32 +335,31 @@ pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
             let mut header = [0u8; 8];
             header[0] = family;
             let target = attribute(IFA_TARGET_NETNSID, &netns_id.to_ne_bytes());
-            let result =
-                socket.dump("address dump", RTM_GETADDR, &header, &target, |payload| {
-                    if payload.len() < 8 {
-                        return;
+            let result = socket.dump("address dump", RTM_GETADDR, &header, &target, |payload| {
+                if payload.len() < 8 {
+                    return;
+                }
+                let index = u32::from_ne_bytes(payload[4..8].try_into().expect("4 bytes"));
+                let Some(host_side) = peers.get(&Peer {
+                    netns_id,
+                    ifindex: index,
+                }) else {
+                    return;
+                };
+                let (mut local, mut address) = (None, None);
+                for (kind, value) in attributes(payload, 8) {
+                    match kind {
+                        IFA_LOCAL => local = address_of(family, value),
+                        IFA_ADDRESS => address = address_of(family, value),
+                        _ => {}
                     }
-                    let index = u32::from_ne_bytes(payload[4..8].try_into().expect("4 bytes"));
-                    let Some(host_side) = peers.get(&Peer {
-                        netns_id,
-                        ifindex: index,
-                    }) else {
-                        return;
-                    };
-                    let (mut local, mut address) = (None, None);
-                    for (kind, value) in attributes(payload, 8) {
-                        match kind {
-                            IFA_LOCAL => local = address_of(family, value),
-                            IFA_ADDRESS => address = address_of(family, value),
-                            _ => {}
-                        }
-                    }
-                    if let Some(ip) = local.or(address)
-                        && bindable(&ip)
-                    {
-                        configured.entry(ip).or_default().insert(*host_side);
-                    }
-                });
+                }
+                if let Some(ip) = local.or(address)
+                    && bindable(&ip)
+                {
+                    configured.entry(ip).or_default().insert(*host_side);
+                }
+            });
             if let Err(error) = result {
                 tracing::warn!(%error, netns_id, "cannot read a pod namespace's addresses");
             }
@@ -422,7 +425,15 @@ mod tests {
 
     #[test]
     fn link_local_and_special_addresses_are_never_bound() {
-        for ip in ["fe80::1", "::1", "127.0.0.1", "0.0.0.0", "ff02::1", "224.0.0.1", "::"] {
+        for ip in [
+            "fe80::1",
+            "::1",
+            "127.0.0.1",
+            "0.0.0.0",
+            "ff02::1",
+            "224.0.0.1",
+            "::",
+        ] {
             assert!(!bindable(&ip.parse().unwrap()), "{ip}");
         }
         for ip in ["198.18.1.10", "2001:db8:1::10"] {

@@ -343,7 +343,14 @@ impl Datapath {
         //    written over what that slot holds (the generation before the live one, or
         //    leftovers of an interrupted sync).
         self.sync_policy_slot(compiled, new_slot, &mut report)?;
-        let stale = self.sync_endpoint_slot(compiled, new_slot, live_slot, &is_local, bindings, &mut report)?;
+        let stale = self.sync_endpoint_slot(
+            compiled,
+            new_slot,
+            live_slot,
+            &is_local,
+            bindings,
+            &mut report,
+        )?;
         let prefixes = self.sync_network_slot(compiled, new_slot, live_slot, &mut report)?;
         self.sync_interfaces()?;
 
@@ -502,7 +509,10 @@ impl Datapath {
                 (Some(_), Some(held)) => held.zone[other],
                 // New to the trie: what the live slot answers for it today.
                 (Some(_), None) => longest_cover(*key, |prefix| {
-                    self.shadow.networks.get(prefix).map(|value| value.zone[other])
+                    self.shadow
+                        .networks
+                        .get(prefix)
+                        .map(|value| value.zone[other])
                 }),
             };
             value.zone[slot] = match desired.get(key) {
@@ -630,15 +640,7 @@ impl Datapath {
                 } else {
                     0
                 };
-                (ifindex != value.ifindex).then(|| {
-                    (
-                        *key,
-                        EndpointValue {
-                            ifindex,
-                            ..*value
-                        },
-                    )
-                })
+                (ifindex != value.ifindex).then(|| (*key, EndpointValue { ifindex, ..*value }))
             })
             .collect();
         for (key, value) in updates {

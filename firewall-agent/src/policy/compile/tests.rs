@@ -321,6 +321,10 @@ fn rules_hold_reserved_ids_and_policies_in_name_order() {
     );
     assert_eq!(compiled.rules[&RULE_UNKNOWN_SOURCE].name, "unknown-source");
     assert_eq!(compiled.rules[&RULE_FRAGMENT].name, "fragment");
+    assert_eq!(
+        compiled.rules[&firewall_common::RULE_SPOOFED].name,
+        "spoofed-source"
+    );
     let alpha = &compiled.rules[&FIRST_USER_RULE_ID];
     assert_eq!(
         (
@@ -333,7 +337,7 @@ fn rules_hold_reserved_ids_and_policies_in_name_order() {
     assert_eq!(alpha.priority, 1000);
     let zeta = &compiled.rules[&(FIRST_USER_RULE_ID + 1)];
     assert_eq!((zeta.name.as_str(), zeta.priority), ("zeta", 1));
-    assert_eq!(compiled.rules.len(), 6);
+    assert_eq!(compiled.rules.len(), 7);
 }
 
 #[test]
