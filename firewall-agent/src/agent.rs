@@ -457,8 +457,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 what: format!("binding the metrics address {address}"),
                 source,
             })?;
-        tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
-        tracing::info!(%address, "metrics, /healthz and /readyz served");
+        let limits = agent.args.metrics_limits();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            agent.metrics.clone(),
+            limits,
+        ));
+        if address.ip().is_unspecified() {
+            // Not refused (a node may need it), but the endpoint then answers on every
+            // address of the host, the ones facing outside included.
+            tracing::warn!(%address, "metrics served on every address of this host; bind the node's own address (e.g. [$(HOST_IP)]:9965) or 127.0.0.1 instead");
+        }
+        tracing::info!(%address, max_connections = limits.max_connections, "metrics, /healthz and /readyz served");
     }
     agent.observe();
     tracing::info!(
