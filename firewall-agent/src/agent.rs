@@ -202,8 +202,23 @@ impl Agent {
 
     /// Attaches to new matching interfaces and lets go of vanished ones.
     fn scan_interfaces(&mut self) -> Result<bool, AgentError> {
-        let wanted: Vec<(String, u32)> = crate::datapath::interfaces()
-            .into_iter()
+        // A listing that failed (e.g. out of file descriptors) must not read as "every
+        // pod interface is gone": pruning on it would detach them all. Skip this scan.
+        let listed = match nix::net::if_::if_nameindex() {
+            Ok(listed) => listed,
+            Err(errno) => {
+                tracing::warn!(%errno, "cannot list interfaces; attachments left as they are until the next scan");
+                return Ok(false);
+            }
+        };
+        let wanted: Vec<(String, u32)> = listed
+            .iter()
+            .filter_map(|interface| {
+                Some((
+                    interface.name().to_str().ok()?.to_owned(),
+                    interface.index(),
+                ))
+            })
             .filter(|(name, _)| self.globs.is_match(name))
             .collect();
         let mut changed = false;
