@@ -205,11 +205,27 @@ impl Agent {
     }
 
     /// The pod interfaces of this node: (name, index) of interfaces matching the globs.
-    fn pod_interfaces(&self) -> Vec<(String, u32)> {
-        crate::datapath::interfaces()
-            .into_iter()
+    /// `None` when the listing failed (e.g. out of file descriptors): that must not read as
+    /// "every pod interface is gone", or a scan would detach them all.
+    fn pod_interfaces(&self) -> Option<Vec<(String, u32)>> {
+        let listed = match nix::net::if_::if_nameindex() {
+            Ok(listed) => listed,
+            Err(errno) => {
+                tracing::warn!(%errno, "cannot list interfaces; attachments left as they are until the next scan");
+                return None;
+            }
+        };
+        let wanted = listed
+            .iter()
+            .filter_map(|interface| {
+                Some((
+                    interface.name().to_str().ok()?.to_owned(),
+                    interface.index(),
+                ))
+            })
             .filter(|(name, _)| self.globs.is_match(name))
-            .collect()
+            .collect();
+        Some(wanted)
     }
 
     /// Finds which pod interface each pod address is on and, when that changed, binds the
@@ -248,7 +264,9 @@ impl Agent {
 
     /// Attaches to new matching interfaces and lets go of vanished ones.
     fn scan_interfaces(&mut self) -> Result<bool, AgentError> {
-        let wanted = self.pod_interfaces();
+        let Some(wanted) = self.pod_interfaces() else {
+            return Ok(false);
+        };
         self.refresh_bindings(&wanted);
         let mut changed = false;
         for (name, index) in &wanted {
@@ -473,7 +491,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // Bindings before the policy, so the first sync keeps pod addresses bound (a restart
     // must not unbind them); policy before interfaces: a newly attached interface is
     // enforced from its first packet.
-    let interfaces = agent.pod_interfaces();
+    let interfaces = agent.pod_interfaces().unwrap_or_default();
     agent.refresh_bindings(&interfaces);
     agent.reload()?;
     agent.scan_interfaces()?;
@@ -506,8 +524,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 what: format!("binding the metrics address {address}"),
                 source,
             })?;
-        tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
-        tracing::info!(%address, "metrics, /healthz and /readyz served");
+        let limits = agent.args.metrics_limits();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            agent.metrics.clone(),
+            limits,
+        ));
+        if address.ip().is_unspecified() {
+            // Not refused (a node may need it), but the endpoint then answers on every
+            // address of the host, the ones facing outside included.
+            tracing::warn!(%address, "metrics served on every address of this host; bind the node's own address (e.g. [$(HOST_IP)]:9965) or 127.0.0.1 instead");
+        }
+        tracing::info!(%address, max_connections = limits.max_connections, "metrics, /healthz and /readyz served");
     }
     agent.observe();
     tracing::info!(

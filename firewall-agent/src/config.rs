@@ -59,9 +59,19 @@ pub struct RunArgs {
     /// with `format=json|ocsf|cef`, `fields=a,b.c`, `sample=FROM/TO=RATE,...`, `queue=N`.
     #[arg(long = "sink", env = "ZONEWALL_SINKS", value_delimiter = ' ')]
     pub sinks: Vec<String>,
-    /// Prometheus metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9965).
-    #[arg(long, env = "ZONEWALL_METRICS_ADDRESS")]
+    /// Prometheus metrics, /healthz and /readyz on this address and port, e.g.
+    /// 127.0.0.1:9965 or [2001:db8::1]:9965. Brackets are accepted around IPv4 too, so
+    /// `[$(HOST_IP)]:9965` works for both families. Off by default.
+    #[arg(long, env = "ZONEWALL_METRICS_ADDRESS", value_parser = parse_metrics_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Connections the metrics endpoint serves at once (1 to 1024); more are closed at
+    /// once and counted in zonewall_metrics_connections_refused_total.
+    #[arg(
+        long,
+        env = "ZONEWALL_METRICS_MAX_CONNECTIONS",
+        default_value_t = crate::metrics::DEFAULT_MAX_CONNECTIONS
+    )]
+    pub metrics_max_connections: usize,
     /// bpffs folder for pinned maps and links (mounted if needed).
     #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
     pub bpffs: PathBuf,
@@ -156,7 +166,48 @@ impl RunArgs {
         if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
             return Err("conntrack timeouts must be at least 1 second".into());
         }
+        if !(1..=MAX_METRICS_CONNECTIONS).contains(&self.metrics_max_connections) {
+            return Err(format!(
+                "--metrics-max-connections must be between 1 and {MAX_METRICS_CONNECTIONS}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Limits of the metrics endpoint: the configured connection count, fixed deadlines.
+    pub fn metrics_limits(&self) -> crate::metrics::ServeLimits {
+        crate::metrics::ServeLimits {
+            max_connections: self.metrics_max_connections,
+            ..Default::default()
+        }
+    }
+}
+
+/// Highest --metrics-max-connections: each connection may hold a task and a file
+/// descriptor for up to the endpoint's deadlines.
+const MAX_METRICS_CONNECTIONS: usize = 1024;
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `[IPv4]:PORT`: the last so that one template filled from
+/// the downward API (`[$(HOST_IP)]:9965`) is valid on IPv4 and IPv6 nodes alike.
+fn parse_metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(address) = text.parse::<std::net::SocketAddr>() {
+        return Ok(address);
+    }
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("]:"))
+        .and_then(|(ip, port)| {
+            Some((
+                ip.parse::<std::net::IpAddr>().ok()?,
+                port.parse::<u16>().ok()?,
+            ))
+        });
+    match unbracketed {
+        Some((ip, port)) => Ok(std::net::SocketAddr::new(ip, port)),
+        None => Err(format!(
+            "{text:?} is not an address and port: write 127.0.0.1:9965, [2001:db8::1]:9965 or [198.18.0.1]:9965"
+        )),
     }
 }
 
@@ -200,5 +251,75 @@ impl RunArgs {
                 lease_duration: Duration::from_secs(self.status_lease_seconds),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut arguments = vec!["firewall-agent", "--config", "policy.yaml"];
+        arguments.extend(extra);
+        Cli::try_parse_from(arguments).map(|cli| cli.run)
+    }
+
+    #[test]
+    fn the_metrics_address_takes_brackets_around_either_family() {
+        for (given, wanted) in [
+            ("127.0.0.1:9965", "127.0.0.1:9965"),
+            ("[198.18.0.1]:9965", "198.18.0.1:9965"),
+            ("[2001:db8::1]:9965", "[2001:db8::1]:9965"),
+            (" 0.0.0.0:1 ", "0.0.0.0:1"),
+        ] {
+            let args = run_args(&["--metrics-address", given]).expect(given);
+            assert_eq!(
+                args.metrics_address,
+                Some(wanted.parse().unwrap()),
+                "{given}"
+            );
+        }
+        for wrong in [
+            "2001:db8::1:9965",
+            "[$(HOST_IP)]:9965",
+            "[198.18.0.1]",
+            "198.18.0.1",
+            "[198.18.0.1]:70000",
+            "node-1:9965",
+            "",
+        ] {
+            let error = run_args(&["--metrics-address", wrong])
+                .expect_err(wrong)
+                .to_string();
+            assert!(error.contains("--metrics-address"), "{wrong}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_connection_limit_is_checked_at_start() {
+        let args = run_args(&[]).unwrap();
+        assert_eq!(
+            args.metrics_max_connections,
+            crate::metrics::DEFAULT_MAX_CONNECTIONS
+        );
+        assert!(args.validate().is_ok());
+        assert_eq!(
+            args.metrics_limits().max_connections,
+            crate::metrics::DEFAULT_MAX_CONNECTIONS
+        );
+        for wrong in ["0", "1025"] {
+            let error = run_args(&["--metrics-max-connections", wrong])
+                .unwrap()
+                .validate()
+                .expect_err(wrong);
+            assert!(error.contains("--metrics-max-connections"), "{error}");
+        }
+        assert!(run_args(&["--metrics-max-connections", "-1"]).is_err());
+        assert!(
+            run_args(&["--metrics-max-connections", "1024"])
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
     }
 }

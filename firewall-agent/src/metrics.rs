@@ -1,6 +1,11 @@
 //! Prometheus metrics (the prometheus-client crate) and the health endpoints, served over
 //! a minimal HTTP/1.1 responder: `/metrics`, `/healthz` (the run loop is alive) and
 //! `/readyz` (a policy is enforced and the source is in sync).
+//!
+//! The endpoint is reachable by anything that can reach its address, so it is bounded: a
+//! fixed number of connections at a time (the rest are closed at once and counted),
+//! deadlines to read a request and to write the answer, and a backoff after failed
+//! accepts so that running out of file descriptors cannot spin a core.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +67,10 @@ pub struct Metrics {
     pub generation: Gauge,
     pub sync_seconds: Histogram,
     pub policy_rejections: Counter,
+    /// Connections to this endpoint closed unanswered because the limit was reached.
+    pub endpoint_refused: Counter,
+    /// Failed accepts on this endpoint's listener (e.g. out of file descriptors).
+    pub endpoint_accept_errors: Counter,
     /// Packets and bytes already counted per flow id (updates report running totals).
     reported: Mutex<HashMap<u64, (u64, u64)>>,
     pub ready: AtomicBool,
@@ -96,6 +105,8 @@ impl Metrics {
                 [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
             ),
             policy_rejections: Counter::default(),
+            endpoint_refused: Counter::default(),
+            endpoint_accept_errors: Counter::default(),
             reported: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             last_tick: AtomicU64::new(0),
@@ -176,6 +187,16 @@ impl Metrics {
             "policy_rejections",
             "Policy inputs rejected as invalid",
             metrics.policy_rejections.clone(),
+        );
+        registry.register(
+            "metrics_connections_refused",
+            "Connections to the metrics and health endpoint closed unanswered: too many open at once",
+            metrics.endpoint_refused.clone(),
+        );
+        registry.register(
+            "metrics_accept_errors",
+            "Failed accepts of the metrics and health endpoint (each followed by a backoff)",
+            metrics.endpoint_accept_errors.clone(),
         );
         Self {
             registry,
@@ -291,59 +312,420 @@ impl Metrics {
     }
 }
 
+/// How much the metrics endpoint serves at once, and how long it waits for a client.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Connections served at the same time; more are closed at once and counted.
+    pub max_connections: usize,
+    /// Time a client has to send its whole request head.
+    pub read_timeout: Duration,
+    /// Time a client has to take the whole answer.
+    pub write_timeout: Duration,
+}
+
+/// Connections served at once by default: Prometheus and the kubelet's three probes need
+/// a handful; a client that opens more only starves itself.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Largest request head read; anything longer is answered from what was read.
+const MAX_HEAD: usize = 8192;
+
+/// Pauses after failed accepts and decides which failures are logged.
+///
+/// A listener whose accept fails (EMFILE, ENFILE, ENOBUFS) stays readable, because the
+/// connection it could not take is still queued: retrying at once would spin. The pause
+/// doubles from [`AcceptBackoff::FIRST`] up to [`AcceptBackoff::LONGEST`] and starts over
+/// after an accept succeeds. The first failure of a series is logged, later ones at most
+/// once per [`AcceptBackoff::LOG_EVERY`] with the number left unlogged in between.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    pause: Duration,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// What to do after one failed accept.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AcceptFailure {
+    /// How long to wait before accepting again.
+    pub pause: Duration,
+    /// `Some(n)`: log this failure, saying that `n` failures before it were not logged.
+    pub log: Option<u64>,
+}
+
+impl AcceptBackoff {
+    pub const FIRST: Duration = Duration::from_millis(10);
+    pub const LONGEST: Duration = Duration::from_secs(1);
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub fn failed(&mut self, now: Instant) -> AcceptFailure {
+        self.pause = if self.pause.is_zero() {
+            Self::FIRST
+        } else {
+            (self.pause * 2).min(Self::LONGEST)
+        };
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.saturating_duration_since(last) >= Self::LOG_EVERY);
+        let log = if due {
+            self.last_logged = Some(now);
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        };
+        AcceptFailure {
+            pause: self.pause,
+            log,
+        }
+    }
+
+    /// An accept worked: the next failure starts a new series with the shortest pause.
+    /// The log limit stays, so alternating failures and successes still log rarely.
+    pub fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
 /// Serves the metrics and health endpoints until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, limits: ServeLimits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(error) => {
+                metrics.endpoint_accept_errors.inc();
+                let failure = backoff.failed(Instant::now());
+                if let Some(unlogged) = failure.log {
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = failure.pause.as_millis() as u64,
+                        failures_not_logged = unlogged,
+                        "metrics endpoint cannot accept connections"
+                    );
+                }
+                tokio::time::sleep(failure.pause).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Closed unanswered: waiting for a slot would let a client that holds every
+            // slot queue up the others, and the kubelet retries its probes anyway.
+            metrics.endpoint_refused.inc();
+            tracing::debug!(%peer, limit = limits.max_connections, "metrics connection refused: limit reached");
+            drop(stream);
             continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // Read the request head (up to 8 KiB, 5 s), whatever the segmentation.
-            let mut request = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < 8192 {
-                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(read)) => request.extend_from_slice(&chunk[..read]),
+            answer(stream, &metrics, limits).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request head and writes the answer, each within its deadline.
+async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics, limits: ServeLimits) {
+    // Whatever the segmentation: read until the blank line, MAX_HEAD or the deadline.
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limits.read_timeout;
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") && request.len() < MAX_HEAD {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => request.extend_from_slice(&chunk[..read]),
+        }
+    }
+    let head = String::from_utf8_lossy(&request);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" if metrics.healthy() => ("200 OK", "text/plain", "ok\n".into()),
+        "/healthz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "run loop stalled\n".into(),
+        ),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+            ("200 OK", "text/plain", "ready\n".into())
+        }
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "no policy enforced yet, or the source is not in sync\n".into(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A client that stops reading would otherwise hold its slot for good.
+    let _ = tokio::time::timeout(limits.write_timeout, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_up_to_the_longest_pause_and_starts_over_after_a_success() {
+        let mut backoff = AcceptBackoff::default();
+        let now = Instant::now();
+        let pauses: Vec<Duration> = (0..10).map(|_| backoff.failed(now).pause).collect();
+        assert_eq!(pauses[0], AcceptBackoff::FIRST);
+        assert_eq!(pauses[1], AcceptBackoff::FIRST * 2);
+        assert!(
+            pauses.windows(2).all(|pair| pair[1] >= pair[0]),
+            "{pauses:?}"
+        );
+        assert_eq!(*pauses.last().unwrap(), AcceptBackoff::LONGEST);
+        // A failing listener costs at most a few wake-ups per second once backed off.
+        let first_second: Duration = pauses.iter().take(7).sum();
+        assert!(first_second >= Duration::from_secs(1), "{pauses:?}");
+        backoff.succeeded();
+        assert_eq!(backoff.failed(now).pause, AcceptBackoff::FIRST);
+    }
+
+    #[test]
+    fn accept_failures_are_logged_once_per_interval_with_the_count_left_out() {
+        let mut backoff = AcceptBackoff::default();
+        let start = Instant::now();
+        assert_eq!(
+            backoff.failed(start).log,
+            Some(0),
+            "the first failure is logged"
+        );
+        for step in 1..=5 {
+            let now = start + Duration::from_millis(step * 100);
+            assert_eq!(backoff.failed(now).log, None);
+        }
+        backoff.succeeded();
+        assert_eq!(
+            backoff.failed(start + Duration::from_secs(1)).log,
+            None,
+            "a success in between does not lift the log limit"
+        );
+        assert_eq!(
+            backoff.failed(start + AcceptBackoff::LOG_EVERY).log,
+            Some(6),
+            "the next logged failure names the six left out"
+        );
+    }
+
+    /// A server on loopback with short deadlines; the run loop counts as alive.
+    async fn endpoint(limits: ServeLimits) -> (std::net::SocketAddr, Arc<Metrics>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback listener");
+        let address = listener.local_addr().expect("bound address");
+        let metrics = Arc::new(Metrics::new());
+        metrics.tick();
+        tokio::spawn(serve(listener, metrics.clone(), limits));
+        (address, metrics)
+    }
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 5 s"))??;
+        Ok(response)
+    }
+
+    /// Whether the server closes `stream` (end of file or reset) within `within`.
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
+        let limits = ServeLimits {
+            max_connections: 4,
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(5),
+        };
+        let (address, metrics) = endpoint(limits).await;
+        // Idle clients that send nothing hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..limits.max_connections {
+            idle.push(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // Each holds its slot only once the server accepted it: wait for that.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut excess = Vec::new();
+        while metrics.endpoint_refused.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no connection refused"
+            );
+            excess.push(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect"),
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..6 {
+            excess.push(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let refused_at_least = excess.len() as u64 - 1;
+        for stream in &mut excess[1..] {
+            assert!(
+                closed_by_server(stream, Duration::from_secs(2)).await,
+                "a connection over the limit is closed at once"
+            );
+        }
+        assert!(metrics.endpoint_refused.get() >= refused_at_least);
+        // The idle ones are still open: nobody else was closed to make room.
+        for stream in &mut idle {
+            assert!(!closed_by_server(stream, Duration::from_millis(50)).await);
+        }
+        assert!(
+            metrics
+                .encode()
+                .contains("zonewall_metrics_connections_refused_total"),
+            "the refusals are exported"
+        );
+        // Once the idle clients go, the endpoint answers again.
+        drop(idle);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match get(address, "/healthz").await {
+                Ok(response) if response.starts_with("HTTP/1.1 200") => break,
+                other => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "/healthz after the idle clients left: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            let read = request.len();
-            let head = String::from_utf8_lossy(&request[..read]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, content_type, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                ),
-                "/healthz" if metrics.healthy() => ("200 OK", "text/plain", "ok\n".into()),
-                "/healthz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "run loop stalled\n".into(),
-                ),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".into())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "no policy enforced yet, or the source is not in sync\n".into(),
-                ),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /metrics, /healthz or /readyz\n".into(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_loses_its_slot_at_the_read_deadline() {
+        let limits = ServeLimits {
+            max_connections: 1,
+            read_timeout: Duration::from_millis(300),
+            write_timeout: Duration::from_millis(300),
+        };
+        let (address, metrics) = endpoint(limits).await;
+        let mut silent = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let started = tokio::time::Instant::now();
+        // It is answered (404, from an empty head) and closed once the deadline passes.
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), silent.read_to_string(&mut response))
+            .await
+            .expect("closed by the server within 5 s")
+            .expect("read");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+        let healthz = get(address, "/healthz").await.expect("/healthz");
+        assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+        assert_eq!(metrics.endpoint_refused.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_loses_its_slot_at_the_write_deadline() {
+        let limits = ServeLimits {
+            max_connections: 1,
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_millis(300),
+        };
+        let (address, metrics) = endpoint(limits).await;
+        // A /metrics answer far larger than the socket buffers, never read.
+        for index in 0..70_000 {
+            metrics.map_fill(
+                &format!("map-with-a-long-name-to-fill-the-answer-{index}"),
+                1,
+                2,
             );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+        }
+        let answer_len = metrics.encode().len();
+        assert!(answer_len > 8 << 20, "the answer is {answer_len} bytes");
+        let mut stalled = std::net::TcpStream::connect(address).expect("connect");
+        // The smallest receive buffer the kernel allows, so the write blocks early.
+        let size: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid fd and a correctly sized int.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stalled),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        std::io::Write::write_all(&mut stalled, b"GET /metrics HTTP/1.1\r\n\r\n").expect("send");
+        // While the stalled client holds the only slot, others are refused; after the
+        // write deadline the slot is free and /healthz answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match get(address, "/healthz").await {
+                Ok(response) if response.starts_with("HTTP/1.1 200") => break,
+                other => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "/healthz while a client does not read: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(
+            metrics.endpoint_refused.get() > 0,
+            "the stalled client held the only slot for a while"
+        );
+        drop(stalled);
     }
 }

@@ -45,6 +45,9 @@ pub struct AgentProcess {
     /// The policy source's flag and file (`--config` or `--kubeconfig`).
     source: (&'static str, PathBuf),
     extra_args: Vec<String>,
+    /// A command (with its arguments) that runs the agent binary given after it, e.g.
+    /// `setpriv ... --` to start it with fewer privileges; empty to run it directly.
+    launcher: Vec<String>,
     starts: usize,
     /// How long [`AgentProcess::wait_generation`] waits.
     patience: Duration,
@@ -85,6 +88,7 @@ impl AgentProcess {
             bpffs,
             dir,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            launcher: Vec::new(),
             starts: 0,
             patience,
         }
@@ -106,6 +110,7 @@ impl AgentProcess {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.node])
+            .args(&self.launcher)
             .arg(agent_binary())
             .arg(self.source.0)
             .arg(&self.source.1)
@@ -286,6 +291,28 @@ impl Agent {
         agent.write_policy(policy);
         agent.process.spawn();
         agent.wait_generation(1);
+        agent
+    }
+
+    /// Writes `policy` and starts the agent in `node` through `launcher` (see
+    /// [`AgentProcess`]), without waiting for anything: the caller decides what success
+    /// looks like (the launcher must exec the agent, so [`AgentProcess::pid`] stays its pid).
+    pub fn launch(node: &Netns, policy: &str, extra_args: &[&str], launcher: &[&str]) -> Self {
+        let mut process = AgentProcess::new(
+            "zonewall-agent-",
+            node,
+            "--config",
+            "policy.yaml",
+            extra_args,
+            Duration::from_secs(20),
+        );
+        process.launcher = launcher.iter().map(|arg| arg.to_string()).collect();
+        let mut agent = Self {
+            config: process.source_file().to_owned(),
+            process,
+        };
+        agent.write_policy(policy);
+        agent.process.spawn();
         agent
     }
 

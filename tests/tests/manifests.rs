@@ -8,7 +8,9 @@
 //!   unknown fields) and read into the agent's resource types;
 //! - every file belongs to a kustomization, and the agent image is named in one place;
 //! - the DaemonSet runs the agent with least privilege, flags that the agent parses and
-//!   probes on its metrics address; RBAC grants what the agent calls and nothing else;
+//!   probes on its metrics address, bound to the node's address; every capability it adds
+//!   is one `deploy/README.md` explains, and the other way round; RBAC grants what the
+//!   agent calls and nothing else;
 //! - the admission policy names its security admins once;
 //! - the example zones pass `firewall-agent check`;
 //! - the dashboard queries metrics the agent exports, with labels they carry;
@@ -42,8 +44,11 @@ mod zonewall_crds;
 const IMAGE_PLACEHOLDER: &str = "zonewall.invalid/firewall-agent";
 /// Where the agent image lives by default, written in `deploy/base/kustomization.yaml` only.
 const IMAGE_REPOSITORY: &str = "registry.example.internal/zonewall/firewall-agent";
-/// The capabilities the agent may hold.
-const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"];
+/// The heading in `deploy/README.md` of the table that says why the agent holds each
+/// capability.
+const CAPABILITIES_HEADING: &str = "### Capabilities of the agent container";
+/// The downward API's stand-in for the node's address in these checks.
+const NODE_IP: &str = "198.18.0.7";
 /// Environment variables the agent reads besides its flags.
 const OTHER_AGENT_VARIABLES: [&str; 1] = ["RUST_LOG"];
 
@@ -1437,18 +1442,19 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
             .map(|profile| profile.type_.as_str()),
         Some("RuntimeDefault")
     );
+    assert_eq!(
+        context.allow_privilege_escalation,
+        Some(false),
+        "the agent executes nothing and gains nothing"
+    );
     let capabilities = context.capabilities.as_ref().expect("capabilities");
     assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    let added: BTreeSet<&str> = capabilities
-        .add
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        added,
-        AGENT_CAPABILITIES.into_iter().collect(),
-        "exactly the capabilities the agent uses"
+    let added: Vec<String> = capabilities.add.clone().unwrap_or_default();
+    let problems = capability_problems(&added, &read(Path::new("README.md")));
+    assert!(
+        problems.is_empty(),
+        "the agent's capabilities and deploy/README.md disagree:\n  {}",
+        problems.join("\n  ")
     );
     let mount = agent
         .volume_mounts
@@ -1461,34 +1467,174 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
     assert_ne!(mount.read_only, Some(true), "the agent pins into bpffs");
 }
 
-/// Environment values of the agent container, with a stand-in for the downward API.
-fn agent_environment(container: &Container, namespace: &str) -> Vec<(String, String)> {
-    container
-        .env
-        .iter()
-        .flatten()
-        .map(|variable| {
-            let value = match (&variable.value, &variable.value_from) {
-                (Some(value), None) => value.clone(),
-                (None, Some(source)) => {
-                    let field = source
-                        .field_ref
-                        .as_ref()
-                        .expect("only the downward API")
-                        .field_path
-                        .as_str();
-                    match field {
-                        "spec.nodeName" => "node-1".into(),
-                        "metadata.namespace" => namespace.into(),
-                        "metadata.name" => "zonewall-agent-x7k2p".into(),
-                        other => panic!("{}: unexpected fieldPath {other}", variable.name),
-                    }
+/// The capabilities `deploy/README.md` explains, with the reason given for each: the
+/// table under [`CAPABILITIES_HEADING`], first column the capability in backticks.
+fn capability_reasons(readme: &str) -> BTreeMap<String, String> {
+    let mut reasons = BTreeMap::new();
+    let Some(start) = readme.find(CAPABILITIES_HEADING) else {
+        return reasons;
+    };
+    let section = &readme[start + CAPABILITIES_HEADING.len()..];
+    let section = section.split("\n#").next().unwrap_or_default();
+    for row in section.lines().filter(|line| line.starts_with('|')) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let [capability, reason] = cells[..] else {
+            continue;
+        };
+        if let Some(name) = capability
+            .strip_prefix('`')
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            reasons.insert(name.to_string(), reason.to_string());
+        }
+    }
+    reasons
+}
+
+/// What is wrong between the capabilities a container adds and the README's reasons.
+fn capability_problems(added: &[String], readme: &str) -> Vec<String> {
+    let reasons = capability_reasons(readme);
+    let mut problems = Vec::new();
+    if reasons.is_empty() {
+        problems.push(format!(
+            "deploy/README.md has no table under {CAPABILITIES_HEADING:?}"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for capability in added {
+        if !seen.insert(capability.as_str()) {
+            problems.push(format!("{capability} is added twice"));
+        }
+        if capability.starts_with("CAP_") || capability != &capability.to_uppercase() {
+            problems.push(format!(
+                "{capability}: Kubernetes spells capabilities in capitals without CAP_"
+            ));
+        }
+        match reasons.get(capability) {
+            None => problems.push(format!(
+                "{capability} is added, but deploy/README.md does not say why"
+            )),
+            // A reason is a sentence, not a placeholder.
+            Some(reason) if reason.split_whitespace().count() < 8 => problems.push(format!(
+                "{capability}: the README's reason is too short to say why: {reason:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for capability in reasons.keys() {
+        if !seen.contains(capability.as_str()) {
+            problems.push(format!(
+                "deploy/README.md explains {capability}, which the agent no longer holds"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn a_capability_without_a_reason_in_the_readme_is_caught() {
+    let readme = read(Path::new("README.md"));
+    let daemonset = agent_daemonset(&all_documents());
+    let added = agent_container(&daemonset)
+        .security_context
+        .and_then(|context| context.capabilities)
+        .and_then(|capabilities| capabilities.add)
+        .expect("the agent adds capabilities");
+    assert!(capability_problems(&added, &readme).is_empty());
+
+    let mut more = added.clone();
+    more.push("SYS_ADMIN".into());
+    let problems = capability_problems(&more, &readme);
+    assert_eq!(
+        problems,
+        ["SYS_ADMIN is added, but deploy/README.md does not say why"]
+    );
+
+    let fewer = added[1..].to_vec();
+    let problems = capability_problems(&fewer, &readme);
+    assert_eq!(
+        problems,
+        [format!(
+            "deploy/README.md explains {}, which the agent no longer holds",
+            added[0]
+        )]
+    );
+
+    let terse = readme.replacen(
+        &format!("| `{}` |", added[0]),
+        &format!("| `{}` | needed |\n| `UNUSED` |", added[0]),
+        1,
+    );
+    let problems = capability_problems(&added, &terse);
+    assert!(
+        problems.iter().any(|problem| problem.contains("too short")),
+        "{problems:?}"
+    );
+    let problems = capability_problems(&["CAP_BPF".to_string()], &readme);
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.contains("without CAP_")),
+        "{problems:?}"
+    );
+    let problems = capability_problems(&added, "# no table here\n");
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.contains("has no table")),
+        "{problems:?}"
+    );
+}
+
+/// Environment values of the agent container, with a stand-in for the downward API and
+/// `$(NAME)` references to earlier variables expanded as the kubelet does; and the names
+/// that such references use (variables that may exist only to feed others).
+fn agent_environment(
+    container: &Container,
+    namespace: &str,
+) -> (Vec<(String, String)>, BTreeSet<String>) {
+    let mut environment: Vec<(String, String)> = Vec::new();
+    let mut referenced = BTreeSet::new();
+    let reference = regex::Regex::new(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)").expect("regex");
+    for variable in container.env.iter().flatten() {
+        let value = match (&variable.value, &variable.value_from) {
+            (Some(value), None) => reference
+                .replace_all(value, |captures: &regex::Captures| {
+                    let name = &captures[1];
+                    referenced.insert(name.to_string());
+                    environment
+                        .iter()
+                        .find(|(defined, _)| defined == name)
+                        .map(|(_, value)| value.clone())
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "{}: $({name}) is not defined before it (the kubelet would leave it as is)",
+                                variable.name
+                            )
+                        })
+                })
+                .into_owned(),
+            (None, Some(source)) => {
+                let field = source
+                    .field_ref
+                    .as_ref()
+                    .expect("only the downward API")
+                    .field_path
+                    .as_str();
+                match field {
+                    "spec.nodeName" => "node-1".into(),
+                    "metadata.namespace" => namespace.into(),
+                    "metadata.name" => "zonewall-agent-x7k2p".into(),
+                    // A hostNetwork pod's IP is its node's address.
+                    "status.podIP" | "status.hostIP" => NODE_IP.into(),
+                    other => panic!("{}: unexpected fieldPath {other}", variable.name),
                 }
-                _ => panic!("{}: a value or a downward API field", variable.name),
-            };
-            (variable.name.clone(), value)
-        })
-        .collect()
+            }
+            _ => panic!("{}: a value or a downward API field", variable.name),
+        };
+        environment.push((variable.name.clone(), value));
+    }
+    (environment, referenced)
 }
 
 #[test]
@@ -1515,9 +1661,11 @@ fn the_daemonset_configures_the_agent_with_flags_it_parses() {
         .collect();
     let mut arguments = vec!["firewall-agent".to_string()];
     arguments.extend(agent.args.clone().unwrap_or_default());
-    let environment = agent_environment(&agent, &namespace);
+    let (environment, referenced) = agent_environment(&agent, &namespace);
     for (name, value) in &environment {
-        if OTHER_AGENT_VARIABLES.contains(&name.as_str()) {
+        if OTHER_AGENT_VARIABLES.contains(&name.as_str())
+            || (referenced.contains(name) && !flags.contains_key(name))
+        {
             continue;
         }
         let flag = flags.get(name).unwrap_or_else(|| {
@@ -1574,9 +1722,24 @@ fn the_daemonset_configures_the_agent_with_flags_it_parses() {
         .find(|port| port.name.as_deref() == Some("metrics"))
         .expect("a port named metrics");
     assert_eq!(port.container_port, i32::from(address.port()));
+    // Probes and scrapes of a hostNetwork pod go to its pod IP, the node's address; every
+    // other address of the node (the ones facing outside too) stays closed.
+    assert_eq!(
+        address.ip().to_string(),
+        NODE_IP,
+        "the metrics endpoint listens on the node's own address from the downward API"
+    );
     assert!(
-        address.ip().is_unspecified(),
-        "probes come from the node's address"
+        agent
+            .liveness_probe
+            .iter()
+            .chain(&agent.readiness_probe)
+            .chain(&agent.startup_probe)
+            .all(|probe| probe
+                .http_get
+                .as_ref()
+                .is_some_and(|get| get.host.is_none())),
+        "the probes go to the pod IP, where the endpoint listens"
     );
     let probe_path = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
         let get = probe

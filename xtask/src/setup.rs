@@ -30,6 +30,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-pip",
     "hyperfine",
+    // VLAN offload switches in the real-traffic VLAN test.
+    "ethtool",
 ];
 
 /// Python packages of the SIEM tests: the published OCSF schema releases and a JSON
