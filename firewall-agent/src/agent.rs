@@ -361,8 +361,12 @@ impl Agent {
                 }
                 let retry_in_ms = retry_in.as_millis() as u64;
                 match map {
-                    Some(map) => tracing::error!(map, attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced"),
-                    None => tracing::error!(attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced"),
+                    Some(map) => {
+                        tracing::error!(map = %map, attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced")
+                    }
+                    None => {
+                        tracing::error!(attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced")
+                    }
                 }
                 if attempt == 1 {
                     // Once per input: retries of the same input only log and count.
@@ -619,7 +623,11 @@ impl Agent {
                 .attach_failures
                 .iter()
                 .map(|(name, failure)| {
-                    (name.clone(), failure.backoff.failures(), failure.error.clone())
+                    (
+                        name.clone(),
+                        failure.backoff.failures(),
+                        failure.error.clone(),
+                    )
                 })
                 .collect(),
             apply_failed: self

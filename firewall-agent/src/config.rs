@@ -119,12 +119,7 @@ pub struct RunArgs {
     /// How programs are hooked to pod interfaces: `auto` uses TCX links and falls back to
     /// a clsact qdisc with TC filters where the kernel has no TCX (before 6.6); `tcx` and
     /// `tc` force one of them.
-    #[arg(
-        long,
-        env = "ZONEWALL_ATTACH_MODE",
-        value_enum,
-        default_value = "auto"
-    )]
+    #[arg(long, env = "ZONEWALL_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: crate::datapath::AttachMode,
     /// Entries of the ENDPOINTS map (one per pod address). Map sizes apply when the maps
     /// are first pinned; a pinned map keeps its size until `firewall-agent detach`.

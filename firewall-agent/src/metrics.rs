@@ -510,10 +510,21 @@ mod tests {
         metrics.set_readiness(&broken);
         assert!(!metrics.ready.load(Ordering::Relaxed));
         let body = metrics.not_ready_body();
-        assert!(body.contains("veth-a") && body.contains("ENDPOINTS"), "{body}");
-        assert!(metrics.encode().contains("zonewall_interfaces_unprotected 1"));
+        assert!(
+            body.contains("veth-a") && body.contains("ENDPOINTS"),
+            "{body}"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("zonewall_interfaces_unprotected 1")
+        );
         metrics.set_readiness(&ready);
         assert!(metrics.ready.load(Ordering::Relaxed));
-        assert!(metrics.encode().contains("zonewall_interfaces_unprotected 0"));
+        assert!(
+            metrics
+                .encode()
+                .contains("zonewall_interfaces_unprotected 0")
+        );
     }
 }

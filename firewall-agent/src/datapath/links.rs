@@ -12,8 +12,9 @@
 //! Netlink filters belong to the interface, not to a file descriptor, so they outlive the
 //! agent by themselves; a later attach at the same priority and handle swaps the program
 //! in place (no gap, no second filter). Each is recorded as an empty folder
-//! `<pin_dir>/tc/<ifname>@<ifindex>@<direction>` (bpffs holds folders but no plain files)
-//! so a restarted agent can prune them and `firewall-agent detach` can remove them.
+//! `<pin_dir>/tc/net-<netns inode>/<ifname>@<ifindex>@<direction>` (bpffs holds folders
+//! but no plain files) so a restarted agent can prune them and `firewall-agent detach`,
+//! run in the same network namespace, can remove them.
 
 use std::path::{Path, PathBuf};
 
@@ -190,18 +191,13 @@ fn remove_tc_filter(record: &Path, pin: &PinName) {
         tracing::warn!(path = %record.display(), "unknown direction in a TC record; left alone");
         return;
     };
-    let same_interface = nix::net::if_::if_nametoindex(pin.ifname.as_str())
-        .is_ok_and(|index| index == pin.ifindex);
+    let same_interface =
+        nix::net::if_::if_nametoindex(pin.ifname.as_str()).is_ok_and(|index| index == pin.ifindex);
     if same_interface {
-        let detached = SchedClassifierLink::attached(
-            &pin.ifname,
-            *attach_type,
-            TC_PRIORITY,
-            TC_HANDLE,
-            None,
-        )
-        .map_err(ProgramError::from)
-        .and_then(|link| link.detach());
+        let detached =
+            SchedClassifierLink::attached(&pin.ifname, *attach_type, TC_PRIORITY, TC_HANDLE, None)
+                .map_err(ProgramError::from)
+                .and_then(|link| link.detach());
         match detached {
             Ok(()) => {}
             Err(error) if is_errno(&error, libc::ENOENT) => {}
@@ -215,6 +211,20 @@ fn remove_tc_filter(record: &Path, pin: &PinName) {
     if let Err(error) = std::fs::remove_dir(record) {
         tracing::warn!(path = %record.display(), %error, "cannot remove TC record");
     }
+}
+
+/// The folder of TC records of the calling thread's network namespace. Filters belong to
+/// interfaces of one namespace: only a process in that namespace can find, replace or
+/// remove them, so each namespace's records are kept apart, named by its inode.
+fn tc_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("tc").join(format!("net-{}", netns_inode()))
+}
+
+fn netns_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|metadata| metadata.ino())
+        .unwrap_or(0)
 }
 
 /// Whether a program error carries the OS error `errno`.
@@ -243,7 +253,7 @@ impl Datapath {
     }
 
     fn tc_dir(&self) -> PathBuf {
-        self.pin_dir.join("tc")
+        tc_dir(&self.pin_dir)
     }
 
     /// Chooses how interfaces attached from now on are hooked.
@@ -299,7 +309,12 @@ impl Datapath {
                 }
             }
         }
-        tracing::info!(interface = ifname, ifindex, hook = hook.as_str(), "attached");
+        tracing::info!(
+            interface = ifname,
+            ifindex,
+            hook = hook.as_str(),
+            "attached"
+        );
         self.interfaces.insert(
             ifname.to_owned(),
             AttachedInterface {
@@ -324,9 +339,9 @@ impl Datapath {
                 interface: ifname.to_owned(),
                 reason,
             };
-            let program = self
-                .classifier(program_name)
-                .ok_or_else(|| TcxFailure::Other(attach_error(format!("program {program_name} not loaded"))))?;
+            let program = self.classifier(program_name).ok_or_else(|| {
+                TcxFailure::Other(attach_error(format!("program {program_name} not loaded")))
+            })?;
             let link_id = program
                 .attach_with_options(
                     ifname,
@@ -365,8 +380,9 @@ impl Datapath {
             reason,
         };
         let tc_dir = self.tc_dir();
-        std::fs::create_dir_all(&tc_dir)
-            .map_err(|error| attach_error(format!("TC records folder {}: {error}", tc_dir.display())))?;
+        std::fs::create_dir_all(&tc_dir).map_err(|error| {
+            attach_error(format!("TC records folder {}: {error}", tc_dir.display()))
+        })?;
         match aya::programs::tc::qdisc_add_clsact(ifname) {
             Ok(()) => tracing::debug!(interface = ifname, "clsact qdisc added"),
             // The qdisc may be ours from an earlier agent, or another tool's: either way
@@ -488,25 +504,45 @@ pub fn detach_all(bpffs_root: &Path) -> std::io::Result<usize> {
         removed += 1;
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
-    for (record, pin) in records(&pin_dir.join("tc")) {
+    let own = tc_dir(&pin_dir);
+    for (record, pin) in records(&own) {
         remove_tc_filter(&record, &pin);
         removed += 1;
     }
-    match std::fs::remove_dir(pin_dir.join("tc")) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            // A record that could not go names a filter still in place: say so rather
-            // than report a clean detach.
-            return Err(std::io::Error::new(
-                error.kind(),
-                format!("TC filters remain ({}): {error}", pin_dir.join("tc").display()),
-            ));
+    let _ = std::fs::remove_dir(&own);
+    // Records left: filters of another network namespace (or ones that could not be
+    // removed). They are kept so a detach run there still finds them.
+    let mut remaining = Vec::new();
+    if let Ok(namespaces) = std::fs::read_dir(pin_dir.join("tc")) {
+        for namespace in namespaces.flatten() {
+            for (_, pin) in records(&namespace.path()) {
+                remaining.push(format!(
+                    "{} {} ({})",
+                    pin.ifname,
+                    pin.direction,
+                    namespace.file_name().to_string_lossy()
+                ));
+            }
+            let _ = std::fs::remove_dir(namespace.path());
         }
-        _ => {}
     }
+    let _ = std::fs::remove_dir(pin_dir.join("tc"));
     if let Ok(entries) = std::fs::read_dir(&pin_dir) {
         for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
             std::fs::remove_file(entry.path())?;
         }
+    }
+    if !remaining.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{removed} links removed, but TC filters remain on {}: they were attached in \
+             another network namespace than this one (net-{}); run `firewall-agent detach` \
+             in the agent's network namespace (e.g. `nsenter --net=/proc/<agent pid>/ns/net`)",
+            remaining.join(", "),
+            netns_inode()
+        )));
     }
     match std::fs::remove_dir(&pin_dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
