@@ -3,7 +3,9 @@
 //! removed by `detach`; an attach that fails makes /readyz 503 with the interface named,
 //! a metric and a log line, and is retried until it works; a policy that does not fit
 //! its map does the same for the map, keeps the previous policy enforced, and is written
-//! by a later retry even when the policy source does not change again.
+//! by a later retry even when the policy source does not change again; a hook where the
+//! kernel refuses a TCX link gets a clsact filter in `auto` mode and is reported in `tcx`
+//! mode.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -774,4 +776,192 @@ fn a_full_map_is_reported_keeps_the_previous_policy_and_is_retried() {
         "the shrunk file's policy is enforced"
     );
     assert!(tcp_connect(web, app_ip, 8080, T));
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// A `bpf_attr`, zeroed beyond what a command reads (the kernel requires that).
+#[repr(C, align(8))]
+struct RawAttr([u8; 128]);
+
+impl RawAttr {
+    fn new() -> Self {
+        Self([0; 128])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn call(&mut self, command: libc::c_long) -> std::io::Result<std::os::fd::OwnedFd> {
+        // SAFETY: the attribute is laid out as `command` reads it, and what its pointers
+        // point at outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                self.0.as_mut_ptr(),
+                self.0.len() as u32,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+    }
+}
+
+/// Fills the TCX hook `attach_type` of `interface` (in the calling thread's namespace)
+/// with programs that only pass packets on (TCX_NEXT), until the kernel refuses more.
+/// Returns their links (dropping them detaches) and the refusal.
+fn fill_tcx(interface: &str, attach_type: u32) -> (Vec<std::os::fd::OwnedFd>, std::io::Error) {
+    let ifindex = nix::net::if_::if_nametoindex(interface).expect("interface index");
+    // r0 = -1 (TCX_NEXT: the next program decides); exit.
+    let instructions: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut links = Vec::new();
+    for _ in 0..1000 {
+        let mut load = RawAttr::new();
+        load.put_u32(0, BPF_PROG_TYPE_SCHED_CLS);
+        load.put_u32(4, instructions.len() as u32);
+        load.put_u64(8, instructions.as_ptr() as u64);
+        load.put_u64(16, license.as_ptr() as u64);
+        // Each program is new: TCX refuses the same program twice on one hook.
+        let program = load.call(BPF_PROG_LOAD).expect("loading a pass-on program");
+        let mut create = RawAttr::new();
+        create.put_u32(0, program.as_raw_fd() as u32);
+        create.put_u32(4, ifindex);
+        create.put_u32(8, attach_type);
+        match create.call(BPF_LINK_CREATE) {
+            Ok(link) => links.push(link),
+            Err(refusal) => return (links, refusal),
+        }
+    }
+    panic!("TCX took 1000 programs on {interface}");
+}
+
+#[test]
+fn without_room_for_tcx_auto_mode_falls_back_to_clsact_and_tcx_mode_reports() {
+    if !can_run(&["tc"]) {
+        return;
+    }
+    let mut topology = Topology::routed().unwrap();
+    topology.add_pod("web").unwrap();
+    topology.add_pod("app").unwrap();
+    topology.add_internet_host("internet").unwrap();
+    let _servers = [
+        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
+        TcpServer::start(&topology.host("internet").netns, 443).unwrap(),
+    ];
+    let node = topology.node();
+    let web_veth = topology.pod("web").host_veth.clone();
+    // The kernel has TCX here; a hook with no room left refuses a new link the same way
+    // a kernel without TCX refuses any.
+    let (_fillers, refusals) = {
+        let veth = web_veth.clone();
+        node.enter(move || {
+            let (mut ingress, ingress_refusal) = fill_tcx(&veth, BPF_TCX_INGRESS);
+            let (egress, egress_refusal) = fill_tcx(&veth, BPF_TCX_EGRESS);
+            ingress.extend(egress);
+            (ingress, [ingress_refusal, egress_refusal])
+        })
+        .unwrap()
+    };
+    for refusal in &refusals {
+        assert_eq!(refusal.raw_os_error(), Some(libc::ERANGE), "{refusal}");
+    }
+    let policy = PolicyFile::new()
+        .pod("web", "dmz", &ips(&topology, "web"))
+        .pod("app", "trusted", &ips(&topology, "app"))
+        .extra(&dmz_to_trusted_http());
+    let web = &topology.pod("web").netns;
+    let app: IpAddr = topology.pod("app").ipv4.into();
+    let internet: IpAddr = topology.host("internet").ipv4.into();
+    // The pass-on programs change nothing by themselves.
+    assert!(tcp_connect(web, internet, 443, T));
+
+    // tcx mode: no fallback, so the interface is reported unprotected.
+    let forced = Agent::start(
+        node,
+        &policy.build(),
+        &[
+            "--attach-mode",
+            "tcx",
+            "--metrics-address",
+            "127.0.0.1:19974",
+        ],
+    );
+    wait_for(
+        "/readyz to name the interface",
+        PATIENCE,
+        || forced.logs(),
+        || {
+            let (status, body) = http_get(node, 19974, "/readyz");
+            status.contains("503") && body.contains(&web_veth)
+        },
+    );
+    assert!(
+        tcp_connect(web, internet, 443, T),
+        "nothing enforces on {web_veth}"
+    );
+    drop(forced);
+
+    // auto mode: the same refusal falls back to a clsact filter, which enforces.
+    let mut agent = Agent::start(
+        node,
+        &policy.build(),
+        &["--metrics-address", "127.0.0.1:19975"],
+    );
+    agent.wait_attached(&web_veth);
+    agent.wait_attached(&topology.pod("app").host_veth);
+    wait_for(
+        "ready",
+        PATIENCE,
+        || agent.logs(),
+        || http_get(node, 19975, "/readyz").0.contains("200"),
+    );
+    for (direction, program) in [
+        ("ingress", "zonewall_from_pod"),
+        ("egress", "zonewall_to_pod"),
+    ] {
+        let filters = tc_filters(node, &web_veth, direction);
+        assert_eq!(filters.len(), 1, "{direction}: {filters:?}");
+        assert!(filters[0].contains(program), "{filters:?}");
+    }
+    assert!(
+        logged(&agent, &["WARN", "clsact", &web_veth]),
+        "no warning naming {web_veth}:\n{}",
+        agent.logs()
+    );
+    let metrics = http_get(node, 19975, "/metrics").1;
+    assert_eq!(
+        metric(&metrics, "zonewall_interfaces_attached", &[("hook", "tc")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "zonewall_interfaces_attached", &[("hook", "tcx")]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        tcp_connect(web, app, 8080, T),
+        "dmz -> trusted 8080 allowed"
+    );
+    assert!(
+        !tcp_connect(web, internet, 443, T),
+        "dmz -> world is denied by the fallback filter"
+    );
 }
