@@ -446,7 +446,7 @@ impl Agent {
                     self.attach_failures.remove(name);
                 }
                 Err(error) => {
-                    let failure = match self.attach_failures.remove(name) {
+                    let mut failure = match self.attach_failures.remove(name) {
                         Some(failure) if failure.ifindex == *index => failure,
                         _ => AttachFailure {
                             ifindex: *index,
@@ -455,7 +455,6 @@ impl Agent {
                             error: String::new(),
                         },
                     };
-                    let mut failure = failure;
                     let retry_in = failure.backoff.failed();
                     failure.next_attempt = now + retry_in;
                     failure.error = error.to_string();

@@ -246,3 +246,43 @@ impl RunArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["firewall-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("flags parse").run
+    }
+
+    #[test]
+    fn map_sizes_and_attach_mode_come_from_the_flags_and_are_checked() {
+        let defaults = run_args(&[]);
+        assert_eq!(defaults.attach_mode, crate::datapath::AttachMode::Auto);
+        assert_eq!(
+            defaults.map_sizes().endpoints,
+            firewall_common::ENDPOINTS_MAX_ENTRIES
+        );
+        assert!(defaults.validate().is_ok());
+
+        let small = run_args(&["--max-endpoints", "8", "--attach-mode", "tc"]);
+        assert_eq!(small.map_sizes().endpoints, 8);
+        assert_eq!(small.attach_mode, crate::datapath::AttachMode::Tc);
+        assert!(small.validate().is_ok());
+
+        for flag in [
+            "--max-endpoints",
+            "--max-networks",
+            "--max-policy",
+            "--max-conntrack",
+        ] {
+            let error = run_args(&[flag, "0"]).validate().unwrap_err();
+            assert!(error.contains(flag), "{error}");
+            let error = run_args(&[flag, "100000000"]).validate().unwrap_err();
+            assert!(error.contains(flag), "{error}");
+        }
+        assert!(Cli::try_parse_from(["firewall-agent", "--attach-mode", "xdp"]).is_err());
+    }
+}
