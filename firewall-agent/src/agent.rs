@@ -11,7 +11,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use tokio::io::unix::AsyncFd;
 
 use crate::config::RunArgs;
-use crate::datapath::{Datapath, MapSizes, Tuning, binding::Bindings};
+use crate::datapath::{Datapath, Tuning, binding::Bindings};
 use crate::flows::{Dispatcher, Enricher, Record, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
 use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
@@ -52,6 +52,103 @@ struct Agent {
     generation: u32,
     /// Which pod interface each pod address is bound to (anti-spoofing), as last found.
     bindings: Bindings,
+    /// Matching interfaces the programs could not be attached to, by name.
+    attach_failures: BTreeMap<String, AttachFailure>,
+    /// A valid policy the datapath refused (e.g. a full map), retried with backoff until
+    /// it is written or a newer input replaces it.
+    pending: Option<PendingApply>,
+    /// Maps `zonewall_map_full` currently reports as full.
+    full_maps: Vec<&'static str>,
+    conntrack_insert_failures: GrowthWatch,
+}
+
+/// First delay of a retry (a failed attach or policy write); it doubles up to RETRY_MAX.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Exponential backoff: the first retry `first` after a failure, each further one twice
+/// as late, never later than `max`.
+#[derive(Clone, Debug)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            failures: 0,
+        }
+    }
+
+    /// Counts a failure and returns how long to wait before the next attempt.
+    fn failed(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.first.saturating_mul(factor).min(self.max)
+    }
+
+    fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// An interface left unprotected by a failed attach.
+struct AttachFailure {
+    ifindex: u32,
+    backoff: Backoff,
+    next_attempt: Instant,
+    error: String,
+}
+
+/// A compiled policy the datapath refused, kept to be written again.
+struct PendingApply {
+    compiled: CompiledPolicy,
+    objects: ObjectDigests,
+    changed: Vec<String>,
+    backoff: Backoff,
+    next_attempt: Instant,
+    error: String,
+    map: Option<&'static str>,
+}
+
+/// Least time between two warnings about a growing datapath failure counter.
+const GROWTH_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Follows a datapath counter that only grows, to warn when it does without repeating
+/// the warning more often than GROWTH_WARNING_EVERY.
+#[derive(Default)]
+struct GrowthWatch {
+    seen: Option<u64>,
+    unwarned: u64,
+    last_warning: Option<Instant>,
+}
+
+impl GrowthWatch {
+    /// Takes the counter's current total; returns its increase since the last call and,
+    /// when a warning is due, how much it grew since the last warning.
+    fn update(&mut self, total: u64, now: Instant) -> (u64, Option<u64>) {
+        // The first reading counts everything since the map was created; a smaller total
+        // (maps recreated) restarts the count.
+        let increase = match self.seen {
+            Some(seen) => total.saturating_sub(seen),
+            None => total,
+        };
+        self.seen = Some(total);
+        self.unwarned += increase;
+        let due = self.unwarned > 0
+            && self
+                .last_warning
+                .is_none_or(|last| now.duration_since(last) >= GROWTH_WARNING_EVERY);
+        if !due {
+            return (increase, None);
+        }
+        self.last_warning = Some(now);
+        (increase, Some(std::mem::take(&mut self.unwarned)))
+    }
 }
 
 fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
@@ -75,6 +172,19 @@ fn default_node_name() -> Option<String> {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
+}
+
+/// Whether `name` is still an interface of this namespace with index `index`.
+fn interface_exists(name: &str, index: u32) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok_and(|current| current == index)
+}
+
+/// Resolves at `deadline`; never without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes `content` to `path` atomically (temporary file + rename).
@@ -162,9 +272,56 @@ impl Agent {
         let changed = changed_objects(&self.last_objects, &objects);
         // The input is not needed any more; freeing it before the sync lowers the peak.
         drop(set);
+        if self.pending.take().is_some() {
+            tracing::info!("a newer policy input replaces the one waiting for a retry");
+        }
+        let applied = self.apply_or_retry_later(
+            compiled,
+            objects,
+            changed,
+            Backoff::new(RETRY_FIRST, RETRY_MAX),
+        );
+        // Trimming hands pages back that the next compile faults in again: once after the
+        // first policy (the largest allocation burst), then at most every TRIM_EVERY.
+        if self
+            .last_trim
+            .is_none_or(|last| last.elapsed() >= TRIM_EVERY)
+        {
+            release_free_memory();
+            self.last_trim = Some(Instant::now());
+        }
+        Ok(applied)
+    }
+
+    /// Writes `compiled` into the datapath and records the outcome. When the datapath
+    /// refuses it (a full map, a failed write), the previous policy stays enforced and
+    /// `compiled` is kept to be tried again after `backoff`'s next delay.
+    fn apply_or_retry_later(
+        &mut self,
+        compiled: CompiledPolicy,
+        objects: ObjectDigests,
+        changed: Vec<String>,
+        mut backoff: Backoff,
+    ) -> bool {
+        let source_name = self.source.describe();
         let previous_generation = self.generation;
-        let applied = match self.apply(&compiled) {
+        match self.apply(&compiled) {
             Ok(()) => {
+                if backoff.failures() > 0 {
+                    tracing::info!(
+                        generation = self.generation,
+                        failed_attempts = backoff.failures(),
+                        "the policy that could not be written before is enforced now"
+                    );
+                }
+                for map in self.full_maps.drain(..) {
+                    self.metrics
+                        .map_full
+                        .get_or_create(&crate::metrics::MapLabels {
+                            map: map.to_owned(),
+                        })
+                        .set(0);
+                }
                 self.source.outcome(Outcome::Applied {
                     generation: self.generation,
                     compiled: &compiled,
@@ -185,23 +342,74 @@ impl Agent {
             Err(error) => {
                 // E.g. a map too small for the new policy: the switch to the new slot
                 // never happened, so the previous policy is still the one enforced.
-                tracing::error!(%error, "policy could not be written to the datapath; the previous policy stays enforced");
-                self.source.outcome(Outcome::Failed(error.to_string()));
-                self.policy_change("failed", changed, Some(error.to_string()));
+                let (map, full) = match &error {
+                    AgentError::Datapath(datapath) => (
+                        datapath.map(),
+                        matches!(datapath, crate::datapath::DatapathError::MapFull { .. }),
+                    ),
+                    _ => (None, false),
+                };
+                let retry_in = backoff.failed();
+                let attempt = backoff.failures();
+                self.metrics.policy_apply_failures.inc();
+                if let (Some(map), true) = (map, full) {
+                    self.metrics
+                        .map_full
+                        .get_or_create(&crate::metrics::MapLabels {
+                            map: map.to_owned(),
+                        })
+                        .set(1);
+                    if !self.full_maps.contains(&map) {
+                        self.full_maps.push(map);
+                    }
+                }
+                let retry_in_ms = retry_in.as_millis() as u64;
+                match map {
+                    Some(map) => {
+                        tracing::error!(map = %map, attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced")
+                    }
+                    None => {
+                        tracing::error!(attempt, retry_in_ms, %error, "policy could not be written to the datapath; the previous policy stays enforced")
+                    }
+                }
+                if attempt == 1 {
+                    // Once per input: retries of the same input only log and count.
+                    self.source.outcome(Outcome::Failed(error.to_string()));
+                    self.policy_change("failed", changed.clone(), Some(error.to_string()));
+                }
+                self.pending = Some(PendingApply {
+                    compiled,
+                    objects,
+                    changed,
+                    backoff,
+                    next_attempt: Instant::now() + retry_in,
+                    error: error.to_string(),
+                    map,
+                });
                 false
             }
-        };
-        drop(compiled);
-        // Trimming hands pages back that the next compile faults in again: once after the
-        // first policy (the largest allocation burst), then at most every TRIM_EVERY.
-        if self
-            .last_trim
-            .is_none_or(|last| last.elapsed() >= TRIM_EVERY)
-        {
-            release_free_memory();
-            self.last_trim = Some(Instant::now());
         }
-        Ok(applied)
+    }
+
+    /// When the policy waiting for a retry is due, if there is one.
+    fn retry_due(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|pending| pending.next_attempt)
+    }
+
+    /// Writes the policy waiting for a retry, if it is due; true when it is enforced now.
+    fn retry_apply(&mut self) -> bool {
+        match self.pending.take() {
+            Some(pending) if pending.next_attempt <= Instant::now() => self.apply_or_retry_later(
+                pending.compiled,
+                pending.objects,
+                pending.changed,
+                pending.backoff,
+            ),
+            still_waiting => {
+                self.pending = still_waiting;
+                false
+            }
+        }
     }
 
     /// The pod interfaces of this node: (name, index) of interfaces matching the globs.
@@ -269,18 +477,82 @@ impl Agent {
         };
         self.refresh_bindings(&wanted);
         let mut changed = false;
+        let now = Instant::now();
         for (name, index) in &wanted {
-            if !self.datapath.is_attached(name, *index) {
-                match self.datapath.attach(name, *index) {
-                    Ok(()) => {
-                        self.enricher.name_interface(*index, name);
-                        changed = true;
+            if self.datapath.is_attached(name, *index) {
+                continue;
+            }
+            let waiting = self
+                .attach_failures
+                .get(name)
+                .is_some_and(|failure| failure.ifindex == *index && now < failure.next_attempt);
+            if waiting {
+                continue;
+            }
+            match self.datapath.attach(name, *index) {
+                Ok(_) => {
+                    if let Some(failure) = self.attach_failures.remove(name) {
+                        tracing::info!(
+                            interface = %name,
+                            ifindex = index,
+                            failed_attempts = failure.backoff.failures(),
+                            "attached after earlier failures; the interface is protected now"
+                        );
                     }
-                    // A veth can vanish between listing and attaching; retried next scan.
-                    Err(error) => tracing::warn!(%error, "attach failed"),
+                    self.enricher.name_interface(*index, name);
+                    changed = true;
+                }
+                // A veth can vanish between listing and attaching: nothing left to protect.
+                Err(error) if !interface_exists(name, *index) => {
+                    tracing::debug!(interface = %name, %error, "interface vanished while attaching");
+                    self.attach_failures.remove(name);
+                }
+                Err(error) => {
+                    let mut failure = match self.attach_failures.remove(name) {
+                        Some(failure) if failure.ifindex == *index => failure,
+                        _ => AttachFailure {
+                            ifindex: *index,
+                            backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
+                            next_attempt: now,
+                            error: String::new(),
+                        },
+                    };
+                    let retry_in = failure.backoff.failed();
+                    failure.next_attempt = now + retry_in;
+                    failure.error = error.to_string();
+                    self.metrics
+                        .attach_failures
+                        .get_or_create(&crate::metrics::InterfaceLabels {
+                            interface: name.clone(),
+                        })
+                        .inc();
+                    tracing::error!(
+                        interface = %name,
+                        ifindex = index,
+                        attempt = failure.backoff.failures(),
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        %error,
+                        "attach failed: the interface is NOT protected"
+                    );
+                    self.attach_failures.insert(name.clone(), failure);
                 }
             }
         }
+        // An interface that is gone (or no longer matched) is no longer unprotected.
+        let metrics = &self.metrics;
+        self.attach_failures.retain(|name, failure| {
+            let kept = wanted
+                .iter()
+                .any(|(wanted_name, index)| wanted_name == name && *index == failure.ifindex);
+            if !kept {
+                metrics
+                    .attach_failures
+                    .remove(&crate::metrics::InterfaceLabels {
+                        interface: name.clone(),
+                    });
+            }
+            kept
+        });
         let before = self.datapath.attached().count();
         self.datapath.prune(&wanted);
         Ok(changed || before != self.datapath.attached().count())
@@ -358,8 +630,9 @@ impl Agent {
 
     /// Mirrors counters, sink statistics and map fill levels into the metrics.
     fn observe(&mut self) {
-        if let Ok(counters) = self.datapath.counters() {
-            self.metrics.observe(&counters, &self.sinks.stats());
+        let counters = self.datapath.counters();
+        if let Ok(counters) = &counters {
+            self.metrics.observe(counters, &self.sinks.stats());
         }
         let (endpoints, capacity) = (
             self.datapath.endpoint_count(),
@@ -373,11 +646,61 @@ impl Agent {
         let (entries, capacity) = self.datapath.policy_fill();
         self.metrics
             .map_fill(firewall_common::MAP_POLICY, entries, capacity);
+        for (hook, count) in self.datapath.attached_by_hook() {
+            self.metrics
+                .interfaces_attached
+                .get_or_create(&crate::metrics::HookLabels {
+                    hook: hook.as_str().to_owned(),
+                })
+                .set(count as i64);
+        }
+        if let Some(total) = counters
+            .as_ref()
+            .ok()
+            .and_then(|counters| counters.get(firewall_common::COUNTER_CT_INSERT_FAILED as usize))
+        {
+            let (increase, warn) = self
+                .conntrack_insert_failures
+                .update(*total, Instant::now());
+            self.metrics.conntrack_insert_failures.inc_by(increase);
+            if let Some(failed) = warn {
+                let (entries, capacity) = self.datapath.conntrack_fill();
+                tracing::warn!(
+                    map = firewall_common::MAP_CONNTRACK,
+                    failed,
+                    total = *total,
+                    entries,
+                    capacity,
+                    "connections could not be tracked: they passed untracked and their replies \
+                     are decided as new traffic; raise --max-conntrack"
+                );
+            }
+        }
         self.metrics.generation.set(self.generation as i64);
-        self.metrics.ready.store(
-            self.generation != 0 && self.source.synced(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let readiness = crate::metrics::Readiness {
+            policy_enforced: self.generation != 0,
+            source_synced: self.source.synced(),
+            unprotected: self
+                .attach_failures
+                .iter()
+                .map(|(name, failure)| {
+                    (
+                        name.clone(),
+                        failure.backoff.failures(),
+                        failure.error.clone(),
+                    )
+                })
+                .collect(),
+            apply_failed: self
+                .pending
+                .as_ref()
+                .map(|pending| crate::metrics::ApplyFailure {
+                    map: pending.map.map(str::to_owned),
+                    error: pending.error.clone(),
+                    attempts: pending.backoff.failures(),
+                }),
+        };
+        self.metrics.set_readiness(&readiness);
         self.metrics.tick();
     }
 
@@ -462,7 +785,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         args.sink_specs()?,
         node_name.clone().unwrap_or_else(|| "-".into()),
     )?;
-    let mut datapath = Datapath::load(&args.bpffs, MapSizes::default())?;
+    let mut datapath = Datapath::load(&args.bpffs, args.map_sizes())?;
+    datapath.set_attach_mode(args.attach_mode);
     let previous = datapath.config()?;
     if previous.ready != 0 {
         tracing::info!(
@@ -485,6 +809,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         last_trim: None,
         node_name,
         generation: previous.generation,
+        attach_failures: BTreeMap::new(),
+        pending: None,
+        full_maps: Vec::new(),
+        conntrack_insert_failures: GrowthWatch::default(),
         args,
         bindings: Bindings::new(),
     };
@@ -561,6 +889,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 guard.clear_ready();
                 next_drain = tokio::time::Instant::now() + DRAIN_PAUSE;
             }
+            _ = sleep_until(agent.retry_due()) => {
+                if agent.retry_apply() && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+                agent.observe();
+            }
             _ = wait_for_changes(&changes) => {
                 if agent.reload()? && agent.generation != 0 {
                     agent.write_ready_file()?;
@@ -619,6 +953,53 @@ mod tests {
         format!(
             "---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: {name}}}\nspec: {{from: [a], to: [b], ports: [{{protocol: TCP, port: {port}}}], action: Allow}}\n"
         )
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_first_delay_up_to_the_cap() {
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        assert_eq!(backoff.failures(), 0);
+        let delays: Vec<u64> = (0..12)
+            .map(|_| backoff.failed().as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+            ]
+        );
+        assert_eq!(backoff.failures(), 12);
+        // Far past any shift width it stays at the cap instead of overflowing.
+        for _ in 0..100 {
+            assert_eq!(backoff.failed(), RETRY_MAX);
+        }
+    }
+
+    #[test]
+    fn growth_watch_warns_once_per_period_with_what_grew() {
+        let start = Instant::now();
+        let mut watch = GrowthWatch::default();
+        assert_eq!(watch.update(0, start), (0, None));
+        assert_eq!(watch.update(0, start), (0, None));
+        // Growth warns at once...
+        assert_eq!(watch.update(5, start), (5, Some(5)));
+        // ...further growth within the period is counted but not warned about...
+        let soon = start + Duration::from_secs(1);
+        assert_eq!(watch.update(7, soon), (2, None));
+        assert_eq!(watch.update(8, soon), (1, None));
+        // ...until the period passed: then the warning carries all of it.
+        let later = start + GROWTH_WARNING_EVERY;
+        assert_eq!(watch.update(8, later), (0, Some(3)));
+        assert_eq!(watch.update(8, later + GROWTH_WARNING_EVERY), (0, None));
+        // Maps recreated: a smaller total is a new start, not a negative increase.
+        assert_eq!(watch.update(2, later + GROWTH_WARNING_EVERY * 2), (0, None));
+        assert_eq!(
+            watch.update(4, later + GROWTH_WARNING_EVERY * 3),
+            (2, Some(2))
+        );
+        // A first reading counts what the pinned counter already holds.
+        let mut restarted = GrowthWatch::default();
+        assert_eq!(restarted.update(9, start), (9, Some(9)));
     }
 
     #[test]

@@ -126,7 +126,29 @@ pub struct RunArgs {
     /// Deny events per source address and second; the rest are counted as suppressed.
     #[arg(long, env = "ZONEWALL_DENY_EVENTS_PER_SECOND", default_value_t = 10)]
     pub deny_events_per_second: u32,
+    /// How programs are hooked to pod interfaces: `auto` uses TCX links and falls back to
+    /// a clsact qdisc with TC filters where the kernel has no TCX (before 6.6); `tcx` and
+    /// `tc` force one of them.
+    #[arg(long, env = "ZONEWALL_ATTACH_MODE", value_enum, default_value = "auto")]
+    pub attach_mode: crate::datapath::AttachMode,
+    /// Entries of the ENDPOINTS map (one per pod address). Map sizes apply when the maps
+    /// are first pinned; a pinned map keeps its size until `firewall-agent detach`.
+    #[arg(long, env = "ZONEWALL_MAX_ENDPOINTS", default_value_t = firewall_common::ENDPOINTS_MAX_ENTRIES)]
+    pub max_endpoints: u32,
+    /// Entries of the NETWORKS map (one per CIDR of a zone).
+    #[arg(long, env = "ZONEWALL_MAX_NETWORKS", default_value_t = firewall_common::NETWORKS_MAX_ENTRIES)]
+    pub max_networks: u32,
+    /// Entries of the POLICY map (it holds two generations of rules during an update).
+    #[arg(long, env = "ZONEWALL_MAX_POLICY", default_value_t = firewall_common::POLICY_MAX_ENTRIES)]
+    pub max_policy: u32,
+    /// Entries of the CONNTRACK map (an LRU: when full, the least recently used
+    /// connection is forgotten).
+    #[arg(long, env = "ZONEWALL_MAX_CONNTRACK", default_value_t = firewall_common::CONNTRACK_MAX_ENTRIES)]
+    pub max_conntrack: u32,
 }
+
+/// The largest map size the flags accept: beyond it a map costs gigabytes of kernel memory.
+const MAX_MAP_ENTRIES: u32 = 1 << 24;
 
 impl RunArgs {
     pub fn tuning(&self) -> crate::datapath::Tuning {
@@ -139,6 +161,16 @@ impl RunArgs {
             icmp_timeout: Duration::from_secs(self.ct_icmp_timeout),
             update_interval: Duration::from_secs(self.flow_update_interval),
             ..Default::default()
+        }
+    }
+
+    /// The map sizes asked for on the command line.
+    pub fn map_sizes(&self) -> crate::datapath::MapSizes {
+        crate::datapath::MapSizes {
+            endpoints: self.max_endpoints,
+            networks: self.max_networks,
+            policy: self.max_policy,
+            conntrack: self.max_conntrack,
         }
     }
 
@@ -162,6 +194,18 @@ impl RunArgs {
         }
         if self.ct_gc_interval_ms < 100 {
             return Err("--ct-gc-interval-ms must be at least 100".into());
+        }
+        for (flag, entries) in [
+            ("--max-endpoints", self.max_endpoints),
+            ("--max-networks", self.max_networks),
+            ("--max-policy", self.max_policy),
+            ("--max-conntrack", self.max_conntrack),
+        ] {
+            if entries == 0 || entries > MAX_MAP_ENTRIES {
+                return Err(format!(
+                    "{flag} must be between 1 and {MAX_MAP_ENTRIES}, not {entries}"
+                ));
+            }
         }
         if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
             return Err("conntrack timeouts must be at least 1 second".into());
@@ -321,5 +365,40 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    fn parsed(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["firewall-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("flags parse").run
+    }
+
+    #[test]
+    fn map_sizes_and_attach_mode_come_from_the_flags_and_are_checked() {
+        let defaults = parsed(&[]);
+        assert_eq!(defaults.attach_mode, crate::datapath::AttachMode::Auto);
+        assert_eq!(
+            defaults.map_sizes().endpoints,
+            firewall_common::ENDPOINTS_MAX_ENTRIES
+        );
+        assert!(defaults.validate().is_ok());
+
+        let small = parsed(&["--max-endpoints", "8", "--attach-mode", "tc"]);
+        assert_eq!(small.map_sizes().endpoints, 8);
+        assert_eq!(small.attach_mode, crate::datapath::AttachMode::Tc);
+        assert!(small.validate().is_ok());
+
+        for flag in [
+            "--max-endpoints",
+            "--max-networks",
+            "--max-policy",
+            "--max-conntrack",
+        ] {
+            let error = parsed(&[flag, "0"]).validate().unwrap_err();
+            assert!(error.contains(flag), "{error}");
+            let error = parsed(&[flag, "100000000"]).validate().unwrap_err();
+            assert!(error.contains(flag), "{error}");
+        }
+        assert!(Cli::try_parse_from(["firewall-agent", "--attach-mode", "xdp"]).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics (the prometheus-client crate) and the health endpoints, served over
 //! a minimal HTTP/1.1 responder: `/metrics`, `/healthz` (the run loop is alive) and
-//! `/readyz` (a policy is enforced and the source is in sync).
+//! `/readyz` (a policy is enforced, the source is in sync, the last policy was written
+//! whole and every pod interface is attached; otherwise a 503 whose body names what is
+//! wrong).
 //!
 //! The endpoint is reachable by anything that can reach its address, so it is bounded: a
 //! fixed number of connections at a time (the rest are closed at once and counted),
@@ -49,6 +51,67 @@ pub struct MapLabels {
     pub map: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabels {
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+}
+
+/// What readiness depends on. The agent fills it every round; [`Readiness::reasons`]
+/// says, in words an operator can act on, why it is not ready.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// A policy generation is enforced (this agent's or one it adopted).
+    pub policy_enforced: bool,
+    pub source_synced: bool,
+    /// Pod interfaces left without the programs: (interface, attempts, last error).
+    pub unprotected: Vec<(String, u32, String)>,
+    /// The newest policy could not be written: the map at fault (if known), the error,
+    /// and the attempts so far.
+    pub apply_failed: Option<ApplyFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyFailure {
+    pub map: Option<String>,
+    pub error: String,
+    pub attempts: u32,
+}
+
+impl Readiness {
+    /// One line per reason not to be ready; empty when ready.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.policy_enforced {
+            reasons.push("no policy enforced yet".to_owned());
+        }
+        if !self.source_synced {
+            reasons.push("the policy source is not in sync".to_owned());
+        }
+        for (interface, attempts, error) in &self.unprotected {
+            reasons.push(format!(
+                "interface {interface} is NOT protected: attach failed {attempts} time(s), retrying: {error}"
+            ));
+        }
+        if let Some(failure) = &self.apply_failed {
+            let map = failure
+                .map
+                .as_deref()
+                .map(|map| format!(" (map {map})"))
+                .unwrap_or_default();
+            reasons.push(format!(
+                "the newest policy could not be written{map}: failed {} time(s), retrying; the previous policy stays enforced: {}",
+                failure.attempts, failure.error
+            ));
+        }
+        reasons
+    }
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
@@ -71,6 +134,14 @@ pub struct Metrics {
     pub endpoint_refused: Counter,
     /// Failed accepts on this endpoint's listener (e.g. out of file descriptors).
     pub endpoint_accept_errors: Counter,
+    pub policy_apply_failures: Counter,
+    pub map_full: Family<MapLabels, Gauge>,
+    pub interfaces_unprotected: Gauge,
+    pub interfaces_attached: Family<HookLabels, Gauge>,
+    pub attach_failures: Family<InterfaceLabels, Counter>,
+    pub conntrack_insert_failures: Counter,
+    /// The /readyz body while not ready.
+    not_ready: Mutex<String>,
     /// Packets and bytes already counted per flow id (updates report running totals).
     reported: Mutex<HashMap<u64, (u64, u64)>>,
     pub ready: AtomicBool,
@@ -107,6 +178,13 @@ impl Metrics {
             policy_rejections: Counter::default(),
             endpoint_refused: Counter::default(),
             endpoint_accept_errors: Counter::default(),
+            policy_apply_failures: Counter::default(),
+            map_full: Family::default(),
+            interfaces_unprotected: Gauge::default(),
+            interfaces_attached: Family::default(),
+            attach_failures: Family::default(),
+            conntrack_insert_failures: Counter::default(),
+            not_ready: Mutex::new("not ready: the agent is starting\n".to_owned()),
             reported: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             last_tick: AtomicU64::new(0),
@@ -197,6 +275,36 @@ impl Metrics {
             "metrics_accept_errors",
             "Failed accepts of the metrics and health endpoint (each followed by a backoff)",
             metrics.endpoint_accept_errors.clone(),
+        );
+        registry.register(
+            "policy_apply_failures",
+            "Attempts to write a valid policy into the datapath that failed (retried with backoff)",
+            metrics.policy_apply_failures.clone(),
+        );
+        registry.register(
+            "map_full",
+            "1 while the newest policy does not fit into this map",
+            metrics.map_full.clone(),
+        );
+        registry.register(
+            "interfaces_unprotected",
+            "Pod interfaces the programs could not be attached to",
+            metrics.interfaces_unprotected.clone(),
+        );
+        registry.register(
+            "interfaces_attached",
+            "Pod interfaces attached, by hook (tcx or tc)",
+            metrics.interfaces_attached.clone(),
+        );
+        registry.register(
+            "attach_failures",
+            "Failed attempts to attach the programs to an interface",
+            metrics.attach_failures.clone(),
+        );
+        registry.register(
+            "conntrack_insert_failures",
+            "Connections the datapath could not track (CONNTRACK insert failed)",
+            metrics.conntrack_insert_failures.clone(),
         );
         Self {
             registry,
@@ -290,6 +398,28 @@ impl Metrics {
         self.map_capacity
             .get_or_create(&labels)
             .set(capacity as i64);
+    }
+
+    /// Publishes readiness: the flag /readyz answers with and the body of its 503.
+    pub fn set_readiness(&self, readiness: &Readiness) {
+        let reasons = readiness.reasons();
+        if let Ok(mut body) = self.not_ready.lock() {
+            *body = reasons
+                .iter()
+                .map(|reason| format!("not ready: {reason}\n"))
+                .collect();
+        }
+        self.interfaces_unprotected
+            .set(readiness.unprotected.len() as i64);
+        self.ready.store(reasons.is_empty(), Ordering::Relaxed);
+    }
+
+    /// The /readyz body while not ready.
+    pub fn not_ready_body(&self) -> String {
+        self.not_ready
+            .lock()
+            .map(|body| body.clone())
+            .unwrap_or_else(|_| "not ready\n".to_owned())
     }
 
     /// The run loop calls this every round; /healthz fails when it stops.
@@ -470,7 +600,7 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics, limits: Se
         "/readyz" => (
             "503 Service Unavailable",
             "text/plain",
-            "no policy enforced yet, or the source is not in sync\n".into(),
+            metrics.not_ready_body(),
         ),
         _ => (
             "404 Not Found",
@@ -727,5 +857,51 @@ mod tests {
             "the stalled client held the only slot for a while"
         );
         drop(stalled);
+    }
+
+    #[test]
+    fn readiness_names_every_reason() {
+        let ready = Readiness {
+            policy_enforced: true,
+            source_synced: true,
+            ..Default::default()
+        };
+        assert!(ready.reasons().is_empty());
+        assert!(Readiness::default().reasons().len() == 2);
+
+        let broken = Readiness {
+            unprotected: vec![("veth-a".into(), 3, "pin failed".into())],
+            apply_failed: Some(ApplyFailure {
+                map: Some("ENDPOINTS".into()),
+                error: "map ENDPOINTS is full (8 entries)".into(),
+                attempts: 2,
+            }),
+            ..ready.clone()
+        };
+        let reasons = broken.reasons();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("veth-a") && reasons[0].contains("pin failed"));
+        assert!(reasons[1].contains("map ENDPOINTS") && reasons[1].contains("previous policy"));
+
+        let metrics = Metrics::new();
+        metrics.set_readiness(&broken);
+        assert!(!metrics.ready.load(Ordering::Relaxed));
+        let body = metrics.not_ready_body();
+        assert!(
+            body.contains("veth-a") && body.contains("ENDPOINTS"),
+            "{body}"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("zonewall_interfaces_unprotected 1")
+        );
+        metrics.set_readiness(&ready);
+        assert!(metrics.ready.load(Ordering::Relaxed));
+        assert!(
+            metrics
+                .encode()
+                .contains("zonewall_interfaces_unprotected 0")
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The eBPF datapath: loading the programs with maps pinned under bpffs, attaching them to
-//! pod interfaces with pinned TCX links (so enforcement outlives the agent), writing the
+//! pod interfaces with pinned TCX links or recorded TC filters (so enforcement outlives
+//! the agent), writing the
 //! compiled policy into the maps atomically, reading counters and ageing conntrack.
 
 pub mod binding;
@@ -18,7 +19,7 @@ use aya::{
 use firewall_common::*;
 
 pub use conntrack::{monotonic_ns, timeout_ns};
-pub use links::{AttachedInterface, detach_all, interfaces};
+pub use links::{AttachMode, AttachedInterface, Hook, detach_all, interfaces};
 pub use sync::{SyncReport, Tuning};
 
 /// The eBPF object built by build.rs (aya-build).
@@ -53,8 +54,40 @@ pub enum DatapathError {
     MapFull { name: &'static str, entries: usize },
 }
 
+impl DatapathError {
+    /// The map a failed write was refused by, if the error names one.
+    pub fn map(&self) -> Option<&'static str> {
+        match self {
+            DatapathError::MapFull { name, .. } | DatapathError::Map { name, .. } => Some(name),
+            DatapathError::MissingMap(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
+}
+
+/// The size of a loaded map; warns when a map pinned earlier has another size than asked.
+fn capacity(map: &MapData, name: &'static str, requested: u32) -> usize {
+    match map.info() {
+        Ok(info) if info.max_entries() != requested => {
+            tracing::warn!(
+                map = name,
+                requested,
+                pinned = info.max_entries(),
+                "this map was pinned earlier with another size and keeps it; \
+                 `firewall-agent detach` and a restart apply the new size"
+            );
+            info.max_entries() as usize
+        }
+        Ok(_) => requested as usize,
+        Err(error) => {
+            tracing::warn!(map = name, %error, "cannot read the map's size; assuming the requested one");
+            requested as usize
+        }
+    }
 }
 
 /// Sizes of the maps, settable at load (a pinned map keeps the size it was created with).
@@ -91,6 +124,7 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     flow_events: Option<RingBuf<MapData>>,
     interfaces: std::collections::BTreeMap<String, AttachedInterface>,
+    attach_mode: AttachMode,
     shadow: sync::Shadow,
     endpoint_capacity: usize,
     network_capacity: usize,
@@ -143,6 +177,12 @@ impl Datapath {
             PerCpuArray::try_from(take(MAP_COUNTERS)?).map_err(map_error(MAP_COUNTERS))?;
         let flow_events =
             RingBuf::try_from(take(MAP_FLOW_EVENTS)?).map_err(map_error(MAP_FLOW_EVENTS))?;
+        // A pinned map keeps the size it was created with, whatever was asked now.
+        use aya::maps::IterableMap as _;
+        let endpoint_capacity = capacity(endpoints.map(), MAP_ENDPOINTS, sizes.endpoints);
+        let network_capacity = capacity(networks.map(), MAP_NETWORKS, sizes.networks);
+        let policy_capacity = capacity(policy.map(), MAP_POLICY, sizes.policy);
+        let conntrack_capacity = capacity(conntrack.map(), MAP_CONNTRACK, sizes.conntrack);
         Ok(Self {
             ebpf,
             pin_dir,
@@ -155,11 +195,12 @@ impl Datapath {
             counters,
             flow_events: Some(flow_events),
             interfaces: Default::default(),
+            attach_mode: AttachMode::default(),
             shadow: Default::default(),
-            endpoint_capacity: sizes.endpoints as usize,
-            network_capacity: sizes.networks as usize,
-            policy_capacity: sizes.policy as usize,
-            conntrack_capacity: sizes.conntrack as usize,
+            endpoint_capacity,
+            network_capacity,
+            policy_capacity,
+            conntrack_capacity,
             conntrack_seen: 0,
         })
     }
