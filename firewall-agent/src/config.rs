@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// bpffs folder for pinned maps and links (mounted if needed).
     #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
     pub bpffs: PathBuf,
+    /// Folder on the node for what must outlive the agent besides the pins: the last
+    /// accepted version of each Zone and ZonePolicy (or the last good policy file), so a
+    /// restarted agent keeps enforcing them while they are invalid. Empty: keep nothing.
+    #[arg(long, env = "ZONEWALL_STATE_DIR", default_value = "/var/lib/zonewall")]
+    pub state_dir: PathBuf,
     /// Verdict for traffic of a local interface whose IP the agent does not know.
     #[arg(
         long,

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub generation: Gauge,
     pub sync_seconds: Histogram,
     pub policy_rejections: Counter,
+    pub state_file_errors: Counter,
     /// Packets and bytes already counted per flow id (updates report running totals).
     reported: Mutex<HashMap<u64, (u64, u64)>>,
     pub ready: AtomicBool,
@@ -96,6 +97,7 @@ impl Metrics {
                 [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
             ),
             policy_rejections: Counter::default(),
+            state_file_errors: Counter::default(),
             reported: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             last_tick: AtomicU64::new(0),
@@ -177,9 +179,22 @@ impl Metrics {
             "Policy inputs rejected as invalid",
             metrics.policy_rejections.clone(),
         );
+        registry.register(
+            "state_file_errors",
+            "State files (--state-dir) that could not be read, parsed or written",
+            metrics.state_file_errors.clone(),
+        );
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Brings the state file error counter up to the source's running total.
+    pub fn state_file_errors_total(&self, total: u64) {
+        let counted = self.state_file_errors.get();
+        if total > counted {
+            self.state_file_errors.inc_by(total - counted);
         }
     }
 

@@ -8,14 +8,34 @@
 //! mounts, network file systems, inotify limits): each poll compares the file's metadata
 //! and re-reads only when it moved, and re-reads regardless every [`FULL_READ_EVERY`]
 //! polls. What decides "changed" is a digest of the content, never the text itself: the
-//! agent keeps no copy of the file.
+//! agent keeps no copy of the file in memory.
+//!
+//! With a state folder ([`FileSource::remembering`]) the last file that was enforced is
+//! saved there. When a restarted agent finds the file invalid or unreadable before it
+//! enforced anything, it enforces that saved file first and then reports the problem:
+//! the pinned maps alone keep the old rules but not what they mean (zone and pod names
+//! of flow records, the policy's objects), and after a reboot there are no pins at all.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::state::StateDir;
+use super::{Outcome, SourceUpdate};
 use crate::policy::documents::{Digest, digest};
+
+/// The state file of the last good policy file.
+const LAST_GOOD_FILE: &str = "standalone-last-good.json";
+
+/// The last policy file that was enforced, as the state folder keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastGoodFile {
+    /// The `--config` path it was read from: another file's last good version is no
+    /// stand-in for this one.
+    config: String,
+    yaml: String,
+}
 
 /// Quiet time after the last event before the file is read.
 pub const QUIET: Duration = Duration::from_millis(5);
@@ -77,6 +97,20 @@ pub struct FileSource {
     watch: Option<Watch>,
     /// Decoded documents of the last good file: a change re-decodes only what changed.
     documents: crate::policy::DocumentCache,
+    state: StateDir,
+    /// The text of the version being applied, with a state folder only, and only until
+    /// its outcome (when it is saved as the last good file).
+    applying: Option<String>,
+    /// Whether a version was enforced since the start.
+    applied: bool,
+    /// Whether the saved last good file was looked at (once per start at most).
+    last_good_tried: bool,
+    /// The first version was rejected by the run loop: the next poll offers the saved
+    /// last good file.
+    offer_last_good: bool,
+    /// What the file itself gave while the saved last good file stood in for it; the
+    /// next poll reports it.
+    deferred: Option<SourceUpdate>,
 }
 
 impl FileSource {
@@ -90,7 +124,24 @@ impl FileSource {
             polls_since_read: 0,
             watch: None,
             documents: Default::default(),
+            state: StateDir::disabled(),
+            applying: None,
+            applied: false,
+            last_good_tried: false,
+            offer_last_good: false,
+            deferred: None,
         }
+    }
+
+    /// Saves each enforced version of the file in `state`, and falls back to the saved
+    /// one when the file is invalid or unreadable at start.
+    pub fn remembering(mut self, state: StateDir) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
     }
 
     /// A source that also watches the file's folder with inotify. When the watch cannot
@@ -236,6 +287,100 @@ impl FileSource {
                     self.last_error = Some(message.clone());
                     FileState::Unreadable(message)
                 }
+            }
+        }
+    }
+}
+
+impl FileSource {
+    /// What the run loop gets from a poll: the file parsed, or the saved last good file
+    /// standing in for an invalid or unreadable one before anything was enforced (the
+    /// file's own problem follows at the next poll).
+    pub fn next_update(&mut self) -> SourceUpdate {
+        if std::mem::take(&mut self.offer_last_good)
+            && let Some(set) = self.last_good("the policy file was rejected")
+        {
+            return SourceUpdate::Changed(set);
+        }
+        if let Some(update) = self.deferred.take() {
+            return update;
+        }
+        let update = match self.poll() {
+            FileState::Unchanged => SourceUpdate::Unchanged,
+            FileState::Unreadable(message) => SourceUpdate::Unavailable(message),
+            FileState::Changed(content) => match self.parse(&content) {
+                Ok(set) => {
+                    if self.state.folder().is_some() {
+                        self.applying = Some(content);
+                    }
+                    SourceUpdate::Changed(set)
+                }
+                Err(error) => SourceUpdate::Invalid(error),
+            },
+        };
+        let problem = match &update {
+            SourceUpdate::Invalid(_) => "the policy file is invalid",
+            SourceUpdate::Unavailable(_) => "the policy file cannot be read",
+            _ => return update,
+        };
+        if self.applied {
+            return update;
+        }
+        match self.last_good(problem) {
+            Some(set) => {
+                self.deferred = Some(update);
+                SourceUpdate::Changed(set)
+            }
+            None => update,
+        }
+    }
+
+    /// Takes note of how the run loop dealt with the last update.
+    pub fn record_outcome(&mut self, outcome: &Outcome<'_>) {
+        let content = self.applying.take();
+        match outcome {
+            Outcome::Applied { .. } => {
+                self.applied = true;
+                if let Some(yaml) = content {
+                    let saved = LastGoodFile {
+                        config: self.path.to_string_lossy().into_owned(),
+                        yaml,
+                    };
+                    self.state.save(LAST_GOOD_FILE, &saved);
+                }
+            }
+            Outcome::Rejected(_) => {
+                if !self.applied && !self.last_good_tried {
+                    self.offer_last_good = true;
+                }
+            }
+            Outcome::Failed(_) => {}
+        }
+    }
+
+    /// The saved last good file, parsed; looked at once per start at most.
+    fn last_good(&mut self, problem: &str) -> Option<crate::policy::PolicySet> {
+        if self.last_good_tried {
+            return None;
+        }
+        self.last_good_tried = true;
+        let saved: LastGoodFile = self.state.load(LAST_GOOD_FILE)?;
+        let path = self.path.to_string_lossy();
+        if saved.config != path {
+            tracing::info!(saved_for = %saved.config, config = %path, "the last good policy saved on this node is of another policy file; not used");
+            return None;
+        }
+        match self.documents.parse(&saved.yaml) {
+            Ok(set) => {
+                tracing::warn!(config = %path, problem, "enforcing the last good policy file saved on this node until the file is fixed");
+                Some(set)
+            }
+            Err(error) => {
+                self.state.reject(
+                    LAST_GOOD_FILE,
+                    format!("the saved policy no longer parses: {error}"),
+                );
+                None
             }
         }
     }
