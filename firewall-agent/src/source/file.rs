@@ -545,4 +545,143 @@ mod tests {
             assert!(matches!(source.poll(), FileState::Unchanged));
         }
     }
+
+    const GOOD: &str = "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\nspec: {networks: [\"198.18.1.0/24\"]}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: b}\nspec: {networks: [\"198.18.2.0/24\"]}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: a-to-b}\nspec: {from: [a], to: [b], action: Deny}\n";
+
+    fn broken() -> String {
+        GOOD.replace("to: [b]", "to: [nowhere]")
+    }
+
+    fn compiled(set: &crate::policy::PolicySet) -> crate::policy::CompiledPolicy {
+        crate::policy::compile(set).expect("a valid set")
+    }
+
+    /// One start of the agent: a source on `path` with `state`, whose first version is
+    /// applied when valid. Returns the source and what its first two polls gave.
+    fn start(path: &Path, state: &Path) -> (FileSource, Vec<SourceUpdate>) {
+        let mut source = FileSource::new(path).remembering(StateDir::open(state));
+        let mut updates = Vec::new();
+        for _ in 0..2 {
+            let update = source.next_update();
+            match &update {
+                SourceUpdate::Changed(set) => source.record_outcome(&Outcome::Applied {
+                    generation: 1,
+                    compiled: &compiled(set),
+                }),
+                SourceUpdate::Invalid(error) => source.record_outcome(&Outcome::Rejected(error)),
+                _ => {}
+            }
+            updates.push(update);
+        }
+        (source, updates)
+    }
+
+    fn policy_targets(update: &SourceUpdate) -> Vec<String> {
+        match update {
+            SourceUpdate::Changed(set) => set.policies.iter().flat_map(|p| p.to.clone()).collect(),
+            other => panic!("expected a policy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restart_with_an_invalid_file_enforces_the_saved_last_good_file_first() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        std::fs::write(&path, GOOD).unwrap();
+        let (mut running, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        assert!(matches!(updates[1], SourceUpdate::Unchanged));
+        // Broken while running: rejected, nothing stands in (the run loop keeps the
+        // policy it enforces).
+        std::fs::write(&path, broken()).unwrap();
+        assert!(matches!(running.next_update(), SourceUpdate::Invalid(_)));
+        drop(running);
+
+        // Restarted with the broken file: the saved file first, then the file's problem.
+        let (restarted, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        match &updates[1] {
+            SourceUpdate::Invalid(error) => {
+                assert!(error.to_string().contains("nowhere"), "{error}")
+            }
+            other => panic!("the file's problem must follow, got {other:?}"),
+        }
+        assert_eq!(restarted.state().errors(), 0);
+
+        // Missing at start: the same.
+        std::fs::remove_file(&path).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        assert!(matches!(updates[1], SourceUpdate::Unavailable(_)));
+
+        // A valid file at start wins, and becomes the saved one.
+        let edited = GOOD.replace("action: Deny", "action: Allow");
+        std::fs::write(&path, &edited).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert!(matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow));
+        std::fs::write(&path, broken()).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert!(matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow));
+    }
+
+    #[test]
+    fn without_state_or_for_another_file_nothing_stands_in() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        // Another --config path: its own history only.
+        let other = folder.path().join("other.yaml");
+        std::fs::write(&other, broken()).unwrap();
+        let (_, updates) = start(&other, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert!(matches!(updates[1], SourceUpdate::Unchanged));
+        // No state folder: the invalid file is all there is.
+        std::fs::write(&path, broken()).unwrap();
+        let mut source = FileSource::new(&path);
+        assert!(matches!(source.next_update(), SourceUpdate::Invalid(_)));
+    }
+
+    #[test]
+    fn a_corrupt_saved_file_is_counted_and_ignored() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        let saved = state.join(LAST_GOOD_FILE);
+        let text = std::fs::read_to_string(&saved).unwrap();
+        std::fs::write(&saved, &text[..text.len() / 2]).unwrap();
+        std::fs::write(&path, broken()).unwrap();
+        let (source, updates) = start(&path, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert_eq!(source.state().errors(), 1);
+        // Well-formed, but its policy does not parse (saved by hand, or by a version
+        // that read it differently): the same.
+        std::fs::write(
+            &saved,
+            serde_json::json!({"format": 1, "state": {"config": path.to_string_lossy(), "yaml": broken()}}).to_string(),
+        )
+        .unwrap();
+        let (source, updates) = start(&path, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert_eq!(source.state().errors(), 1);
+        assert!(!saved.exists(), "set aside");
+    }
+
+    #[test]
+    fn a_first_version_the_run_loop_rejects_is_replaced_by_the_saved_one() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        let mut source = FileSource::new(&path).remembering(StateDir::open(&state));
+        let SourceUpdate::Changed(_) = source.next_update() else {
+            panic!("the file parses");
+        };
+        // As if the compiler refused what the parser let through.
+        let error = crate::policy::parse(&broken()).unwrap_err();
+        source.record_outcome(&Outcome::Rejected(&error));
+        assert_eq!(policy_targets(&source.next_update()), ["b"]);
+        assert!(matches!(source.next_update(), SourceUpdate::Unchanged));
+    }
 }
