@@ -642,6 +642,7 @@ impl Cache {
     pub(crate) fn snapshot(&mut self) -> Snapshot {
         self.dirty = false;
         self.interner.prune();
+        let first_after_restore = self.restored.is_some();
         if let Some(mut restored) = self.restored.take() {
             give_back(Resource::Zone, &mut self.zones.items, &mut restored);
             give_back(Resource::ZonePolicy, &mut self.policies.items, &mut restored);
@@ -792,6 +793,13 @@ impl Cache {
                 });
             }
         }
+        if first_after_restore {
+            for verdict in &verdicts {
+                if let Some(enforced) = verdict.enforced_instead {
+                    tracing::info!(kind = verdict.resource.kind(), name = %verdict.name, generation = verdict.generation, enforced, "invalid at start: its last accepted generation, saved on this node, stays enforced");
+                }
+            }
+        }
         Snapshot { set, verdicts }
     }
 }
@@ -821,9 +829,6 @@ fn give_back<M: FromSavedSpec, S>(
         }
         match M::from_saved_spec(name, &saved.spec) {
             Ok(model) => {
-                if entry.model.is_err() {
-                    tracing::info!(kind = kind.kind(), %name, generation = entry.generation, enforced = saved.generation, "invalid at start: its last accepted generation, saved on this node, stays enforced");
-                }
                 entry.accepted = Some(Accepted {
                     generation: saved.generation,
                     model,
