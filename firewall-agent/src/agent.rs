@@ -312,7 +312,8 @@ impl Agent {
         self.metrics
             .map_fill(firewall_common::MAP_POLICY, entries, capacity);
         self.metrics.generation.set(self.generation as i64);
-        self.metrics.state_file_errors_total(self.source.state_errors());
+        self.metrics
+            .state_file_errors_total(self.source.state_errors());
         self.metrics.ready.store(
             self.generation != 0 && self.source.synced(),
             std::sync::atomic::Ordering::Relaxed,

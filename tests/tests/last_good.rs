@@ -109,13 +109,15 @@ fn restart_and_wait(agent: &mut AgentProcess, after: u64) {
 
 /// Waits (10 s) until the agent's log, over all its starts, contains `text`.
 fn wait_log(agent: &AgentProcess, text: &str) {
-    wait_until(Duration::from_secs(10), text, || agent.logs().contains(text))
-        .unwrap_or_else(|error| panic!("{error}:\n{}", agent.logs()));
+    wait_until(Duration::from_secs(10), text, || {
+        agent.logs().contains(text)
+    })
+    .unwrap_or_else(|error| panic!("{error}:\n{}", agent.logs()));
 }
 
 fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
@@ -152,8 +154,20 @@ fn cluster(pods: &Pods) -> ApiServer {
         ),
         deny_policy(&["trusted"]),
         node("node-a", pods.topology.node_ipv4().into()),
-        pod("web", "web-1", &[("app", "web")], &pods.ips("client"), "node-a"),
-        pod("app", "app-1", &[("app", "app")], &pods.ips("app"), "node-a"),
+        pod(
+            "web",
+            "web-1",
+            &[("app", "web")],
+            &pods.ips("client"),
+            "node-a",
+        ),
+        pod(
+            "app",
+            "app-1",
+            &[("app", "app")],
+            &pods.ips("app"),
+            "node-a",
+        ),
     ] {
         server.create(object).expect("creating a test object");
     }
@@ -166,7 +180,9 @@ fn deny_status(server: &ApiServer, generation: i64, agent: &KubeAgent) -> (Strin
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let object = server.get("ZonePolicy", "", DENY);
-        let condition = object.as_ref().and_then(|object| accepted_condition(object));
+        let condition = object
+            .as_ref()
+            .and_then(|object| accepted_condition(object));
         if let Some(condition) = condition
             && condition["observedGeneration"] == generation
         {
@@ -296,12 +312,19 @@ fn kubernetes_a_restarted_agent_keeps_enforcing_the_last_accepted_version() {
     .unwrap_or_else(|error| panic!("{error}\n{}", agent.logs()));
     let (status, message) = deny_status(&server, 1, &agent);
     assert_eq!(status, "False");
-    assert!(message.contains("not enforced until this is fixed"), "{message}");
-    wait_until(Duration::from_secs(3), "the old uid dropped from the state", || {
-        saved_objects(&agent)
-            .iter()
-            .all(|(_, name, _, _)| name != DENY)
-    })
+    assert!(
+        message.contains("not enforced until this is fixed"),
+        "{message}"
+    );
+    wait_until(
+        Duration::from_secs(3),
+        "the old uid dropped from the state",
+        || {
+            saved_objects(&agent)
+                .iter()
+                .all(|(_, name, _, _)| name != DENY)
+        },
+    )
     .unwrap_or_else(|error| panic!("{error}: {:?}", saved_objects(&agent)));
 }
 
@@ -316,7 +339,9 @@ fn policy_file(pods: &Pods, deny_to: &str) -> String {
             "dmz-to-trusted",
             "dmz",
             "trusted",
-            &format!("[{{protocol: TCP, port: {OPEN_PORT}}}, {{protocol: TCP, port: {ADMIN_PORT}}}]"),
+            &format!(
+                "[{{protocol: TCP, port: {OPEN_PORT}}}, {{protocol: TCP, port: {ADMIN_PORT}}}]"
+            ),
             "Allow",
             "",
         ))
@@ -346,7 +371,11 @@ fn record_after(
         assert!(
             Instant::now() < deadline,
             "no record {what} within 10 s; records since the restart:\n{:#?}\nagent log:\n{}",
-            agent.flow_records().into_iter().skip(skip).collect::<Vec<_>>(),
+            agent
+                .flow_records()
+                .into_iter()
+                .skip(skip)
+                .collect::<Vec<_>>(),
             agent.logs()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -463,9 +492,7 @@ fn standalone_a_restarted_agent_keeps_the_last_good_policy_file() {
         metric(&body, "zonewall_state_file_errors_total") == Some(1.0)
     })
     .unwrap_or_else(|error| panic!("{error}:\n{body}"));
-    pods.expect_deny_enforced("with a corrupt state file, on the pins", || {
-        agent.logs()
-    });
+    pods.expect_deny_enforced("with a corrupt state file, on the pins", || agent.logs());
     // Fixed: enforced, and saved again.
     agent.write_policy(&policy_file(&pods, "trusted"));
     agent.wait_generation(pinned + 1);

@@ -1476,7 +1476,11 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
         .flatten()
         .find(|mount| mount.name == state_volume.name)
         .expect("the agent mounts its state folder");
-    assert_ne!(state_mount.read_only, Some(true), "the agent writes its state");
+    assert_ne!(
+        state_mount.read_only,
+        Some(true),
+        "the agent writes its state"
+    );
     let state_dir = agent
         .env
         .iter()

@@ -586,7 +586,10 @@ mod tests {
     #[test]
     fn a_restart_with_an_invalid_file_enforces_the_saved_last_good_file_first() {
         let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
         std::fs::write(&path, GOOD).unwrap();
         let (mut running, updates) = start(&path, &state);
         assert_eq!(policy_targets(&updates[0]), ["b"]);
@@ -618,16 +621,23 @@ mod tests {
         let edited = GOOD.replace("action: Deny", "action: Allow");
         std::fs::write(&path, &edited).unwrap();
         let (_, updates) = start(&path, &state);
-        assert!(matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow));
+        assert!(
+            matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow)
+        );
         std::fs::write(&path, broken()).unwrap();
         let (_, updates) = start(&path, &state);
-        assert!(matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow));
+        assert!(
+            matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow)
+        );
     }
 
     #[test]
     fn without_state_or_for_another_file_nothing_stands_in() {
         let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         // Another --config path: its own history only.
@@ -645,7 +655,10 @@ mod tests {
     #[test]
     fn a_corrupt_saved_file_is_counted_and_ignored() {
         let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         let saved = state.join(LAST_GOOD_FILE);
@@ -671,7 +684,10 @@ mod tests {
     #[test]
     fn a_first_version_the_run_loop_rejects_is_replaced_by_the_saved_one() {
         let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (folder.path().join("policy.yaml"), folder.path().join("state"));
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         let mut source = FileSource::new(&path).remembering(StateDir::open(&state));

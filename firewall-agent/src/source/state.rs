@@ -332,7 +332,10 @@ mod tests {
         for (broken, count) in [
             ("{\"format\": 1, \"state\": {\"names\": [\"a\"", 1),
             ("", 2),
-            ("{\"format\": 1, \"state\": {\"names\": 5, \"generation\": 1}}", 3),
+            (
+                "{\"format\": 1, \"state\": {\"names\": 5, \"generation\": 1}}",
+                3,
+            ),
             ("{\"format\": 99, \"state\": {}}", 4),
             ("\u{0}\u{1}binary", 5),
         ] {

@@ -645,7 +645,11 @@ impl Cache {
         let first_after_restore = self.restored.is_some();
         if let Some(mut restored) = self.restored.take() {
             give_back(Resource::Zone, &mut self.zones.items, &mut restored);
-            give_back(Resource::ZonePolicy, &mut self.policies.items, &mut restored);
+            give_back(
+                Resource::ZonePolicy,
+                &mut self.policies.items,
+                &mut restored,
+            );
             for (kind, name) in restored.keys() {
                 tracing::info!(kind = kind.kind(), %name, "saved accepted version dropped: the object no longer exists");
             }
@@ -860,7 +864,10 @@ fn picked<M: Clone, S>(
         .iter()
         .filter_map(|(name, entry)| match picks.get(name) {
             Some(Pick::Current) => entry.model.as_ref().ok().cloned(),
-            Some(Pick::Accepted) => entry.accepted.as_ref().map(|accepted| accepted.model.clone()),
+            Some(Pick::Accepted) => entry
+                .accepted
+                .as_ref()
+                .map(|accepted| accepted.model.clone()),
             _ => None,
         })
         .collect()
@@ -1261,7 +1268,11 @@ mod tests {
         cache.restore(saved);
         let snapshot = cache.snapshot();
         assert!(snapshot.set.policies.is_empty());
-        assert_eq!(snapshot.set.zones.len(), 2, "the zone's saved version is fine");
+        assert_eq!(
+            snapshot.set.zones.len(),
+            2,
+            "the zone's saved version is fine"
+        );
     }
 
     #[test]

@@ -215,7 +215,12 @@ impl KubeSource {
         if self.state.folder().is_none() {
             return;
         }
-        let objects = self.shared.cache.lock().expect("cache lock").saved_objects();
+        let objects = self
+            .shared
+            .cache
+            .lock()
+            .expect("cache lock")
+            .saved_objects();
         if self.saved.as_ref() == Some(&objects) {
             return;
         }
