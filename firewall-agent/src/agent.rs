@@ -677,6 +677,8 @@ impl Agent {
             }
         }
         self.metrics.generation.set(self.generation as i64);
+        self.metrics
+            .state_file_errors_total(self.source.state_errors());
         let readiness = crate::metrics::Readiness {
             policy_enforced: self.generation != 0,
             source_synced: self.source.synced(),
@@ -775,10 +777,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let globs = glob_set(&args.interfaces)?;
     let node_name = args.node_name.clone().or_else(default_node_name);
     // Standalone with --config; otherwise the cluster's API server.
+    let state = crate::source::StateDir::open(&args.state_dir);
     let source: Box<dyn PolicySource> = match &args.config {
-        Some(path) => Box::new(FileSource::watched(path)),
+        Some(path) => Box::new(FileSource::watched(path).remembering(state)),
         None => Box::new(
-            crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref())).await?,
+            crate::source::kube::KubeSource::start(args.kube_options(node_name.as_deref()))
+                .await?
+                .remember_in(state),
         ),
     };
     let sinks = Dispatcher::start(

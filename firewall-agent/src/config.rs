@@ -75,6 +75,17 @@ pub struct RunArgs {
     /// bpffs folder for pinned maps and links (mounted if needed).
     #[arg(long, env = "ZONEWALL_BPFFS", default_value = "/sys/fs/bpf/zonewall")]
     pub bpffs: PathBuf,
+    /// Folder on the node for what must outlive the agent besides the pins: the last
+    /// accepted version of each Zone and ZonePolicy (or the last good policy file), so a
+    /// restarted agent keeps enforcing them while they are invalid. Empty: keep nothing.
+    #[arg(
+        long,
+        env = "ZONEWALL_STATE_DIR",
+        default_value = "/var/lib/zonewall",
+        // The path parser refuses an empty value, which here means "keep nothing".
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
+    pub state_dir: PathBuf,
     /// Verdict for traffic of a local interface whose IP the agent does not know.
     #[arg(
         long,
@@ -400,5 +411,19 @@ mod tests {
             assert!(error.contains(flag), "{error}");
         }
         assert!(Cli::try_parse_from(["firewall-agent", "--attach-mode", "xdp"]).is_err());
+    }
+
+    #[test]
+    fn the_state_folder_defaults_to_var_lib_and_can_be_turned_off() {
+        let parse = |arguments: &[&str]| {
+            Cli::try_parse_from(std::iter::once("firewall-agent").chain(arguments.iter().copied()))
+                .map(|cli| cli.run.state_dir)
+        };
+        assert_eq!(parse(&[]).unwrap(), PathBuf::from("/var/lib/zonewall"));
+        assert_eq!(
+            parse(&["--state-dir", "/tmp/state"]).unwrap(),
+            PathBuf::from("/tmp/state")
+        );
+        assert_eq!(parse(&["--state-dir", ""]).unwrap(), PathBuf::new());
     }
 }

@@ -142,6 +142,7 @@ pub struct Metrics {
     pub conntrack_insert_failures: Counter,
     /// The /readyz body while not ready.
     not_ready: Mutex<String>,
+    pub state_file_errors: Counter,
     /// Packets and bytes already counted per flow id (updates report running totals).
     reported: Mutex<HashMap<u64, (u64, u64)>>,
     pub ready: AtomicBool,
@@ -185,6 +186,7 @@ impl Metrics {
             attach_failures: Family::default(),
             conntrack_insert_failures: Counter::default(),
             not_ready: Mutex::new("not ready: the agent is starting\n".to_owned()),
+            state_file_errors: Counter::default(),
             reported: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             last_tick: AtomicU64::new(0),
@@ -306,9 +308,22 @@ impl Metrics {
             "Connections the datapath could not track (CONNTRACK insert failed)",
             metrics.conntrack_insert_failures.clone(),
         );
+        registry.register(
+            "state_file_errors",
+            "State files (--state-dir) that could not be read, parsed or written",
+            metrics.state_file_errors.clone(),
+        );
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// Brings the state file error counter up to the source's running total.
+    pub fn state_file_errors_total(&self, total: u64) {
+        let counted = self.state_file_errors.get();
+        if total > counted {
+            self.state_file_errors.inc_by(total - counted);
         }
     }
 

@@ -99,6 +99,11 @@ impl AgentProcess {
         &self.source.1
     }
 
+    /// The agent's state folder (`--state-dir`), the same for every start.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     fn log_path(&self, start: usize) -> PathBuf {
         self.dir.path().join(format!("agent-{start}.log"))
     }
@@ -132,6 +137,14 @@ impl AgentProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
+        // A private state folder that outlives restarts, never the node's own.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--state-dir"))
+        {
+            command.arg("--state-dir").arg(self.state_dir());
+        }
         // Faster than the default so tests wait less, unless the caller chose a period.
         if !self
             .extra_args

@@ -1357,11 +1357,22 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
                 .is_some_and(|host| host.path == "/sys/fs/bpf")
         })
         .expect("a hostPath volume for /sys/fs/bpf");
+    // The state folder (--state-dir) is the only other host path: it must outlive the
+    // agent's container, and nothing else of the host is needed.
+    let state_volume = volumes
+        .iter()
+        .find(|volume| {
+            volume
+                .host_path
+                .as_ref()
+                .is_some_and(|host| host.path == "/var/lib/zonewall")
+        })
+        .expect("a hostPath volume for the state folder /var/lib/zonewall");
     for volume in &volumes {
         if let Some(host) = &volume.host_path {
-            assert_eq!(
-                host.path, "/sys/fs/bpf",
-                "volume {}: no other host path",
+            assert!(
+                ["/sys/fs/bpf", "/var/lib/zonewall"].contains(&host.path.as_str()),
+                "volume {}: no other host path than bpffs and the state folder",
                 volume.name
             );
         }
@@ -1465,6 +1476,28 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
     assert_eq!(mount.mount_path, "/sys/fs/bpf");
     assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
     assert_ne!(mount.read_only, Some(true), "the agent pins into bpffs");
+    let state_mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|mount| mount.name == state_volume.name)
+        .expect("the agent mounts its state folder");
+    assert_ne!(
+        state_mount.read_only,
+        Some(true),
+        "the agent writes its state"
+    );
+    let state_dir = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|variable| variable.name == "ZONEWALL_STATE_DIR")
+        .and_then(|variable| variable.value.clone());
+    assert_eq!(
+        state_dir.as_deref().unwrap_or("/var/lib/zonewall"),
+        state_mount.mount_path,
+        "--state-dir is where the state volume is mounted"
+    );
 }
 
 /// The capabilities `deploy/README.md` explains, with the reason given for each: the

@@ -8,14 +8,34 @@
 //! mounts, network file systems, inotify limits): each poll compares the file's metadata
 //! and re-reads only when it moved, and re-reads regardless every [`FULL_READ_EVERY`]
 //! polls. What decides "changed" is a digest of the content, never the text itself: the
-//! agent keeps no copy of the file.
+//! agent keeps no copy of the file in memory.
+//!
+//! With a state folder ([`FileSource::remembering`]) the last file that was enforced is
+//! saved there. When a restarted agent finds the file invalid or unreadable before it
+//! enforced anything, it enforces that saved file first and then reports the problem:
+//! the pinned maps alone keep the old rules but not what they mean (zone and pod names
+//! of flow records, the policy's objects), and after a reboot there are no pins at all.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::state::StateDir;
+use super::{Outcome, SourceUpdate};
 use crate::policy::documents::{Digest, digest};
+
+/// The state file of the last good policy file.
+const LAST_GOOD_FILE: &str = "standalone-last-good.json";
+
+/// The last policy file that was enforced, as the state folder keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastGoodFile {
+    /// The `--config` path it was read from: another file's last good version is no
+    /// stand-in for this one.
+    config: String,
+    yaml: String,
+}
 
 /// Quiet time after the last event before the file is read.
 pub const QUIET: Duration = Duration::from_millis(5);
@@ -77,6 +97,20 @@ pub struct FileSource {
     watch: Option<Watch>,
     /// Decoded documents of the last good file: a change re-decodes only what changed.
     documents: crate::policy::DocumentCache,
+    state: StateDir,
+    /// The text of the version being applied, with a state folder only, and only until
+    /// its outcome (when it is saved as the last good file).
+    applying: Option<String>,
+    /// Whether a version was enforced since the start.
+    applied: bool,
+    /// Whether the saved last good file was looked at (once per start at most).
+    last_good_tried: bool,
+    /// The first version was rejected by the run loop: the next poll offers the saved
+    /// last good file.
+    offer_last_good: bool,
+    /// What the file itself gave while the saved last good file stood in for it; the
+    /// next poll reports it.
+    deferred: Option<SourceUpdate>,
 }
 
 impl FileSource {
@@ -90,7 +124,24 @@ impl FileSource {
             polls_since_read: 0,
             watch: None,
             documents: Default::default(),
+            state: StateDir::disabled(),
+            applying: None,
+            applied: false,
+            last_good_tried: false,
+            offer_last_good: false,
+            deferred: None,
         }
+    }
+
+    /// Saves each enforced version of the file in `state`, and falls back to the saved
+    /// one when the file is invalid or unreadable at start.
+    pub fn remembering(mut self, state: StateDir) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn state(&self) -> &StateDir {
+        &self.state
     }
 
     /// A source that also watches the file's folder with inotify. When the watch cannot
@@ -236,6 +287,100 @@ impl FileSource {
                     self.last_error = Some(message.clone());
                     FileState::Unreadable(message)
                 }
+            }
+        }
+    }
+}
+
+impl FileSource {
+    /// What the run loop gets from a poll: the file parsed, or the saved last good file
+    /// standing in for an invalid or unreadable one before anything was enforced (the
+    /// file's own problem follows at the next poll).
+    pub fn next_update(&mut self) -> SourceUpdate {
+        if std::mem::take(&mut self.offer_last_good)
+            && let Some(set) = self.last_good("the policy file was rejected")
+        {
+            return SourceUpdate::Changed(set);
+        }
+        if let Some(update) = self.deferred.take() {
+            return update;
+        }
+        let update = match self.poll() {
+            FileState::Unchanged => SourceUpdate::Unchanged,
+            FileState::Unreadable(message) => SourceUpdate::Unavailable(message),
+            FileState::Changed(content) => match self.parse(&content) {
+                Ok(set) => {
+                    if self.state.folder().is_some() {
+                        self.applying = Some(content);
+                    }
+                    SourceUpdate::Changed(set)
+                }
+                Err(error) => SourceUpdate::Invalid(error),
+            },
+        };
+        let problem = match &update {
+            SourceUpdate::Invalid(_) => "the policy file is invalid",
+            SourceUpdate::Unavailable(_) => "the policy file cannot be read",
+            _ => return update,
+        };
+        if self.applied {
+            return update;
+        }
+        match self.last_good(problem) {
+            Some(set) => {
+                self.deferred = Some(update);
+                SourceUpdate::Changed(set)
+            }
+            None => update,
+        }
+    }
+
+    /// Takes note of how the run loop dealt with the last update.
+    pub fn record_outcome(&mut self, outcome: &Outcome<'_>) {
+        let content = self.applying.take();
+        match outcome {
+            Outcome::Applied { .. } => {
+                self.applied = true;
+                if let Some(yaml) = content {
+                    let saved = LastGoodFile {
+                        config: self.path.to_string_lossy().into_owned(),
+                        yaml,
+                    };
+                    self.state.save(LAST_GOOD_FILE, &saved);
+                }
+            }
+            Outcome::Rejected(_) => {
+                if !self.applied && !self.last_good_tried {
+                    self.offer_last_good = true;
+                }
+            }
+            Outcome::Failed(_) => {}
+        }
+    }
+
+    /// The saved last good file, parsed; looked at once per start at most.
+    fn last_good(&mut self, problem: &str) -> Option<crate::policy::PolicySet> {
+        if self.last_good_tried {
+            return None;
+        }
+        self.last_good_tried = true;
+        let saved: LastGoodFile = self.state.load(LAST_GOOD_FILE)?;
+        let path = self.path.to_string_lossy();
+        if saved.config != path {
+            tracing::info!(saved_for = %saved.config, config = %path, "the last good policy saved on this node is of another policy file; not used");
+            return None;
+        }
+        match self.documents.parse(&saved.yaml) {
+            Ok(set) => {
+                tracing::warn!(config = %path, problem, "enforcing the last good policy file saved on this node until the file is fixed");
+                Some(set)
+            }
+            Err(error) => {
+                self.state.reject(
+                    LAST_GOOD_FILE,
+                    format!("the saved policy no longer parses: {error}"),
+                );
+                None
             }
         }
     }
@@ -399,5 +544,160 @@ mod tests {
         for _ in 0..FULL_READ_EVERY * 2 {
             assert!(matches!(source.poll(), FileState::Unchanged));
         }
+    }
+
+    const GOOD: &str = "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: a}\nspec: {networks: [\"198.18.1.0/24\"]}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: b}\nspec: {networks: [\"198.18.2.0/24\"]}\n---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: a-to-b}\nspec: {from: [a], to: [b], action: Deny}\n";
+
+    fn broken() -> String {
+        GOOD.replace("to: [b]", "to: [nowhere]")
+    }
+
+    fn compiled(set: &crate::policy::PolicySet) -> crate::policy::CompiledPolicy {
+        crate::policy::compile(set).expect("a valid set")
+    }
+
+    /// One start of the agent: a source on `path` with `state`, whose first version is
+    /// applied when valid. Returns the source and what its first two polls gave.
+    fn start(path: &Path, state: &Path) -> (FileSource, Vec<SourceUpdate>) {
+        let mut source = FileSource::new(path).remembering(StateDir::open(state));
+        let mut updates = Vec::new();
+        for _ in 0..2 {
+            let update = source.next_update();
+            match &update {
+                SourceUpdate::Changed(set) => source.record_outcome(&Outcome::Applied {
+                    generation: 1,
+                    compiled: &compiled(set),
+                }),
+                SourceUpdate::Invalid(error) => source.record_outcome(&Outcome::Rejected(error)),
+                _ => {}
+            }
+            updates.push(update);
+        }
+        (source, updates)
+    }
+
+    fn policy_targets(update: &SourceUpdate) -> Vec<String> {
+        match update {
+            SourceUpdate::Changed(set) => set.policies.iter().flat_map(|p| p.to.clone()).collect(),
+            other => panic!("expected a policy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restart_with_an_invalid_file_enforces_the_saved_last_good_file_first() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
+        std::fs::write(&path, GOOD).unwrap();
+        let (mut running, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        assert!(matches!(updates[1], SourceUpdate::Unchanged));
+        // Broken while running: rejected, nothing stands in (the run loop keeps the
+        // policy it enforces).
+        std::fs::write(&path, broken()).unwrap();
+        assert!(matches!(running.next_update(), SourceUpdate::Invalid(_)));
+        drop(running);
+
+        // Restarted with the broken file: the saved file first, then the file's problem.
+        let (restarted, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        match &updates[1] {
+            SourceUpdate::Invalid(error) => {
+                assert!(error.to_string().contains("nowhere"), "{error}")
+            }
+            other => panic!("the file's problem must follow, got {other:?}"),
+        }
+        assert_eq!(restarted.state().errors(), 0);
+
+        // Missing at start: the same.
+        std::fs::remove_file(&path).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert_eq!(policy_targets(&updates[0]), ["b"]);
+        assert!(matches!(updates[1], SourceUpdate::Unavailable(_)));
+
+        // A valid file at start wins, and becomes the saved one.
+        let edited = GOOD.replace("action: Deny", "action: Allow");
+        std::fs::write(&path, &edited).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert!(
+            matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow)
+        );
+        std::fs::write(&path, broken()).unwrap();
+        let (_, updates) = start(&path, &state);
+        assert!(
+            matches!(&updates[0], SourceUpdate::Changed(set) if set.policies[0].action == crate::policy::model::Action::Allow)
+        );
+    }
+
+    #[test]
+    fn without_state_or_for_another_file_nothing_stands_in() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        // Another --config path: its own history only.
+        let other = folder.path().join("other.yaml");
+        std::fs::write(&other, broken()).unwrap();
+        let (_, updates) = start(&other, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert!(matches!(updates[1], SourceUpdate::Unchanged));
+        // No state folder: the invalid file is all there is.
+        std::fs::write(&path, broken()).unwrap();
+        let mut source = FileSource::new(&path);
+        assert!(matches!(source.next_update(), SourceUpdate::Invalid(_)));
+    }
+
+    #[test]
+    fn a_corrupt_saved_file_is_counted_and_ignored() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        let saved = state.join(LAST_GOOD_FILE);
+        let text = std::fs::read_to_string(&saved).unwrap();
+        std::fs::write(&saved, &text[..text.len() / 2]).unwrap();
+        std::fs::write(&path, broken()).unwrap();
+        let (source, updates) = start(&path, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert_eq!(source.state().errors(), 1);
+        // Well-formed, but its policy does not parse (saved by hand, or by a version
+        // that read it differently): the same.
+        std::fs::write(
+            &saved,
+            serde_json::json!({"format": 1, "state": {"config": path.to_string_lossy(), "yaml": broken()}}).to_string(),
+        )
+        .unwrap();
+        let (source, updates) = start(&path, &state);
+        assert!(matches!(updates[0], SourceUpdate::Invalid(_)));
+        assert_eq!(source.state().errors(), 1);
+        assert!(!saved.exists(), "set aside");
+    }
+
+    #[test]
+    fn a_first_version_the_run_loop_rejects_is_replaced_by_the_saved_one() {
+        let folder = tempfile::tempdir().unwrap();
+        let (path, state) = (
+            folder.path().join("policy.yaml"),
+            folder.path().join("state"),
+        );
+        std::fs::write(&path, GOOD).unwrap();
+        start(&path, &state);
+        let mut source = FileSource::new(&path).remembering(StateDir::open(&state));
+        let SourceUpdate::Changed(_) = source.next_update() else {
+            panic!("the file parses");
+        };
+        // As if the compiler refused what the parser let through.
+        let error = crate::policy::parse(&broken()).unwrap_err();
+        source.record_outcome(&Outcome::Rejected(&error));
+        assert_eq!(policy_targets(&source.next_update()), ["b"]);
+        assert!(matches!(source.next_update(), SourceUpdate::Unchanged));
     }
 }

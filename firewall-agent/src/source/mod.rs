@@ -5,10 +5,12 @@
 
 mod file;
 pub mod kube;
+mod state;
 
 use std::sync::Arc;
 
 pub use file::{FileSource, FileState, QUIET};
+pub use state::{StateDir, StateError};
 
 use crate::policy::{CompiledPolicy, PolicyError, PolicySet};
 
@@ -56,6 +58,10 @@ pub trait PolicySource {
     fn synced(&self) -> bool {
         true
     }
+    /// State files (`--state-dir`) that could not be read, parsed or written so far.
+    fn state_errors(&self) -> u64 {
+        0
+    }
 }
 
 impl PolicySource for FileSource {
@@ -64,17 +70,18 @@ impl PolicySource for FileSource {
     }
 
     fn poll(&mut self) -> SourceUpdate {
-        match FileSource::poll(self) {
-            FileState::Unchanged => SourceUpdate::Unchanged,
-            FileState::Unreadable(message) => SourceUpdate::Unavailable(message),
-            FileState::Changed(content) => match self.parse(&content) {
-                Ok(set) => SourceUpdate::Changed(set),
-                Err(error) => SourceUpdate::Invalid(error),
-            },
-        }
+        self.next_update()
     }
 
     fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
         FileSource::changes(self)
+    }
+
+    fn outcome(&mut self, outcome: Outcome<'_>) {
+        self.record_outcome(&outcome);
+    }
+
+    fn state_errors(&self) -> u64 {
+        self.state().errors()
     }
 }

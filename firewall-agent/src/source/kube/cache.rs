@@ -9,12 +9,17 @@
 //! - A Zone or ZonePolicy that fails validation is left out and replaced by its last
 //!   accepted version, if any: a broken edit never opens or closes anything by itself.
 //!   The verdicts say which object was rejected and why, for its status.
+//! - The accepted versions outlive the agent: [`Cache::saved_objects`] lists them for the
+//!   node's state folder, and [`Cache::restore`] hands them back to a restarted agent,
+//!   which uses one only for the very object (same uid) that it was accepted for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::policy::crd::{ZonePolicyStatus, ZoneStatus};
+use serde::Deserialize as _;
+
+use crate::policy::crd::{ZonePolicySpec, ZonePolicyStatus, ZoneSpec, ZoneStatus};
 use crate::policy::model::{self, Namespace, Node, PolicySet, Service};
 use crate::policy::validate;
 
@@ -294,34 +299,85 @@ impl Entry for PodEntry {
 /// A Zone or ZonePolicy as the API has it now.
 #[derive(Debug)]
 pub(crate) struct ResourceEntry<M, S> {
+    /// metadata.uid: tells a re-created object from the one it replaces.
+    pub(crate) uid: String,
     pub(crate) generation: i64,
+    /// The spec as the API has it (what the node's state keeps of an accepted version).
+    pub(crate) spec: serde_json::Value,
     /// The spec as the model, or (field, reason) for each problem found converting it.
     pub(crate) model: Result<M, Vec<(String, String)>>,
     /// The status the API server has (what the status writer compares against).
     pub(crate) status: Option<S>,
-    /// The last version that passed validation: (generation, model).
-    pub(crate) accepted: Option<(i64, M)>,
+    /// The last version that passed validation.
+    pub(crate) accepted: Option<Accepted<M>>,
     /// The field manager that last wrote the spec (from managedFields), when known.
     pub(crate) changed_by: Option<String>,
 }
 
+/// The last version of a Zone or ZonePolicy that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Accepted<M> {
+    pub(crate) generation: i64,
+    pub(crate) model: M,
+    pub(crate) spec: serde_json::Value,
+}
+
 impl<M: PartialEq + Clone, S> Entry for ResourceEntry<M, S> {
     fn same_input(&self, other: &Self) -> bool {
-        self.generation == other.generation && self.model == other.model
+        self.uid == other.uid && self.generation == other.generation && self.model == other.model
     }
 
     fn adopt(&mut self, previous: Option<&Self>, _claims: &mut u64) {
-        if let Some(previous) = previous {
+        // A deleted and re-created object (a delete missed during a relist) is a new
+        // object: it inherits nothing from its namesake.
+        if let Some(previous) = previous.filter(|previous| previous.uid == self.uid) {
             self.accepted = previous.accepted.clone();
         }
     }
+}
+
+/// A model that can be rebuilt from the spec the node's state keeps.
+pub(crate) trait FromSavedSpec: Sized {
+    fn from_saved_spec(name: &str, spec: &serde_json::Value) -> Result<Self, String>;
+}
+
+impl FromSavedSpec for model::Zone {
+    fn from_saved_spec(name: &str, spec: &serde_json::Value) -> Result<Self, String> {
+        let spec = ZoneSpec::deserialize(spec).map_err(|error| error.to_string())?;
+        spec.to_model(name).map_err(|problems| {
+            problems
+                .iter()
+                .map(|(field, reason)| format!("{field}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+impl FromSavedSpec for model::ZonePolicy {
+    fn from_saved_spec(name: &str, spec: &serde_json::Value) -> Result<Self, String> {
+        let spec = ZonePolicySpec::deserialize(spec).map_err(|error| error.to_string())?;
+        Ok(spec.to_model(name))
+    }
+}
+
+/// The last accepted version of one Zone or ZonePolicy, as the node's state keeps it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedObject {
+    pub(crate) kind: Resource,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) generation: i64,
+    pub(crate) spec: serde_json::Value,
 }
 
 pub(crate) type ZoneEntry = ResourceEntry<model::Zone, ZoneStatus>;
 pub(crate) type PolicyEntry = ResourceEntry<model::ZonePolicy, ZonePolicyStatus>;
 
 /// Which custom resource a verdict is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub(crate) enum Resource {
     Zone,
     ZonePolicy,
@@ -379,6 +435,9 @@ pub(crate) struct Cache {
     pub(crate) dirty: bool,
     /// Who made the last change to a Zone or ZonePolicy spec, when known.
     pub(crate) changed_by: Option<String>,
+    /// Accepted versions a previous run of the agent saved, until the first snapshot
+    /// gives them to the objects they belong to.
+    restored: Option<BTreeMap<(Resource, String), SavedObject>>,
 }
 
 /// Which version of a custom resource goes into the snapshot.
@@ -545,11 +604,56 @@ impl Cache {
         pods
     }
 
+    /// Accepted versions a previous run saved; the first snapshot gives each to its
+    /// object when that object still exists (same uid) and has none of its own.
+    pub(crate) fn restore(&mut self, saved: Vec<SavedObject>) {
+        self.restored = Some(
+            saved
+                .into_iter()
+                .map(|object| ((object.kind, object.name.clone()), object))
+                .collect(),
+        );
+    }
+
+    /// The accepted version of every Zone and ZonePolicy that has one, for the node's
+    /// state; objects that no longer exist are not in it.
+    pub(crate) fn saved_objects(&self) -> Vec<SavedObject> {
+        fn of<M, S>(
+            kind: Resource,
+            items: &BTreeMap<Key, ResourceEntry<M, S>>,
+        ) -> impl Iterator<Item = SavedObject> + '_ {
+            items.iter().filter_map(move |(name, entry)| {
+                entry.accepted.as_ref().map(|accepted| SavedObject {
+                    kind,
+                    name: name.clone(),
+                    uid: entry.uid.clone(),
+                    generation: accepted.generation,
+                    spec: accepted.spec.clone(),
+                })
+            })
+        }
+        of(Resource::Zone, &self.zones.items)
+            .chain(of(Resource::ZonePolicy, &self.policies.items))
+            .collect()
+    }
+
     /// A valid [`PolicySet`] of everything cached, and a verdict per custom resource.
     /// Clears the dirty flag.
     pub(crate) fn snapshot(&mut self) -> Snapshot {
         self.dirty = false;
         self.interner.prune();
+        let first_after_restore = self.restored.is_some();
+        if let Some(mut restored) = self.restored.take() {
+            give_back(Resource::Zone, &mut self.zones.items, &mut restored);
+            give_back(
+                Resource::ZonePolicy,
+                &mut self.policies.items,
+                &mut restored,
+            );
+            for (kind, name) in restored.keys() {
+                tracing::info!(kind = kind.kind(), %name, "saved accepted version dropped: the object no longer exists");
+            }
+        }
         let mut set = PolicySet {
             namespaces: self.namespaces.items.values().cloned().collect(),
             nodes: self.nodes.items.values().cloned().collect(),
@@ -668,7 +772,11 @@ impl Cache {
                 &existing_zones,
             ));
             if let (Pick::Current, Ok(model)) = (pick, &entry.model) {
-                entry.accepted = Some((entry.generation, model.clone()));
+                entry.accepted = Some(Accepted {
+                    generation: entry.generation,
+                    model: model.clone(),
+                    spec: entry.spec.clone(),
+                });
             }
         }
         for (name, entry) in self.policies.items.iter_mut() {
@@ -682,10 +790,59 @@ impl Cache {
                 &existing_zones,
             ));
             if let (Pick::Current, Ok(model)) = (pick, &entry.model) {
-                entry.accepted = Some((entry.generation, model.clone()));
+                entry.accepted = Some(Accepted {
+                    generation: entry.generation,
+                    model: model.clone(),
+                    spec: entry.spec.clone(),
+                });
+            }
+        }
+        if first_after_restore {
+            for verdict in &verdicts {
+                if let Some(enforced) = verdict.enforced_instead {
+                    tracing::info!(kind = verdict.resource.kind(), name = %verdict.name, generation = verdict.generation, enforced, "invalid at start: its last accepted generation, saved on this node, stays enforced");
+                }
             }
         }
         Snapshot { set, verdicts }
+    }
+}
+
+/// Gives the saved accepted versions of `kind` to the objects they were accepted for.
+/// A saved version counts only for the same object (uid) at the same or a later
+/// generation: a deleted and re-created object starts afresh.
+fn give_back<M: FromSavedSpec, S>(
+    kind: Resource,
+    items: &mut BTreeMap<Key, ResourceEntry<M, S>>,
+    restored: &mut BTreeMap<(Resource, String), SavedObject>,
+) {
+    for (name, entry) in items.iter_mut() {
+        let Some(saved) = restored.remove(&(kind, name.clone())) else {
+            continue;
+        };
+        if entry.accepted.is_some() {
+            continue;
+        }
+        if saved.uid.is_empty() || saved.uid != entry.uid {
+            tracing::info!(kind = kind.kind(), %name, saved_uid = %saved.uid, uid = %entry.uid, "saved accepted version not used: the object was re-created since");
+            continue;
+        }
+        if saved.generation > entry.generation {
+            tracing::warn!(kind = kind.kind(), %name, saved_generation = saved.generation, generation = entry.generation, "saved accepted version not used: it is newer than the object");
+            continue;
+        }
+        match M::from_saved_spec(name, &saved.spec) {
+            Ok(model) => {
+                entry.accepted = Some(Accepted {
+                    generation: saved.generation,
+                    model,
+                    spec: saved.spec,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(kind = kind.kind(), %name, %error, "saved accepted version not used: this agent cannot read it");
+            }
+        }
     }
 }
 
@@ -707,7 +864,10 @@ fn picked<M: Clone, S>(
         .iter()
         .filter_map(|(name, entry)| match picks.get(name) {
             Some(Pick::Current) => entry.model.as_ref().ok().cloned(),
-            Some(Pick::Accepted) => entry.accepted.as_ref().map(|(_, model)| model.clone()),
+            Some(Pick::Accepted) => entry
+                .accepted
+                .as_ref()
+                .map(|accepted| accepted.model.clone()),
             _ => None,
         })
         .collect()
@@ -744,7 +904,7 @@ fn verdict<M, S>(
         generation: entry.generation,
         problems: found,
         enforced_instead: match pick {
-            Pick::Accepted => entry.accepted.as_ref().map(|(generation, _)| *generation),
+            Pick::Accepted => entry.accepted.as_ref().map(|accepted| accepted.generation),
             _ => None,
         },
     }
@@ -767,7 +927,9 @@ mod tests {
         (
             name.to_string(),
             ResourceEntry {
+                uid: format!("uid-{name}"),
                 generation,
+                spec: serde_json::to_value(&spec).unwrap(),
                 model: spec.to_model(name),
                 status: None,
                 accepted: None,
@@ -788,7 +950,9 @@ mod tests {
         (
             name.to_string(),
             ResourceEntry {
+                uid: format!("uid-{name}"),
                 generation,
+                spec: serde_json::to_value(&spec).unwrap(),
                 model: Ok(spec.to_model(name)),
                 status: None,
                 accepted: None,
@@ -962,5 +1126,172 @@ mod tests {
             cache.zones.items["a"].accepted.is_some(),
             "kept across updates"
         );
+    }
+
+    /// A broken zone (a network that is no CIDR), as the watcher converts it.
+    fn broken_zone(name: &str, generation: i64) -> (Key, ZoneEntry) {
+        let (key, mut entry) = zone(name, generation, name);
+        entry.spec = serde_json::json!({"networks": ["x"]});
+        entry.model = Err(vec![(
+            "spec.networks[0]".into(),
+            "\"x\" is not a CIDR".into(),
+        )]);
+        (key, entry)
+    }
+
+    fn verdict_of<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Verdict {
+        snapshot
+            .verdicts
+            .iter()
+            .find(|verdict| verdict.name == name)
+            .unwrap()
+    }
+
+    /// A cache that accepted zones a, b and policy a-to-b (to b) at generation 1, then saw
+    /// generation 2 of the policy (to nowhere) and zone b broken at generation 2; the
+    /// accepted versions it would save, through JSON as on disk.
+    fn saved_after_invalid_edits() -> Vec<SavedObject> {
+        let mut cache = synced_cache();
+        for (key, entry) in [zone("a", 1, "a"), zone("b", 1, "b")] {
+            cache.zones(Change::Applied(key, entry));
+        }
+        let (key, entry) = policy("a-to-b", 1, "b");
+        cache.policies(Change::Applied(key, entry));
+        cache.snapshot();
+        let (key, entry) = policy("a-to-b", 2, "nowhere");
+        cache.policies(Change::Applied(key, entry));
+        let (key, entry) = broken_zone("b", 2);
+        cache.zones(Change::Applied(key, entry));
+        let snapshot = cache.snapshot();
+        assert_eq!(verdict_of(&snapshot, "a-to-b").enforced_instead, Some(1));
+        let saved = cache.saved_objects();
+        assert_eq!(
+            saved
+                .iter()
+                .map(|object| (object.kind, object.name.as_str(), object.generation))
+                .collect::<Vec<_>>(),
+            [
+                (Resource::Zone, "a", 1),
+                (Resource::Zone, "b", 1),
+                (Resource::ZonePolicy, "a-to-b", 1)
+            ],
+            "the accepted generations, not the broken ones"
+        );
+        let text = serde_json::to_string(&saved).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// What a restarted agent's cache sees: the same objects, still broken.
+    fn restarted_cache(policy_uid: &str) -> Cache {
+        let mut cache = synced_cache();
+        for (key, entry) in [zone("a", 1, "a"), broken_zone("b", 2)] {
+            cache.zones(Change::Applied(key, entry));
+        }
+        let (key, mut entry) = policy("a-to-b", 2, "nowhere");
+        entry.uid = policy_uid.to_string();
+        cache.policies(Change::Applied(key, entry));
+        cache
+    }
+
+    #[test]
+    fn a_restarted_cache_enforces_the_saved_accepted_versions() {
+        let saved = saved_after_invalid_edits();
+
+        // Without the saved versions, the broken objects are left out.
+        let mut forgetful = restarted_cache("uid-a-to-b");
+        let snapshot = forgetful.snapshot();
+        assert!(snapshot.set.policies.is_empty());
+        assert_eq!(snapshot.set.zones.len(), 1);
+
+        let mut cache = restarted_cache("uid-a-to-b");
+        cache.restore(saved);
+        let snapshot = cache.snapshot();
+        assert_eq!(snapshot.set.zones.len(), 2, "zone b generation 1");
+        assert_eq!(snapshot.set.policies.len(), 1);
+        assert_eq!(snapshot.set.policies[0].to, ["b"]);
+        let verdict = verdict_of(&snapshot, "a-to-b");
+        assert!(!verdict.accepted());
+        assert_eq!((verdict.generation, verdict.enforced_instead), (2, Some(1)));
+        assert_eq!(verdict_of(&snapshot, "b").enforced_instead, Some(1));
+        // Saved again as they were.
+        assert_eq!(cache.saved_objects(), saved_after_invalid_edits());
+        // The saved versions were used once; later snapshots keep them in memory.
+        let snapshot = cache.snapshot();
+        assert_eq!(snapshot.set.policies[0].to, ["b"]);
+    }
+
+    #[test]
+    fn a_re_created_object_does_not_inherit_a_saved_version() {
+        let mut cache = restarted_cache("uid-of-a-new-object");
+        cache.restore(saved_after_invalid_edits());
+        let snapshot = cache.snapshot();
+        assert!(snapshot.set.policies.is_empty(), "left out");
+        assert_eq!(verdict_of(&snapshot, "a-to-b").enforced_instead, None);
+        assert_eq!(
+            verdict_of(&snapshot, "b").enforced_instead,
+            Some(1),
+            "the zone is the same object"
+        );
+        assert!(
+            cache
+                .saved_objects()
+                .iter()
+                .all(|object| object.name != "a-to-b"),
+            "nothing to save for it"
+        );
+
+        // A saved version newer than the object is not trusted either.
+        let mut saved = saved_after_invalid_edits();
+        saved[2].generation = 5;
+        let mut cache = restarted_cache("uid-a-to-b");
+        cache.restore(saved);
+        assert!(cache.snapshot().set.policies.is_empty());
+    }
+
+    #[test]
+    fn saved_versions_of_deleted_objects_are_dropped() {
+        let mut cache = synced_cache();
+        let (key, entry) = zone("a", 1, "a");
+        cache.zones(Change::Applied(key, entry));
+        cache.restore(saved_after_invalid_edits());
+        cache.snapshot();
+        let saved = cache.saved_objects();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved[0].name, "a");
+    }
+
+    #[test]
+    fn an_unreadable_saved_spec_is_skipped() {
+        let mut saved = saved_after_invalid_edits();
+        saved[2].spec = serde_json::json!({"from": 7});
+        let mut cache = restarted_cache("uid-a-to-b");
+        cache.restore(saved);
+        let snapshot = cache.snapshot();
+        assert!(snapshot.set.policies.is_empty());
+        assert_eq!(
+            snapshot.set.zones.len(),
+            2,
+            "the zone's saved version is fine"
+        );
+    }
+
+    #[test]
+    fn a_relist_does_not_pass_an_accepted_version_to_a_re_created_object() {
+        let mut cache = synced_cache();
+        for (key, entry) in [zone("a", 1, "a"), zone("b", 1, "b")] {
+            cache.zones(Change::Applied(key, entry));
+        }
+        let (key, entry) = policy("a-to-b", 1, "b");
+        cache.policies(Change::Applied(key, entry));
+        cache.snapshot();
+        // Deleted and re-created, broken, while the watch was down: only a relist shows it.
+        cache.policies(Change::Relist);
+        let (key, mut entry) = policy("a-to-b", 1, "nowhere");
+        entry.uid = "uid-new".into();
+        cache.policies(Change::RelistItem(key, entry));
+        assert!(cache.policies(Change::RelistDone));
+        let snapshot = cache.snapshot();
+        assert!(snapshot.set.policies.is_empty());
+        assert_eq!(verdict_of(&snapshot, "a-to-b").enforced_instead, None);
     }
 }

@@ -6,6 +6,10 @@
 //! - `cache`: what the watchers keep and the snapshot built from it.
 //! - `status`: the Lease that elects one writer, and the conditions it writes.
 //!
+//! The last accepted version of every Zone and ZonePolicy is kept in the node's state
+//! folder ([`KubeSource::remember_in`]), so that a restarted agent enforces what it did
+//! before even for objects that are invalid now, as the agents that did not restart do.
+//!
 //! Nothing is enforced from a partial view: the first snapshot comes after every initial
 //! list; until then (and whenever the API server is unreachable) the run loop keeps what
 //! is enforced. Bursts of events are folded into one snapshot (a millisecond of
@@ -25,9 +29,13 @@ use tokio::sync::Notify;
 
 pub use status::StatusOptions;
 
-use self::cache::{Cache, Kind, Resource, Verdict};
+use self::cache::{Cache, Kind, Resource, SavedObject, Verdict};
 use self::status::{Desired, DesiredStatus, Summary};
+use super::state::StateDir;
 use super::{Outcome, PolicySource, SourceUpdate};
+
+/// The state file of the accepted versions.
+const ACCEPTED_FILE: &str = "kubernetes-accepted.json";
 
 /// Quiet time that ends a burst of events.
 const QUIET: Duration = Duration::from_millis(1);
@@ -103,6 +111,10 @@ pub struct KubeSource {
     pending: Option<Vec<Verdict>>,
     synced_logged: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    state: StateDir,
+    /// What the state file holds (as far as this agent knows): saved again only when the
+    /// accepted versions differ from it.
+    saved: Option<Vec<SavedObject>>,
 }
 
 impl KubeSource {
@@ -172,7 +184,50 @@ impl KubeSource {
             pending: None,
             synced_logged: false,
             tasks,
+            state: StateDir::disabled(),
+            saved: None,
         })
+    }
+
+    /// Keeps the accepted versions in `state` from now on, and hands the ones a previous
+    /// run saved there to the first snapshot (call it before the first `poll`).
+    pub fn remember_in(mut self, state: StateDir) -> Self {
+        let saved: Option<Vec<SavedObject>> = state.load(ACCEPTED_FILE);
+        if let Some(saved) = saved {
+            tracing::info!(
+                objects = saved.len(),
+                folder = %state.folder().map(|folder| folder.display().to_string()).unwrap_or_default(),
+                "accepted versions of Zones and ZonePolicies saved by a previous run loaded"
+            );
+            self.shared
+                .cache
+                .lock()
+                .expect("cache lock")
+                .restore(saved.clone());
+            self.saved = Some(saved);
+        }
+        self.state = state;
+        self
+    }
+
+    /// Saves the accepted versions when they changed since the last save.
+    fn save_accepted(&mut self) {
+        if self.state.folder().is_none() {
+            return;
+        }
+        let objects = self
+            .shared
+            .cache
+            .lock()
+            .expect("cache lock")
+            .saved_objects();
+        if self.saved.as_ref() == Some(&objects) {
+            return;
+        }
+        if self.state.save(ACCEPTED_FILE, &objects) {
+            tracing::debug!(objects = objects.len(), "accepted versions saved");
+            self.saved = Some(objects);
+        }
     }
 
     fn publish(&self, update: impl FnOnce(&mut Desired)) {
@@ -262,6 +317,8 @@ impl PolicySource for KubeSource {
                 let summary = Summary::of(compiled);
                 let desired = status::desired(&verdicts, &summary);
                 self.publish(|current| *current = desired);
+                // Saved once enforced: a restart then resumes exactly this policy.
+                self.save_accepted();
             }
             Outcome::Rejected(error) => {
                 // The snapshot had problems no single object could be blamed for (the
@@ -311,5 +368,9 @@ impl PolicySource for KubeSource {
 
     fn synced(&self) -> bool {
         self.shared.cache.lock().expect("cache lock").all_synced()
+    }
+
+    fn state_errors(&self) -> u64 {
+        self.state.errors()
     }
 }

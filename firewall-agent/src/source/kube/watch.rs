@@ -279,10 +279,19 @@ fn node_entry(node: &Node) -> (Key, model::Node) {
     (name.clone(), model::Node { name, addresses })
 }
 
+/// A spec as JSON, for the node's state. The specs are plain data (strings, numbers,
+/// maps with string keys), which always serialize; Null would only make a saved version
+/// unusable, never stop the agent.
+fn spec_value(spec: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
+}
+
 fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
     let name = name_of(&zone.metadata);
     let entry = ResourceEntry {
+        uid: zone.metadata.uid.clone().unwrap_or_default(),
         generation: zone.metadata.generation.unwrap_or(0),
+        spec: spec_value(&zone.spec),
         model: zone.spec.to_model(&name),
         status: zone.status.clone(),
         accepted: None,
@@ -294,7 +303,9 @@ fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
 fn policy_entry(policy: &ZonePolicy) -> (Key, PolicyEntry) {
     let name = name_of(&policy.metadata);
     let entry = ResourceEntry {
+        uid: policy.metadata.uid.clone().unwrap_or_default(),
         generation: policy.metadata.generation.unwrap_or(0),
+        spec: spec_value(&policy.spec),
         model: Ok(policy.spec.to_model(&name)),
         status: policy.status.clone(),
         accepted: None,
