@@ -115,6 +115,15 @@ impl Agent {
             .arg(bpffs.path())
             .arg("--ready-file")
             .arg(files.ready)
+            // The demo's own folder, not the node's /var/lib/zonewall.
+            .arg("--state-dir")
+            .arg(
+                files
+                    .config
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("agent-state"),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
