@@ -819,7 +819,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         full_maps: Vec::new(),
         conntrack_insert_failures: GrowthWatch::default(),
         args,
-        bindings: Bindings::new(),
+        bindings: Bindings::default(),
     };
     // Bindings before the policy, so the first sync keeps pod addresses bound (a restart
     // must not unbind them); policy before interfaces: a newly attached interface is

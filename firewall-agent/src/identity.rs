@@ -7,7 +7,8 @@
 use std::net::IpAddr;
 
 use firewall_common::{
-    ENDPOINT_FLAG_LOCAL, ENDPOINT_FLAG_PRESENT, EndpointKey, EndpointSlot, ipv4_mapped,
+    ENDPOINT_FLAG_LOCAL, ENDPOINT_FLAG_POD, ENDPOINT_FLAG_PRESENT, EndpointKey, EndpointSlot,
+    ipv4_mapped,
 };
 
 use crate::policy::compiled::{Endpoint, EndpointKind};
@@ -86,7 +87,13 @@ pub fn endpoint_slot(endpoint: &Endpoint, local: bool) -> EndpointSlot {
     EndpointSlot {
         zone: endpoint.zone,
         epoch: epoch_of_kind(&endpoint.kind),
-        flags: ENDPOINT_FLAG_PRESENT | if local { ENDPOINT_FLAG_LOCAL } else { 0 },
+        flags: ENDPOINT_FLAG_PRESENT
+            | if local { ENDPOINT_FLAG_LOCAL } else { 0 }
+            | if matches!(endpoint.kind, EndpointKind::Pod { .. }) {
+                ENDPOINT_FLAG_POD
+            } else {
+                0
+            },
         _pad: 0,
     }
 }

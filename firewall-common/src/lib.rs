@@ -101,6 +101,8 @@ pub const ENDPOINT_FLAG_LOCAL: u32 = 1;
 /// The slot holds an identity for the address (an address absent from a slot is no
 /// endpoint in that policy generation).
 pub const ENDPOINT_FLAG_PRESENT: u32 = 2;
+/// The endpoint is a pod (only pods are bound to interfaces).
+pub const ENDPOINT_FLAG_POD: u32 = 4;
 
 /// One policy slot's view of an endpoint (see [`EndpointValue`]).
 #[repr(C)]

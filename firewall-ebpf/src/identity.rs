@@ -41,10 +41,11 @@ impl Endpoint {
         self.flags & ENDPOINT_FLAG_PRESENT != 0
     }
 
-    /// The address is an endpoint of this node.
+    /// The address is an endpoint of this node: the control plane places it here, or it
+    /// is bound to one of this node's pod interfaces.
     #[inline(always)]
     pub fn is_local(&self) -> bool {
-        self.present() && self.flags & ENDPOINT_FLAG_LOCAL != 0
+        self.present() && (self.flags & ENDPOINT_FLAG_LOCAL != 0 || self.ifindex != 0)
     }
 }
 

@@ -9,17 +9,58 @@
 //!   namespace through its netns id (`IFA_TARGET_NETNSID`, Linux 4.20+): this covers
 //!   bridged CNIs, where all pods share one route through the bridge.
 //!
-//! Only addresses the control plane says belong to a pod of this node are ever bound (the
-//! sync looks bindings up by its endpoints), so a pod adding an address to its own
-//! interface cannot claim another pod's address: it makes it contested, and a contested
-//! address is bound nowhere (its traffic then follows `--unknown-source`), logged.
+//! Only addresses the control plane gives to a pod are ever bound (the sync looks bindings
+//! up by its endpoints). A host route binds any pod's address (the node's own routing
+//! table says where that pod is); an address configured in a pod's namespace binds only
+//! a pod the control plane places on this node, so a pod adding an address to its own
+//! interface cannot claim a pod of another node, and claiming one of this node's makes it
+//! contested: a contested address is bound nowhere (its traffic then follows
+//! `--unknown-source`), logged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
-/// Address -> ifindex of the host-side pod interface it is bound to.
-pub type Bindings = HashMap<IpAddr, u32>;
+/// Address -> ifindex of the host-side pod interface it is bound to, by how it was found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bindings {
+    /// By a host route through the interface (the node's own routing table).
+    by_route: HashMap<IpAddr, u32>,
+    /// By the address configured on the pod's end of the interface.
+    by_address: HashMap<IpAddr, u32>,
+}
+
+impl Bindings {
+    /// The interface `ip` is bound to; `placed_here` says whether the control plane puts
+    /// its pod on this node (only then does a pod-configured address count).
+    pub fn interface(&self, ip: &IpAddr, placed_here: bool) -> Option<u32> {
+        self.by_route.get(ip).copied().or_else(|| {
+            placed_here
+                .then(|| self.by_address.get(ip).copied())
+                .flatten()
+        })
+    }
+
+    /// How many addresses are bound.
+    pub fn len(&self) -> usize {
+        self.by_route.len() + self.by_address.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bindings known for certain (as a host route would make them), e.g. for tests that run
+/// every address through one interface.
+impl FromIterator<(IpAddr, u32)> for Bindings {
+    fn from_iter<I: IntoIterator<Item = (IpAddr, u32)>>(iter: I) -> Self {
+        Self {
+            by_route: iter.into_iter().collect(),
+            by_address: HashMap::new(),
+        }
+    }
+}
 
 /// Errors of the rtnetlink conversation.
 #[derive(Debug, thiserror::Error)]
@@ -375,14 +416,18 @@ fn resolve_claims(
     configured: &BTreeMap<IpAddr, HashSet<u32>>,
 ) -> Bindings {
     let addresses: HashSet<&IpAddr> = routed.keys().chain(configured.keys()).collect();
-    let mut bindings = Bindings::new();
+    let mut bindings = Bindings::default();
     for ip in addresses {
-        let Some(claims) = routed.get(ip).or_else(|| configured.get(ip)) else {
-            continue;
+        let (claims, found) = match routed.get(ip) {
+            Some(claims) => (claims, &mut bindings.by_route),
+            None => match configured.get(ip) {
+                Some(claims) => (claims, &mut bindings.by_address),
+                None => continue,
+            },
         };
         match claims.iter().collect::<Vec<_>>().as_slice() {
             [only] => {
-                bindings.insert(*ip, **only);
+                found.insert(*ip, **only);
             }
             _ => {
                 tracing::warn!(%ip, interfaces = ?claims, "address claimed by several pod interfaces: bound to none");
@@ -408,15 +453,25 @@ mod tests {
         let routed = claims(&[("198.18.1.10", &[7])]);
         let configured = claims(&[("198.18.1.10", &[9]), ("198.18.1.11", &[9])]);
         let bindings = resolve_claims(&routed, &configured);
-        assert_eq!(bindings[&"198.18.1.10".parse::<IpAddr>().unwrap()], 7);
-        assert_eq!(bindings[&"198.18.1.11".parse::<IpAddr>().unwrap()], 9);
+        let (routed_ip, configured_ip) = (
+            "198.18.1.10".parse::<IpAddr>().unwrap(),
+            "198.18.1.11".parse::<IpAddr>().unwrap(),
+        );
+        assert_eq!(bindings.interface(&routed_ip, false), Some(7));
+        assert_eq!(bindings.interface(&configured_ip, true), Some(9));
+        // A pod address found only inside a pod's namespace binds a pod placed here, never
+        // one the control plane places on another node.
+        assert_eq!(bindings.interface(&configured_ip, false), None);
     }
 
     #[test]
     fn a_contested_address_is_bound_nowhere() {
         let configured = claims(&[("198.18.2.10", &[7, 9]), ("198.18.2.11", &[9])]);
         let bindings = resolve_claims(&BTreeMap::new(), &configured);
-        assert!(!bindings.contains_key(&"198.18.2.10".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            bindings.interface(&"198.18.2.10".parse::<IpAddr>().unwrap(), true),
+            None
+        );
         assert_eq!(bindings.len(), 1);
         let routed = claims(&[("198.18.1.10", &[3, 4])]);
         let configured = claims(&[("198.18.1.10", &[3])]);

@@ -19,7 +19,7 @@ use firewall_common::*;
 
 use super::{Datapath, DatapathError, binding::Bindings, map_error};
 use crate::identity;
-use crate::policy::compiled::{CompiledPolicy, Endpoint};
+use crate::policy::compiled::{CompiledPolicy, Endpoint, EndpointKind};
 
 /// Datapath settings that are not policy.
 #[derive(Clone, Debug)]
@@ -409,10 +409,9 @@ impl Datapath {
             StdHashMap::with_capacity(compiled.endpoints.len());
         for (ip, endpoint) in &compiled.endpoints {
             let local = is_local(endpoint);
-            let ifindex = if local {
-                bindings.get(ip).copied().unwrap_or(0)
-            } else {
-                0
+            let ifindex = match endpoint.kind {
+                EndpointKind::Pod { .. } => bindings.interface(ip, local).unwrap_or(0),
+                _ => 0,
             };
             desired.insert(
                 identity::endpoint_key(*ip),
@@ -628,14 +627,17 @@ impl Datapath {
             .endpoints
             .iter()
             .filter_map(|(key, value)| {
-                let local = value
+                let pod = value
+                    .slots
+                    .iter()
+                    .any(|slot| slot.flags & ENDPOINT_FLAG_POD != 0);
+                let placed_here = value
                     .slots
                     .iter()
                     .any(|slot| slot.flags & ENDPOINT_FLAG_LOCAL != 0);
-                let ifindex = if local {
+                let ifindex = if pod {
                     bindings
-                        .get(&identity::address_from_bytes(key.addr))
-                        .copied()
+                        .interface(&identity::address_from_bytes(key.addr), placed_here)
                         .unwrap_or(0)
                 } else {
                     0
