@@ -140,7 +140,11 @@ enum QuotedTransport {
         rest: u32,
     },
     /// An ICMP or ICMPv6 echo request or reply.
-    Echo { request: bool, id: u16, sequence: u16 },
+    Echo {
+        request: bool,
+        id: u16,
+        sequence: u16,
+    },
     /// A protocol the firewall does not track (GRE, ESP, ...).
     Untracked { proto: u8, bytes: [u8; 8] },
 }
@@ -189,7 +193,9 @@ enum Transport {
         quote: Quote,
     },
     /// A protocol the parser does not read (no ports).
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -504,7 +510,10 @@ fn write_extension(out: &mut Vec<u8>, extension: &Extension, next: u8) {
                 FragmentSpec::Later(offset) => (*offset, *more_on_later),
             };
             out.extend_from_slice(&[next, *reserved]);
-            push16(out, (offset << 3) | (u16::from(*reserved) & 0b110) | u16::from(more));
+            push16(
+                out,
+                (offset << 3) | (u16::from(*reserved) & 0b110) | u16::from(more),
+            );
             push32(out, *id);
         }
     }
@@ -680,8 +689,7 @@ fn expect(spec: &Spec) -> Expectation {
     let mut reads_end = 0usize;
     let mut read = |offset: usize, len: usize| reads_end = reads_end.max(offset + len);
     read(12, 2); // ethertype
-    let (src, dst, l4, fragment, fragment_id, proto, unread_tail, walked_out) = match &spec
-        .network
+    let (src, dst, l4, fragment, fragment_id, proto, unread_tail, walked_out) = match &spec.network
     {
         Network::V4 {
             src,
@@ -747,9 +755,7 @@ fn expect(spec: &Spec) -> Expectation {
                 read(offset, 8);
                 fragment = fragment_kind(*spec);
                 fragment_id = *id;
-                proto = extensions
-                    .get(terminal + 1)
-                    .map_or(proto, Extension::kind);
+                proto = extensions.get(terminal + 1).map_or(proto, Extension::kind);
                 offset += 8;
                 unread_tail = None;
             }
@@ -797,7 +803,8 @@ fn expect(spec: &Spec) -> Expectation {
                 expected.tcp_flags = *flags;
                 header_end = l4 + 20 + options.len();
             }
-            Transport::Udp { src_port, dst_port } | Transport::Sctp {
+            Transport::Udp { src_port, dst_port }
+            | Transport::Sctp {
                 src_port, dst_port, ..
             } => {
                 read(l4, 4);
@@ -1028,10 +1035,13 @@ fn quote(ipv6: bool) -> impl Strategy<Value = Quote> {
 
 /// Protocols the parser does not read, for either IP version.
 fn other_proto() -> impl Strategy<Value = u8> {
-    any::<u8>().prop_filter("a protocol the parser reads or an IPv6 extension", |proto| {
-        ![PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP].contains(proto)
-            && !IPV6_EXTENSIONS.contains(proto)
-    })
+    any::<u8>().prop_filter(
+        "a protocol the parser reads or an IPv6 extension",
+        |proto| {
+            ![PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP].contains(proto)
+                && !IPV6_EXTENSIONS.contains(proto)
+        },
+    )
 }
 
 fn transport(ipv6: bool) -> impl Strategy<Value = Transport> {
@@ -1168,7 +1178,8 @@ fn noise() -> impl Strategy<Value = Vec<u8>> {
 
 /// What holds for every packet the parser accepts, whatever its bytes.
 fn check_invariants(bytes: &[u8], outcome: &Outcome, quoted: &Option<Parsed>) {
-    let ethertype = (bytes.len() >= ETHERNET_LEN).then(|| u16::from_be_bytes([bytes[12], bytes[13]]));
+    let ethertype =
+        (bytes.len() >= ETHERNET_LEN).then(|| u16::from_be_bytes([bytes[12], bytes[13]]));
     match outcome {
         Outcome::Parsed(packet) => {
             assert_eq!(packet.ipv6, ethertype == Some(ETHERTYPE_IPV6));
@@ -1184,12 +1195,18 @@ fn check_invariants(bytes: &[u8], outcome: &Outcome, quoted: &Option<Parsed>) {
                 assert!(packet.l4_offset >= ETHERNET_LEN + 40);
             }
             if packet.fragment == FragmentSpecKind::Later {
-                assert_eq!((packet.src_port, packet.dst_port, packet.tcp_flags), (0, 0, 0));
+                assert_eq!(
+                    (packet.src_port, packet.dst_port, packet.tcp_flags),
+                    (0, 0, 0)
+                );
                 assert_eq!(packet.icmp, IcmpClass::NotIcmp);
             } else if [PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&packet.proto) {
                 // Ports are read from the packet, never made up.
                 let ports = packet.l4_offset;
-                assert!(ports + 4 <= bytes.len(), "ports beyond the packet: {packet:?}");
+                assert!(
+                    ports + 4 <= bytes.len(),
+                    "ports beyond the packet: {packet:?}"
+                );
                 assert_eq!(
                     (packet.src_port, packet.dst_port),
                     (
@@ -1315,13 +1332,21 @@ fn packet_model_agrees_with_hand_written_bytes() {
     };
     assert_eq!(packet.src, mapped([198, 18, 0, 1]));
     assert_eq!(packet.dst, mapped([203, 0, 113, 7]));
-    assert_eq!((packet.proto, packet.src_port, packet.dst_port), (6, 40000, 443));
+    assert_eq!(
+        (packet.proto, packet.src_port, packet.dst_port),
+        (6, 40000, 443)
+    );
     assert_eq!(packet.tcp_flags, 0x02);
     assert_eq!(packet.l4_offset, 14 + 24);
-    assert_eq!((packet.fragment, packet.fragment_id), (FragmentSpecKind::None, 0x1234));
+    assert_eq!(
+        (packet.fragment, packet.fragment_id),
+        (FragmentSpecKind::None, 0x1234)
+    );
 
     let node: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let pod: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let pod: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
     let mut error = vec![0; 12];
     error.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 56, 58, 64]);
     error.extend_from_slice(&node);
@@ -1335,7 +1360,10 @@ fn packet_model_agrees_with_hand_written_bytes() {
     let Outcome::Parsed(packet) = outcome else {
         panic!("{outcome:?}");
     };
-    assert_eq!((packet.proto, packet.icmp, packet.ipv6), (58, IcmpClass::Error, true));
+    assert_eq!(
+        (packet.proto, packet.icmp, packet.ipv6),
+        (58, IcmpClass::Error, true)
+    );
     let quoted = quoted.expect("a UDP quote is followed");
     assert_eq!(quoted_fields(&quoted), (pod, node, 17, 54321, 53));
 }
