@@ -230,6 +230,10 @@ enum Mutation {
     SwapLines(Index, Index),
     Indent(Index, usize),
     Dedent(Index),
+    /// One of the words the decoder knows, replaced by another: the file stays YAML.
+    ReplaceWord(Index, &'static str),
+    /// One number replaced by another.
+    ReplaceNumber(Index, i64),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -242,6 +246,14 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
         1 => (any::<Index>(), 1usize..4).prop_map(|(at, by)| Mutation::Indent(at, by)),
         1 => any::<Index>().prop_map(Mutation::Dedent),
+        8 => (any::<Index>(), prop::sample::select(WORDS))
+            .prop_map(|(at, word)| Mutation::ReplaceWord(at, word)),
+        4 => (any::<Index>(), prop_oneof![
+            prop::sample::select(vec![0i64, 1, 8, 16, 24, 32, 33, 64, 128, 129, 65535, 65536]),
+            any::<i64>(),
+            -2000i64..70000,
+        ])
+            .prop_map(|(at, number)| Mutation::ReplaceNumber(at, number)),
     ]
 }
 
@@ -276,6 +288,28 @@ fn apply(text: &mut String, mutation: &Mutation) {
             text.replace_range(start..end, "");
             return;
         }
+        Mutation::ReplaceWord(at, word) => {
+            let known = WORDS
+                .iter()
+                .chain(NAMES)
+                .filter(|word| !word.trim().is_empty());
+            let found = occurrences(text, known, |character| {
+                character.is_ascii_alphanumeric() || "-./:*".contains(character)
+            });
+            if !found.is_empty() {
+                let (start, end) = found[at.index(found.len())];
+                text.replace_range(start..end, word);
+            }
+            return;
+        }
+        Mutation::ReplaceNumber(at, number) => {
+            let found = digit_runs(text);
+            if !found.is_empty() {
+                let (start, end) = found[at.index(found.len())];
+                text.replace_range(start..end, &number.to_string());
+            }
+            return;
+        }
         _ if lines.is_empty() => return,
         Mutation::DuplicateLine(at) => {
             let at = at.index(lines.len());
@@ -302,8 +336,50 @@ fn apply(text: &mut String, mutation: &Mutation) {
     *text = lines.concat();
 }
 
+/// Where the `words` stand in `text` as whole words (`part_of_word` tells which
+/// characters would continue one), in text order.
+fn occurrences<'a>(
+    text: &str,
+    words: impl Iterator<Item = &'a &'a str>,
+    part_of_word: impl Fn(char) -> bool,
+) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    for word in words {
+        for (start, _) in text.match_indices(*word) {
+            let end = start + word.len();
+            let before = text[..start].chars().next_back();
+            let after = text[end..].chars().next();
+            if !before.is_some_and(&part_of_word) && !after.is_some_and(&part_of_word) {
+                found.push((start, end));
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// Where the runs of ASCII digits are in `text`.
+fn digit_runs(text: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut start = None;
+    for (index, byte) in text.bytes().enumerate().chain([(text.len(), b' ')]) {
+        match (byte.is_ascii_digit(), start) {
+            (true, None) => start = Some(index),
+            (false, Some(from)) => {
+                found.push((from, index));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 fn mutated_seed() -> impl Strategy<Value = String> {
-    (any::<Index>(), proptest::collection::vec(mutation(), 1..8)).prop_map(|(seed, mutations)| {
+    let count = prop_oneof![3 => 1usize..=2, 1 => 3usize..=8];
+    let mutations = count.prop_flat_map(|count| proptest::collection::vec(mutation(), count));
+    (any::<Index>(), mutations).prop_map(|(seed, mutations)| {
         let seeds = seeds();
         let mut text = seeds[seed.index(seeds.len())].clone();
         for mutation in &mutations {
@@ -503,13 +579,203 @@ fn object() -> impl Strategy<Value = Value> {
         })
 }
 
+fn mapping(entries: Vec<(&str, Value)>) -> Value {
+    Value::Mapping(
+        entries
+            .into_iter()
+            .map(|(key, value)| (Value::String(key.to_owned()), value))
+            .collect(),
+    )
+}
+
+fn strings(items: Vec<&str>) -> Value {
+    Value::Sequence(items.into_iter().map(Value::from).collect())
+}
+
+/// Zone names: the fixtures' zones, the reserved ones, "*" and one that does not exist.
+const ZONE_REFERENCES: &[&str] = &[
+    "dmz",
+    "trusted",
+    "restricted",
+    "partners",
+    "world",
+    "unzoned",
+    "host",
+    "*",
+    "nowhere",
+];
+
+fn cidr() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (any::<[u8; 4]>(), 0u8..=33).prop_map(|(address, prefix)| {
+            format!("{}/{prefix}", std::net::Ipv4Addr::from(address))
+        }),
+        (any::<[u16; 8]>(), 0u8..=129).prop_map(|(segments, prefix)| {
+            format!("{}/{prefix}", std::net::Ipv6Addr::from(segments))
+        }),
+        prop::sample::select(vec![
+            "203.0.113.0/24",
+            "0.0.0.0/0",
+            "::/0",
+            "198.18.0.0/15",
+            "2001:db8::/32",
+            "::ffff:203.0.113.0/120",
+            "10.0.0.0/8",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+fn port_number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        1 => prop::sample::select(vec![0i64, 1, 22, 443, 8080, 65535, 65536, -1])
+            .prop_map(Value::from),
+        4 => (1i64..=65535).prop_map(Value::from),
+    ]
+}
+
+/// Zones, policies and pods shaped as the decoder wants them, with values that are
+/// often wrong only in ways the validator or the compiler must catch.
+fn well_shaped() -> impl Strategy<Value = Value> {
+    let zone = (
+        prop_oneof![
+            // Mostly new zones; now and then one the fixtures define already.
+            4 => (0u8..8).prop_map(|number| format!("zone-{number}")),
+            1 => prop::sample::select(&ZONE_REFERENCES[..4]).prop_map(str::to_owned),
+        ],
+        // What the spec holds: networks, one or both selectors, or (rarely) a mix or
+        // nothing, which the validator refuses.
+        prop_oneof![
+            4 => (
+                proptest::collection::vec(cidr(), 1..4).prop_map(Some),
+                Just(None),
+                Just(None)
+            ),
+            4 => (
+                Just(None),
+                prop::sample::select(vec!["dmz", "app", "db", ""]).prop_map(Some),
+                proptest::option::of(prop::sample::select(vec!["web", "app", "db"])),
+            ),
+            1 => (
+                proptest::option::of(proptest::collection::vec(cidr(), 0..4)),
+                proptest::option::of(prop::sample::select(vec!["dmz", "app", "db", ""])),
+                proptest::option::of(prop::sample::select(vec!["web", "app", "db"])),
+            ),
+        ],
+    )
+        .prop_map(|(name, (networks, pod_label, namespace_label))| {
+            let mut spec = Vec::new();
+            if let Some(networks) = networks {
+                let networks = networks.into_iter().map(Value::from).collect();
+                spec.push(("networks", Value::Sequence(networks)));
+            }
+            if let Some(label) = pod_label {
+                let labels = mapping(vec![("tier", label.into())]);
+                spec.push(("podSelector", mapping(vec![("matchLabels", labels)])));
+            }
+            if let Some(label) = namespace_label {
+                let labels = mapping(vec![("kubernetes.io/metadata.name", label.into())]);
+                spec.push(("namespaceSelector", mapping(vec![("matchLabels", labels)])));
+            }
+            mapping(vec![
+                ("apiVersion", "zonewall.dev/v1alpha1".into()),
+                ("kind", "Zone".into()),
+                ("metadata", mapping(vec![("name", name.into())])),
+                ("spec", mapping(spec)),
+            ])
+        });
+    let port = (
+        proptest::option::of(prop::sample::select(vec![
+            "TCP", "UDP", "SCTP", "ICMP", "ICMPv6",
+        ])),
+        proptest::option::of(port_number()),
+        proptest::option::of(port_number()),
+    )
+        .prop_map(|(protocol, port, end_port)| {
+            let mut entry = Vec::new();
+            if let Some(protocol) = protocol {
+                entry.push(("protocol", protocol.into()));
+            }
+            if let Some(port) = port {
+                entry.push(("port", port));
+            }
+            if let Some(end_port) = end_port {
+                entry.push(("endPort", end_port));
+            }
+            mapping(entry)
+        });
+    let policy = (
+        (0u8..60).prop_map(|number| format!("policy-{number}")),
+        proptest::collection::vec(prop::sample::select(ZONE_REFERENCES), 1..3),
+        proptest::collection::vec(prop::sample::select(ZONE_REFERENCES), 1..3),
+        prop::sample::select(vec!["Allow", "Deny"]),
+        proptest::option::of(prop::sample::select(vec!["Enforce", "Audit"])),
+        proptest::option::of(prop_oneof![
+            1 => prop::sample::select(vec![0i64, -1, 1000, i64::from(i32::MAX), i64::MIN]),
+            4 => -5000i64..5000,
+        ]),
+        proptest::option::of(proptest::collection::vec(port, 0..4)),
+    )
+        .prop_map(|(name, from, to, action, mode, priority, ports)| {
+            let mut spec = vec![
+                ("from", strings(from)),
+                ("to", strings(to)),
+                ("action", action.into()),
+            ];
+            if let Some(mode) = mode {
+                spec.push(("mode", mode.into()));
+            }
+            if let Some(priority) = priority {
+                spec.push(("priority", priority.into()));
+            }
+            if let Some(ports) = ports {
+                spec.push(("ports", Value::Sequence(ports)));
+            }
+            mapping(vec![
+                ("apiVersion", "zonewall.dev/v1alpha1".into()),
+                ("kind", "ZonePolicy".into()),
+                ("metadata", mapping(vec![("name", name.into())])),
+                ("spec", mapping(spec)),
+            ])
+        });
+    let pod = (
+        (0u8..60).prop_map(|number| format!("pod-{number}")),
+        prop::sample::select(vec!["web", "app", "db"]),
+        prop::sample::select(vec!["dmz", "app", "db"]),
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|address| std::net::Ipv4Addr::from(address).to_string()),
+            any::<[u16; 8]>().prop_map(|segments| std::net::Ipv6Addr::from(segments).to_string()),
+        ],
+    )
+        .prop_map(|(name, namespace, tier, ip)| {
+            let labels = mapping(vec![("tier", tier.into())]);
+            mapping(vec![
+                ("apiVersion", "v1".into()),
+                ("kind", "Pod".into()),
+                (
+                    "metadata",
+                    mapping(vec![
+                        ("name", name.into()),
+                        ("namespace", namespace.into()),
+                        ("labels", labels),
+                    ]),
+                ),
+                ("status", mapping(vec![("podIP", ip.into())])),
+            ])
+        });
+    prop_oneof![2 => zone, 3 => policy, 2 => pod]
+}
+
 /// A stream of such objects (sometimes wrapped in a List, sometimes after the example
 /// zones so that references resolve).
 fn object_stream() -> impl Strategy<Value = String> {
     (
         any::<bool>(),
         any::<bool>(),
-        proptest::collection::vec(prop_oneof![4 => object(), 1 => value()], 1..5),
+        proptest::collection::vec(
+            prop_oneof![4 => well_shaped(), 3 => object(), 1 => value()],
+            1..6,
+        ),
     )
         .prop_map(|(after_examples, as_list, objects)| {
             let mut documents = Vec::new();
@@ -552,6 +818,19 @@ proptest! {
     #[test]
     fn policy_yaml_objects_of_any_shape(text in object_stream()) {
         check(&text)?;
+    }
+
+    /// Many zones, policies and pods of the right shape after the fixtures' zones: most
+    /// of these streams are valid, so the compiler sees all sorts of policies.
+    #[test]
+    fn policy_yaml_well_shaped_streams_compile(
+        objects in proptest::collection::vec(well_shaped(), 1..8),
+    ) {
+        let mut documents = vec![fixtures::THREE_ZONES.trim().to_owned() + "\n"];
+        for object in &objects {
+            documents.push(serde_yaml_ng::to_string(object).unwrap());
+        }
+        check(&documents.join("---\n"))?;
     }
 
     /// A file edited again and again, read through one cache as the agent does: every
