@@ -404,7 +404,7 @@ proptest! {
 
 proptest! {
     // Each case compiles a policy and encodes several records.
-    #![proptest_config(crate::config(300))]
+    #![proptest_config(crate::config(200))]
 
     /// The whole chain, ring-buffer bytes to text, for any event and any names.
     #[test]

@@ -833,6 +833,12 @@ proptest! {
         check(&documents.join("---\n"))?;
     }
 
+}
+
+proptest! {
+    // Each case parses a whole example file a dozen times.
+    #![proptest_config(crate::config(100))]
+
     /// A file edited again and again, read through one cache as the agent does: every
     /// answer equals a full parse's.
     #[test]
