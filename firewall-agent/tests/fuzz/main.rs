@@ -41,6 +41,9 @@ pub fn config(default_cases: u32) -> Config {
     };
     Config {
         cases,
+        // A few percent of the generated cases do not fit a property (`prop_assume!`);
+        // proptest's fixed limit would end long runs early.
+        max_global_rejects: cases.max(1024),
         // Failures are reported with their shrunk input; nothing is written next to the
         // sources.
         failure_persistence: None,
