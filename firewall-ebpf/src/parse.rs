@@ -3,6 +3,7 @@
 //! (direct packet access, each read bounds-checked against the end of the linear data,
 //! which is pulled in first when the skb is not linear); a header that does not fit is
 //! `Malformed`, never guessed.
+#[cfg(target_arch = "bpf")]
 use aya_ebpf::programs::TcContext;
 use firewall_common::ipv4_mapped;
 
@@ -30,6 +31,7 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// Copies the headers of `ctx` into `headers`.
+    #[cfg(target_arch = "bpf")]
     #[inline(always)]
     pub fn copy(ctx: &TcContext, headers: &'a mut Headers) -> Result<Self, ParseError> {
         let len = ctx.len() as usize;
@@ -57,6 +59,22 @@ impl<'a> Frame<'a> {
             headers,
             available,
             len,
+        })
+    }
+
+    /// What [`Self::copy`] makes of a packet of these bytes: the parser compiled for the
+    /// host (fuzz tests) sees exactly the view the kernel program sees.
+    #[cfg(not(target_arch = "bpf"))]
+    pub fn from_bytes(headers: &'a mut Headers, packet: &[u8]) -> Result<Self, ParseError> {
+        let available = packet.len().min(HEADER_BYTES);
+        if available == 0 {
+            return Err(ParseError::Malformed);
+        }
+        headers.bytes[..available].copy_from_slice(&packet[..available]);
+        Ok(Self {
+            headers,
+            available,
+            len: packet.len(),
         })
     }
 

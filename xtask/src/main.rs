@@ -1,13 +1,14 @@
 //! zonewall's developer commands, run as `cargo xtask <command>`:
 //! `setup` installs what building and testing need, `build` builds the agent (with its eBPF
-//! object), `test` runs every test of the workspace, `demo` shows the firewall at work on
-//! a simulated node.
+//! object), `test` runs every test of the workspace, `fuzz` runs the fuzz targets far
+//! longer than `test` does, `demo` shows the firewall at work on a simulated node.
 
 mod bench;
 mod build;
 mod cmd;
 mod codegen;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -41,6 +42,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then run the fuzz targets (packet parser, YAML decoder, flow records)
+    /// for many more cases than `test` runs (ZONEWALL_FUZZ_CASES).
+    Fuzz(fuzz::Args),
     /// Setup and build, then run the agent on a simulated node and show its verdicts
     /// (needs root).
     Demo,
@@ -63,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => {
             setup::run()?;
             test::run(&args)
+        }
+        Command::Fuzz(args) => {
+            setup::run()?;
+            fuzz::run(args)
         }
         Command::Demo => {
             setup::run()?;

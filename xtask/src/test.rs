@@ -3,6 +3,8 @@
 //! - The eBPF crate is left out of the host test run (it is `no_std`/`no_main` for
 //!   `bpfel-unknown-none`); the agent's build script builds it, so a broken eBPF program
 //!   fails the run anyway.
+//! - The fuzz targets (`firewall-agent/tests/fuzz`) run in the first run, a few hundred
+//!   cases per property (`ZONEWALL_FUZZ_CASES` overrides; `cargo xtask fuzz` runs more).
 //! - The integration tests (crate `zonewall-tests`) create network namespaces, attach
 //!   programs and start agents: they run one at a time.
 //! - Their tests find the agent's binary in `ZONEWALL_AGENT_BIN`.

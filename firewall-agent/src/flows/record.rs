@@ -832,9 +832,11 @@ impl Record {
     }
 }
 
-/// Decodes a ring-buffer item; None when its size is not a FlowEvent's.
+/// Decodes a ring-buffer item; None when its size is not a FlowEvent's. A longer item is
+/// refused too: it comes from a program with another event layout, and reading its
+/// first bytes as ours would log made-up flows.
 pub fn decode(bytes: &[u8]) -> Option<FlowEvent> {
-    if bytes.len() < std::mem::size_of::<FlowEvent>() {
+    if bytes.len() != std::mem::size_of::<FlowEvent>() {
         return None;
     }
     // SAFETY: FlowEvent is plain old data of this size; read_unaligned copes with any
@@ -1086,5 +1088,16 @@ status: {{podIP: 10.0.0.6}}
         }
         assert_eq!(seen.len(), 4096);
         assert!(top_bits.len() > 100, "{}", top_bits.len());
+    }
+
+    #[test]
+    fn only_items_of_an_events_size_are_decoded() {
+        let size = std::mem::size_of::<FlowEvent>();
+        let bytes: Vec<u8> = (0..=size as u8).collect();
+        assert!(decode(&bytes[..size]).is_some());
+        assert_eq!(decode(&bytes[..size - 1]), None);
+        // Found by fuzzing: a longer item was read as if it were an event.
+        assert_eq!(decode(&bytes), None);
+        assert_eq!(decode(&[]), None);
     }
 }
