@@ -104,7 +104,15 @@ impl<'a> Frame<'a> {
         // (HEADER_BYTES + 16 long). A plain read is one load instruction where
         // `read_unaligned` becomes byte loads; the kernel does not demand aligned map
         // value access on the architectures we run on (efficient unaligned access).
-        Ok(unsafe { core::ptr::read(self.headers.bytes.as_ptr().add(index).cast::<T>()) })
+        #[cfg(target_arch = "bpf")]
+        let value = unsafe { core::ptr::read(self.headers.bytes.as_ptr().add(index).cast::<T>()) };
+        // On the host (the fuzz targets) the same read without the alignment assumption.
+        // SAFETY: as above.
+        #[cfg(not(target_arch = "bpf"))]
+        let value = unsafe {
+            core::ptr::read_unaligned(self.headers.bytes.as_ptr().add(index).cast::<T>())
+        };
+        Ok(value)
     }
 }
 
@@ -329,6 +337,10 @@ fn parse_ipv6(ctx: &Frame<'_>, offset: usize, packet: &mut Packet) -> Result<(),
     }
     if !finished {
         return Err(ParseError::HeaderChain);
+    }
+    // Every extension header walked must be in the packet, whatever follows it.
+    if ctx.len < l4 {
+        return Err(ParseError::Malformed);
     }
     packet.proto = next_header;
     packet.src_port = 0;

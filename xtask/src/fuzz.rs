@@ -64,7 +64,15 @@ pub fn run(args: Args) -> Result<()> {
     command
         .current_dir(crate::workspace_root())
         .env(CASES_VARIABLE, args.cases.to_string())
-        .args(["test", "--profile", "fuzz", "-p", PACKAGE, "--test", TEST_TARGET])
+        .args([
+            "test",
+            "--profile",
+            "fuzz",
+            "-p",
+            PACKAGE,
+            "--test",
+            TEST_TARGET,
+        ])
         .arg("--")
         .args(targets.iter().map(|target| target.filter()));
     let started = std::time::Instant::now();
