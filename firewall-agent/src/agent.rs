@@ -52,6 +52,8 @@ struct Agent {
     generation: u32,
     /// Which pod interface each pod address is bound to (anti-spoofing), as last found.
     bindings: Bindings,
+    /// What was read of the pod namespaces for the bindings.
+    discovery: crate::datapath::binding::Discovery,
     /// Matching interfaces the programs could not be attached to, by name.
     attach_failures: BTreeMap<String, AttachFailure>,
     /// A valid policy the datapath refused (e.g. a full map), retried with backoff until
@@ -441,7 +443,7 @@ impl Agent {
     /// bindings are only remembered; the first sync writes them.
     fn refresh_bindings(&mut self, interfaces: &[(String, u32)]) {
         let indexes = interfaces.iter().map(|(_, index)| *index).collect();
-        let bindings = match crate::datapath::binding::discover(&indexes) {
+        let bindings = match self.discovery.discover(&indexes) {
             Ok(bindings) => bindings,
             Err(error) => {
                 tracing::warn!(%error, "cannot find the pod interfaces' addresses; bindings unchanged");
@@ -820,6 +822,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         conntrack_insert_failures: GrowthWatch::default(),
         args,
         bindings: Bindings::default(),
+        discovery: Default::default(),
     };
     // Bindings before the policy, so the first sync keeps pod addresses bound (a restart
     // must not unbind them); policy before interfaces: a newly attached interface is

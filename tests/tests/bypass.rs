@@ -716,3 +716,70 @@ fn a_reused_address_inherits_nothing_while_the_agent_is_down() {
         agent.logs()
     );
 }
+
+/// On a bridge all pods share one route, so the binding comes from the addresses inside
+/// each pod's namespace: a pod sending with its neighbour's address is dropped as spoofed,
+/// while both pods' own traffic flows.
+#[test]
+fn spoofing_a_neighbour_on_a_bridge_is_dropped() {
+    if !can_run(&[]) {
+        return;
+    }
+    let mut topology = Topology::bridged().unwrap();
+    topology.add_pod("attacker").unwrap();
+    topology.add_pod("neighbour").unwrap();
+    topology.add_pod("server").unwrap();
+    let _server = TcpServer::start(&topology.pod("server").netns, 8080).unwrap();
+    let policy = PolicyFile::new()
+        .pod("attacker", "dmz", &ips(&topology, "attacker"))
+        .pod("neighbour", "trusted", &ips(&topology, "neighbour"))
+        .pod("server", "restricted", &ips(&topology, "server"))
+        .extra(&zone_policy(
+            "trusted-to-restricted",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 8080}]",
+            "Allow",
+            "",
+        ));
+    let agent = Agent::start(topology.node(), &policy.build(), &[]);
+    let attacker = topology.pod("attacker");
+    let neighbour = topology.pod("neighbour");
+    let server = topology.pod("server");
+    for v6 in [false, true] {
+        assert!(
+            tcp_connect(&neighbour.netns, server.ip(v6), 8080, T),
+            "the neighbour's own allowed traffic"
+        );
+        assert!(
+            !tcp_connect(&attacker.netns, server.ip(v6), 8080, T),
+            "dmz -> restricted is denied"
+        );
+    }
+    let before = agent.counter(COUNTER_SPOOFED_DROPPED);
+    let mut sent = 0;
+    for v6 in [false, true] {
+        // The neighbour's address as source: what trusted may send, restricted accepts.
+        for flags in [zonewall_tests::packet::SYN, ACK, RST] {
+            send_from_pod(
+                &attacker.netns,
+                &Spec::tcp(neighbour.ip(v6), server.ip(v6), 43000, 8080, flags).frame(),
+            );
+            sent += 1;
+        }
+    }
+    wait_counter(
+        &agent,
+        COUNTER_SPOOFED_DROPPED,
+        before + sent - 1,
+        "spoofed frames on the bridge",
+    );
+    let record = agent.wait_record(
+        "denying the neighbour's address from the attacker",
+        |record| {
+            record["policy"] == "spoofed-source"
+                && record["interface"] == attacker.host_veth.as_str()
+        },
+    );
+    assert_eq!(record["event"], "deny");
+}

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// Address -> ifindex of the host-side pod interface it is bound to, by how it was found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -296,7 +297,37 @@ struct Peer {
 
 /// Finds the bindings of the pod interfaces `interfaces` (ifindex of host-side
 /// interfaces). An error in one step is logged and leaves that step's bindings out.
-pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
+/// What was last read in the pod namespaces, per host-side interface, so that a scan
+/// reads a pod's namespace again only when it has to: an interface seen for the first
+/// time, one whose pod had no address yet (the CNI configures it just after creating the
+/// interface), or every [`REREAD_EVERY`]. Keyed by the host-side ifindex, which is not
+/// reused soon, rather than by netns id and peer index, which are.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pods: HashMap<u32, PodAddresses>,
+}
+
+#[derive(Debug)]
+struct PodAddresses {
+    read_at: Instant,
+    addresses: Vec<IpAddr>,
+}
+
+/// How often the addresses inside a pod's namespace are read again anyway.
+pub const REREAD_EVERY: Duration = Duration::from_secs(30);
+
+impl Discovery {
+    /// Finds the bindings of the pod interfaces `interfaces` (ifindex of host-side
+    /// interfaces). An error in one step is logged and leaves that step's bindings out.
+    pub fn discover(&mut self, interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
+        discover_with(interfaces, &mut self.pods)
+    }
+}
+
+fn discover_with(
+    interfaces: &HashSet<u32>,
+    cache: &mut HashMap<u32, PodAddresses>,
+) -> Result<Bindings, BindingError> {
     let mut socket = Socket::open()?;
     // Claims: address -> interfaces that claim it (by route, or by peer address).
     let mut routed: BTreeMap<IpAddr, HashSet<u32>> = BTreeMap::new();
@@ -369,7 +400,26 @@ pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
         }
     })?;
 
-    let namespaces: HashSet<i32> = peers.keys().map(|peer| peer.netns_id).collect();
+    // Forget interfaces that are gone; read the namespaces of pods not known well enough.
+    cache.retain(|host_side, _| peers.values().any(|index| index == host_side));
+    let now = Instant::now();
+    let stale = |host_side: &u32| match cache.get(host_side) {
+        None => true,
+        Some(known) => {
+            known.addresses.is_empty() || now.duration_since(known.read_at) >= REREAD_EVERY
+        }
+    };
+    let namespaces: HashSet<i32> = peers
+        .iter()
+        .filter(|(_, host_side)| stale(host_side))
+        .map(|(peer, _)| peer.netns_id)
+        .collect();
+    let mut read: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+    for (peer, host_side) in &peers {
+        if namespaces.contains(&peer.netns_id) {
+            read.insert(*host_side, Vec::new());
+        }
+    }
     for netns_id in namespaces {
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             // struct ifaddrmsg: family, prefixlen, flags, scope, index (8 bytes).
@@ -398,12 +448,26 @@ pub fn discover(interfaces: &HashSet<u32>) -> Result<Bindings, BindingError> {
                 if let Some(ip) = local.or(address)
                     && bindable(&ip)
                 {
-                    configured.entry(ip).or_default().insert(*host_side);
+                    read.entry(*host_side).or_default().push(ip);
                 }
             });
             if let Err(error) = result {
                 tracing::warn!(%error, netns_id, "cannot read a pod namespace's addresses");
             }
+        }
+    }
+    for (host_side, addresses) in read {
+        cache.insert(
+            host_side,
+            PodAddresses {
+                read_at: now,
+                addresses,
+            },
+        );
+    }
+    for (host_side, known) in cache.iter() {
+        for ip in &known.addresses {
+            configured.entry(*ip).or_default().insert(*host_side);
         }
     }
     Ok(resolve_claims(&routed, &configured))
