@@ -295,27 +295,41 @@ fn a_teardown_packet_opens_nothing() {
     );
 }
 
-/// Raw ICMPv6 socket helpers: send a message of `icmp_type` with a payload and hop limit;
-/// count received messages of a type carrying a marker.
-fn icmpv6_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMPV6,
-        )
-    };
+/// A raw socket of `family` and `protocol`.
+fn raw_socket(family: i32, protocol: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the result is checked.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: a fresh descriptor.
+    // SAFETY: a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sends `message` on a raw socket to `to` (the kernel adds the IP header).
+fn send_raw(socket: &OwnedFd, message: &[u8], to: IpAddr) -> std::io::Result<()> {
+    let address = socket2_address(&SocketAddr::new(to, 0));
+    // SAFETY: buffers valid for their lengths.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            address.0.as_ptr().cast(),
+            address.1,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends an ICMPv6 message of `icmp_type` with `hop_limit` and `marker` from `from`.
 fn send_icmpv6(from: &Netns, to: IpAddr, icmp_type: u8, hop_limit: i32, marker: &[u8]) {
     from.enter(|| -> std::io::Result<()> {
-        let socket = icmpv6_socket()?;
+        let socket = raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6)?;
         // SAFETY: `hop_limit` outlives the call.
         unsafe {
             libc::setsockopt(
@@ -331,22 +345,7 @@ fn send_icmpv6(from: &Netns, to: IpAddr, icmp_type: u8, hop_limit: i32, marker: 
         let mut message = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
         message.extend_from_slice(&[0u8; 16]);
         message.extend_from_slice(marker);
-        let address = socket2_address(&SocketAddr::new(to, 0));
-        // SAFETY: buffers valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                address.0.as_ptr().cast(),
-                address.1,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        send_raw(&socket, &message, to)
     })
     .expect("enter the pod")
     .expect("send ICMPv6");
@@ -366,15 +365,7 @@ fn count_received(
         let handle = scope.spawn(|| {
             netns
                 .enter(|| -> std::io::Result<usize> {
-                    // SAFETY: plain socket call.
-                    let fd = unsafe {
-                        libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol)
-                    };
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // SAFETY: a fresh descriptor.
-                    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let socket = raw_socket(family, protocol)?;
                     let timeout = libc::timeval {
                         tv_sec: 0,
                         tv_usec: 200_000,
@@ -514,35 +505,8 @@ fn icmp_error(
 
 fn send_icmp(from: &Netns, to: Ipv4Addr, message: &[u8]) {
     from.enter(|| -> std::io::Result<()> {
-        // SAFETY: plain socket call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let address = socket2_address(&SocketAddr::new(to.into(), 0));
-        // SAFETY: buffers valid for their lengths.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                address.0.as_ptr().cast(),
-                address.1,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        let socket = raw_socket(libc::AF_INET, libc::IPPROTO_ICMP)?;
+        send_raw(&socket, message, to.into())
     })
     .expect("enter the pod")
     .expect("send ICMP");
