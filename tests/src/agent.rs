@@ -289,13 +289,24 @@ impl Agent {
     /// Writes `policy` and starts the agent in `node`, enforcing on `veth*`; waits until it
     /// reports a first policy generation.
     pub fn start(node: &Netns, policy: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_patience(node, policy, extra_args, Duration::from_secs(20))
+    }
+
+    /// [`Agent::start`], waiting up to `patience` for the first generation (and later
+    /// ones): for policies so large that a debug build takes long to read them.
+    pub fn start_with_patience(
+        node: &Netns,
+        policy: &str,
+        extra_args: &[&str],
+        patience: Duration,
+    ) -> Self {
         let process = AgentProcess::new(
             "zonewall-agent-",
             node,
             "--config",
             "policy.yaml",
             extra_args,
-            Duration::from_secs(20),
+            patience,
         );
         let mut agent = Self {
             config: process.source_file().to_owned(),
