@@ -1,10 +1,13 @@
-//! The per-packet pipeline: parse -> conntrack hit? -> identity -> policy -> verdict.
+//! The per-packet pipeline: parse -> identities and anti-spoofing -> conntrack hit? ->
+//! policy -> verdict. (Tracked packets of the common shape never get here: see `fast`.)
 //!
 //! Cost per packet is bounded and independent of the number of rules, zones or pods: two
 //! endpoint lookups, one conntrack lookup and, for the first packet of a flow, up to two
 //! network LPM lookups and one policy LPM lookup (plus one lookup for an ICMP error's
-//! quoted flow or a later fragment's ports). The working state lives in per-CPU scratch
-//! memory, and cold stages are separate BPF functions, to stay within the 512-byte stack.
+//! quoted flow or a later fragment's ports, one of `INTERFACES` for a source that is not
+//! bound to its interface, and one FIB lookup for neighbour discovery a pod addresses to
+//! a global address). The working state lives in per-CPU scratch memory, and cold stages
+//! are separate BPF functions, to stay within the 512-byte stack.
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,

@@ -1,7 +1,7 @@
 //! The eBPF datapath: loading the programs with maps pinned under bpffs, attaching them to
 //! pod interfaces with pinned TCX links or recorded TC filters (so enforcement outlives
-//! the agent), writing the
-//! compiled policy into the maps atomically, reading counters and ageing conntrack.
+//! the agent), binding pod addresses to their interfaces, writing the compiled policy
+//! into the maps atomically, reading counters and ageing conntrack.
 
 pub mod binding;
 pub mod bpffs;

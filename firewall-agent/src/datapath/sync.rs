@@ -3,10 +3,12 @@
 //! with one write of CONFIG, so packets see either the old or the new generation (zones of
 //! addresses and rules together), never a mix, and a write that fails half-way (a full
 //! map) changes nothing packets see. Only the binding of pod addresses to interfaces
-//! (anti-spoofing, not policy) is written in place. Every map is diffed against a shadow copy of what is in
-//! the kernel (read once from the pinned maps at start), so a sync costs one map update
-//! per change, not per entry: the inactive slot keeps the generation before the live one,
-//! and the next policy is written over it as a diff. Writes go to the kernel in batches
+//! (anti-spoofing, not policy) is written in place.
+//!
+//! Every map is diffed against a shadow copy of what is in the kernel (read once from the
+//! pinned maps at start), so a sync costs one map update per change, not per entry: the
+//! inactive slot keeps the generation before the live one, and the next generation is
+//! written over it as a diff. Writes go to the kernel in batches
 //! (`BPF_MAP_UPDATE_BATCH`, one syscall for many entries) where the map type has them.
 
 use std::collections::{HashMap as StdHashMap, HashSet};
