@@ -361,7 +361,7 @@ fn count_received(
     send: impl FnOnce(),
 ) -> usize {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let listener = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handle = scope.spawn(|| {
             netns
                 .enter(|| -> std::io::Result<usize> {
@@ -412,8 +412,7 @@ fn count_received(
             .expect("receiver ready");
         send();
         handle.join().expect("receiver thread")
-    });
-    listener
+    })
 }
 
 /// NDP (133-137) and MLD (130-132, 143) types used to be passed on both hooks whatever

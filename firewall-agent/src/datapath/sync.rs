@@ -644,7 +644,7 @@ impl Datapath {
                 } else {
                     0
                 };
-                (ifindex != value.ifindex).then(|| (*key, EndpointValue { ifindex, ..*value }))
+                (ifindex != value.ifindex).then_some((*key, EndpointValue { ifindex, ..*value }))
             })
             .collect();
         for (key, value) in updates {
