@@ -115,11 +115,12 @@ impl Agent {
             .arg(bpffs.path())
             .arg("--ready-file")
             .arg(files.ready)
-            // The demo's own folder, not the node's /var/lib/zonewall.
+            // The demo's temporary folder (beside its flow log), not the node's
+            // /var/lib/zonewall nor the folder of the example it reads.
             .arg("--state-dir")
             .arg(
                 files
-                    .config
+                    .flow_log
                     .parent()
                     .unwrap_or(Path::new("."))
                     .join("agent-state"),
