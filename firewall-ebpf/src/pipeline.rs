@@ -403,38 +403,24 @@ fn still_same_owners(ct: &mut CtValue, run: &Run, forward: bool) -> bool {
         }
         ct.checked_generation = run.generation;
     }
-    // The interface each local end uses now: on a pod's own hook the sender is that pod
-    // (its source passed the anti-spoofing check above); on a receiving hook the sender
-    // entered on `ingress_ifindex` and the receiver is this interface.
-    let (sender_now, receiver_now) = if run.hook == HOOK_FROM_POD {
-        (run.ifindex, 0)
-    } else {
-        (run.ingress_ifindex, run.ifindex)
-    };
-    let (sender_slot, receiver_slot) = if forward { (0, 1) } else { (1, 0) };
-    let recorded_sender = if sender_slot == 0 {
-        ct.ifindex[0]
-    } else {
-        ct.ifindex[1]
-    };
-    let recorded_receiver = if receiver_slot == 0 {
-        ct.ifindex[0]
-    } else {
-        ct.ifindex[1]
-    };
-    if run.hook == HOOK_FROM_POD && recorded_sender == 0 {
-        // The end was not bound when the flow began; it is bound to this interface now.
-        if sender_slot == 0 {
-            ct.ifindex[0] = run.ifindex;
+    // On a pod's own hook the source passed the anti-spoofing check above: an end that
+    // was not bound when the flow began is bound to this interface now.
+    if run.hook == HOOK_FROM_POD {
+        let recorded = if forward {
+            ct.ifindex[0]
         } else {
-            ct.ifindex[1] = run.ifindex;
+            ct.ifindex[1]
+        };
+        if recorded == 0 {
+            if forward {
+                ct.ifindex[0] = run.ifindex;
+            } else {
+                ct.ifindex[1] = run.ifindex;
+            }
+            return true;
         }
-        return true;
     }
-    let sender_moved = recorded_sender != 0 && recorded_sender != sender_now;
-    let receiver_moved =
-        run.hook != HOOK_FROM_POD && recorded_receiver != 0 && recorded_receiver != receiver_now;
-    if sender_moved || receiver_moved {
+    if !conntrack::interfaces_match(ct, run.hook, forward, run.ifindex, run.ingress_ifindex) {
         count(COUNTER_CT_EPOCH_MISMATCH);
         return false;
     }

@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod kernel;
 pub mod kube_agent;
 pub mod packet;
+pub mod probes;
 pub mod reference;
 pub mod rsyslog;
 pub mod topology;

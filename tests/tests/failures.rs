@@ -11,12 +11,12 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use zonewall_tests::agent::{Agent, agent_binary};
 use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
+use zonewall_tests::probes::with_continuous_traffic;
 use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
@@ -232,81 +232,35 @@ fn clsact_mode_enforces_survives_a_restart_without_a_gap_and_detaches() {
     );
 
     // SIGKILL and restart in tc mode: the filters stay and are taken over in place.
-    let stop = AtomicBool::new(false);
-    let leaks = AtomicUsize::new(0);
-    let denied_probes = AtomicUsize::new(0);
-    let stalls = AtomicUsize::new(0);
-    let exchanges = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                if tcp_connect(web, db, 5432, Duration::from_millis(150)) {
-                    leaks.fetch_add(1, Ordering::Relaxed);
-                }
-                denied_probes.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        scope.spawn(|| {
-            let mut stream = web
-                .enter(|| TcpStream::connect_timeout(&app, T))
-                .unwrap()
-                .expect("allowed connection");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut byte = [0u8; 1];
-            while !stop.load(Ordering::Relaxed) {
-                if stream.write_all(b"x").is_ok() && stream.read_exact(&mut byte).is_ok() {
-                    exchanges.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stalls.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
+    let denied = SocketAddr::new(db, 5432);
+    let (traffic, ()) = with_continuous_traffic(web, denied, app, |traffic| {
         let logs = || agent.logs();
         wait_for("traffic before the kill", PATIENCE, logs, || {
-            exchanges.load(Ordering::Relaxed) >= 10 && denied_probes.load(Ordering::Relaxed) >= 3
+            traffic.exchanges() >= 10 && traffic.denied_probes() >= 3
         });
         let status = agent.kill(nix::sys::signal::Signal::SIGKILL);
         assert!(!status.success());
         // Enforcement outlives the agent: probes keep running while none is there.
-        let (probes, exchanged) = (
-            denied_probes.load(Ordering::Relaxed),
-            exchanges.load(Ordering::Relaxed),
-        );
+        let (probes, exchanged) = (traffic.denied_probes(), traffic.exchanges());
         wait_for("traffic while no agent runs", PATIENCE, String::new, || {
-            denied_probes.load(Ordering::Relaxed) >= probes + 3
-                && exchanges.load(Ordering::Relaxed) >= exchanged + 10
+            traffic.denied_probes() >= probes + 3 && traffic.exchanges() >= exchanged + 10
         });
         agent.restart();
         agent.wait_generation(1);
         for veth in &veths {
             agent.wait_attached(veth);
         }
-        let (probes, exchanged) = (
-            denied_probes.load(Ordering::Relaxed),
-            exchanges.load(Ordering::Relaxed),
-        );
+        let (probes, exchanged) = (traffic.denied_probes(), traffic.exchanges());
         wait_for(
             "traffic after the restart",
             PATIENCE,
             || agent.logs(),
-            || {
-                denied_probes.load(Ordering::Relaxed) >= probes + 3
-                    && exchanges.load(Ordering::Relaxed) >= exchanged + 10
-            },
+            || traffic.denied_probes() >= probes + 3 && traffic.exchanges() >= exchanged + 10,
         );
-        stop.store(true, Ordering::Relaxed);
     });
+    assert_eq!(traffic.leaks(), 0, "a denied flow got through");
     assert_eq!(
-        leaks.load(Ordering::Relaxed),
-        0,
-        "a denied flow got through"
-    );
-    assert_eq!(
-        stalls.load(Ordering::Relaxed),
+        traffic.stalls(),
         0,
         "the allowed connection stalled:\n{}",
         agent.logs()

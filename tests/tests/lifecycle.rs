@@ -5,12 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
 use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
+use zonewall_tests::probes::with_continuous_traffic;
 use zonewall_tests::topology::{TcpServer, Topology, can_run, ping, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
@@ -311,45 +310,10 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
         .extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let leaks = Arc::new(AtomicUsize::new(0));
-    let denied_probes = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let exchanges = Arc::new(AtomicUsize::new(0));
     let web = &topology.pod("web").netns;
-    let db = topology.pod("db").ipv4;
+    let db = SocketAddr::new(topology.pod("db").ipv4.into(), 5432);
     let app = SocketAddr::new(topology.pod("app").ipv4.into(), 8080);
-    std::thread::scope(|scope| {
-        // A denied flow probed continuously: it must never get through.
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                if tcp_connect(web, db.into(), 5432, Duration::from_millis(150)) {
-                    leaks.fetch_add(1, Ordering::Relaxed);
-                }
-                denied_probes.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        // An allowed connection keeps exchanging bytes: it must never stall.
-        scope.spawn(|| {
-            let mut stream = web
-                .enter(|| TcpStream::connect_timeout(&app, T))
-                .unwrap()
-                .expect("allowed connection");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut byte = [0u8; 1];
-            while !stop.load(Ordering::Relaxed) {
-                let ok = stream.write_all(b"x").is_ok() && stream.read_exact(&mut byte).is_ok();
-                if ok {
-                    exchanges.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
+    let (traffic, ()) = with_continuous_traffic(web, db, app, |_| {
         std::thread::sleep(Duration::from_millis(700));
         let status = agent.kill(nix::sys::signal::Signal::SIGKILL);
         assert!(!status.success());
@@ -358,25 +322,24 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
         agent.restart();
         agent.wait_generation(1);
         std::thread::sleep(Duration::from_millis(1500));
-        stop.store(true, Ordering::Relaxed);
     });
     assert_eq!(
-        leaks.load(Ordering::Relaxed),
+        traffic.leaks(),
         0,
         "a denied flow got through during kill/restart"
     );
     assert!(
-        denied_probes.load(Ordering::Relaxed) >= 5,
+        traffic.denied_probes() >= 5,
         "the denied flow was probed continuously"
     );
     assert_eq!(
-        failures.load(Ordering::Relaxed),
+        traffic.stalls(),
         0,
         "the allowed connection stalled:\n{}",
         agent.logs()
     );
     assert!(
-        exchanges.load(Ordering::Relaxed) >= 50,
+        traffic.exchanges() >= 50,
         "the allowed connection kept flowing"
     );
     assert!(

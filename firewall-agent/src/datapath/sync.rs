@@ -205,6 +205,17 @@ fn write_all<K: Copy, V: Copy>(
     Ok(())
 }
 
+/// The outcome of removing a map entry: one that is not there is removed already.
+fn removed(
+    result: Result<(), aya::maps::MapError>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(error) => Err(map_error(name)(error)),
+    }
+}
+
 fn full_or(
     name: &'static str,
     entries: usize,
@@ -562,10 +573,7 @@ impl Datapath {
             .map(|(key, _)| *key)
             .collect();
         for key in dead {
-            match self.endpoints.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(MAP_ENDPOINTS)(error)),
-            }
+            removed(self.endpoints.remove(&key), MAP_ENDPOINTS)?;
             self.shadow.endpoints.remove(&key);
         }
         let dead: Vec<(u32, NetworkKey)> = self
@@ -576,10 +584,10 @@ impl Datapath {
             .copied()
             .collect();
         for (prefix_len, key) in dead {
-            match self.networks.remove(&Key::new(prefix_len, key)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(MAP_NETWORKS)(error)),
-            }
+            removed(
+                self.networks.remove(&Key::new(prefix_len, key)),
+                MAP_NETWORKS,
+            )?;
             self.shadow.networks.remove(&(prefix_len, key));
         }
         Ok(())
@@ -601,10 +609,7 @@ impl Datapath {
             .copied()
             .collect();
         for ifindex in gone {
-            match self.interfaces_map.remove(&ifindex) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(MAP_INTERFACES)(error)),
-            }
+            removed(self.interfaces_map.remove(&ifindex), MAP_INTERFACES)?;
             self.shadow.interfaces.remove(&ifindex);
         }
         for (ifindex, value) in desired {
@@ -707,10 +712,10 @@ impl Datapath {
             ..*key
         };
         for (prefix_len, key) in &stale {
-            match self.policy.remove(&Key::new(*prefix_len, in_slot(key))) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(MAP_POLICY)(error)),
-            }
+            removed(
+                self.policy.remove(&Key::new(*prefix_len, in_slot(key))),
+                MAP_POLICY,
+            )?;
             self.shadow.policy[shadow_slot].remove(&(*prefix_len, *key));
             report.policy_removed += 1;
         }

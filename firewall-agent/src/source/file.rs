@@ -583,13 +583,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_restart_with_an_invalid_file_enforces_the_saved_last_good_file_first() {
+    /// A scratch folder with the paths of a policy file and a state folder in it.
+    fn policy_and_state() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let folder = tempfile::tempdir().unwrap();
         let (path, state) = (
             folder.path().join("policy.yaml"),
             folder.path().join("state"),
         );
+        (folder, path, state)
+    }
+
+    #[test]
+    fn a_restart_with_an_invalid_file_enforces_the_saved_last_good_file_first() {
+        let (_folder, path, state) = policy_and_state();
         std::fs::write(&path, GOOD).unwrap();
         let (mut running, updates) = start(&path, &state);
         assert_eq!(policy_targets(&updates[0]), ["b"]);
@@ -633,11 +639,7 @@ mod tests {
 
     #[test]
     fn without_state_or_for_another_file_nothing_stands_in() {
-        let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (
-            folder.path().join("policy.yaml"),
-            folder.path().join("state"),
-        );
+        let (folder, path, state) = policy_and_state();
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         // Another --config path: its own history only.
@@ -654,11 +656,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_saved_file_is_counted_and_ignored() {
-        let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (
-            folder.path().join("policy.yaml"),
-            folder.path().join("state"),
-        );
+        let (_folder, path, state) = policy_and_state();
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         let saved = state.join(LAST_GOOD_FILE);
@@ -683,11 +681,7 @@ mod tests {
 
     #[test]
     fn a_first_version_the_run_loop_rejects_is_replaced_by_the_saved_one() {
-        let folder = tempfile::tempdir().unwrap();
-        let (path, state) = (
-            folder.path().join("policy.yaml"),
-            folder.path().join("state"),
-        );
+        let (_folder, path, state) = policy_and_state();
         std::fs::write(&path, GOOD).unwrap();
         start(&path, &state);
         let mut source = FileSource::new(&path).remembering(StateDir::open(&state));
