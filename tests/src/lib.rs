@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod cluster;
 pub mod fixtures;
 pub mod kernel;
 pub mod kube_agent;

@@ -92,7 +92,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Runs a command, failing with its stderr when it exits non-zero; returns its stdout.
-fn run_checked(command: &mut Command) -> Result<String> {
+pub(crate) fn run_checked(command: &mut Command) -> Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -160,6 +160,21 @@ impl Netns {
         };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
+    }
+
+    /// Takes charge of the existing namespace `name`: it is deleted when the guard drops.
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    /// Leaves the namespace in place when the guard goes, and returns its name (for a
+    /// cluster that outlives the command that made it: `cargo xtask cluster up`).
+    pub fn keep(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
     }
 
     /// The namespace's name, as `ip netns` knows it.

@@ -17,10 +17,15 @@ pub fn release_agent() -> Result<PathBuf> {
 /// returns its path, as cargo reports it (so `CARGO_TARGET_DIR` and the like are
 /// honoured).
 pub fn built_binary(profile_args: &[&str], name: &str) -> Result<PathBuf> {
+    built_package_binary("firewall-agent", profile_args, name)
+}
+
+/// Builds the binary `name` of `package` with `profile_args` and returns its path.
+pub fn built_package_binary(package: &str, profile_args: &[&str], name: &str) -> Result<PathBuf> {
     let mut command = cmd::cargo();
     command
         .current_dir(crate::workspace_root())
-        .args(["build", "-p", "firewall-agent", "--bin", name])
+        .args(["build", "-p", package, "--bin", name])
         .args(profile_args)
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());

@@ -1,10 +1,13 @@
 //! zonewall's developer commands, run as `cargo xtask <command>`:
 //! `setup` installs what building and testing need, `build` builds the agent (with its eBPF
 //! object), `test` runs every test of the workspace, `fuzz` runs the fuzz targets far
-//! longer than `test` does, `demo` shows the firewall at work on a simulated node.
+//! longer than `test` does, `demo` shows the firewall at work on a simulated node, `bench`
+//! measures it, `codegen` regenerates the CRDs, `cluster up|down` starts or removes a real
+//! Kubernetes control plane with simulated nodes.
 
 mod bench;
 mod build;
+mod cluster;
 mod cmd;
 mod codegen;
 mod demo;
@@ -53,6 +56,13 @@ enum Command {
     /// Setup and build, then run the benchmarks and write BENCHMARKS.md and
     /// bench-results/ (needs root).
     Bench(bench::Args),
+    /// Setup and build, then start (`up [--nodes N]`) or remove (`down`) a real
+    /// Kubernetes control plane with simulated nodes running kube-proxy and the agent
+    /// (needs root).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +91,12 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             setup::run()?;
             bench::run(args)
+        }
+        Command::Cluster { action } => {
+            if matches!(action, cluster::Action::Up { .. }) {
+                setup::run()?;
+            }
+            cluster::run(action)
         }
     }
 }
