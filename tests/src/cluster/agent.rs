@@ -339,6 +339,10 @@ impl Cluster {
             recipe = recipe.env("RUST_LOG", &filter);
         }
         let flows = recipe.stdout.clone();
+        // A new agent starts new files (a restart of this one appends to them).
+        for file in [&recipe.stdout, &recipe.stderr] {
+            let _ = std::fs::remove_file(file);
+        }
         let process = Process::start(recipe)?;
         self.nodes[index].agent = Some(ClusterAgent {
             process,

@@ -336,7 +336,6 @@ impl Cluster {
                 // mark them NotReady and evict every pod. No cloud, no node IPAM.
                 "--controllers=*,-node-lifecycle-controller,-node-ipam-controller,-node-route-controller,-cloud-node-lifecycle-controller,-service-lb-controller",
                 "--use-service-account-credentials=false",
-                "--concurrent-endpointslice-syncs=10",
             ])
             .arg(format!("--service-account-private-key-file={}", cluster.dir.join("sa.key").display()))
             .arg(format!("--root-ca-file={}", cluster.dir.join("ca.crt").display()));
@@ -344,6 +343,9 @@ impl Cluster {
         }
         for index in 0..options.nodes {
             cluster.add_node(index, options.controllers)?;
+        }
+        if options.controllers {
+            cluster.wait_controllers(Duration::from_secs(60))?;
         }
         Ok(cluster)
     }
@@ -449,6 +451,26 @@ impl Cluster {
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits until the controller-manager works: it has made the `default` namespace's
+    /// ServiceAccount.
+    fn wait_controllers(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let output = self.kubectl(User::Admin, &["get", "serviceaccount", "default", "-n", "default"]);
+            if output.status.success() {
+                return Ok(());
+            }
+            let manager = self.controller_manager.as_mut().expect("started");
+            if !manager.running() {
+                bail!("kube-controller-manager exited:\n{}", manager.tail(30));
+            }
+            if Instant::now() > deadline {
+                bail!("kube-controller-manager made no ServiceAccount within {within:?}:\n{}", manager.tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
