@@ -47,7 +47,10 @@ fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T
         if let Some(value) = probe() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -150,7 +153,9 @@ fn check_schemas(cluster: &Cluster) {
         );
     }
     // And a valid object of each kind is taken.
-    cluster.apply_ok(User::SecurityAdmin, ZONES).expect("valid zones and a policy");
+    cluster
+        .apply_ok(User::SecurityAdmin, ZONES)
+        .expect("valid zones and a policy");
 }
 
 /// A user who may edit zones by RBAC (the ClusterRole below) but is no security admin.
@@ -179,13 +184,23 @@ fn deploy_applies_and_its_admission_policy_is_enforced() {
     }) else {
         return;
     };
-    cluster.install_zonewall().expect("kubectl apply -k deploy/");
+    cluster
+        .install_zonewall()
+        .expect("kubectl apply -k deploy/");
 
     // The admission policy type-checks (the controller-manager writes its status).
-    let policy = wait_for(Duration::from_secs(60), "the admission policy's type check", || {
-        let policy = get_json(&cluster, &["validatingadmissionpolicy", "zonewall-zone-editors-only"]);
-        (policy["status"]["observedGeneration"] == policy["metadata"]["generation"]).then_some(policy)
-    });
+    let policy = wait_for(
+        Duration::from_secs(60),
+        "the admission policy's type check",
+        || {
+            let policy = get_json(
+                &cluster,
+                &["validatingadmissionpolicy", "zonewall-zone-editors-only"],
+            );
+            (policy["status"]["observedGeneration"] == policy["metadata"]["generation"])
+                .then_some(policy)
+        },
+    );
     let warnings = &policy["status"]["typeChecking"]["expressionWarnings"];
     assert!(
         warnings.is_null() || warnings.as_array().is_some_and(Vec::is_empty),
@@ -198,14 +213,21 @@ fn deploy_applies_and_its_admission_policy_is_enforced() {
     let change = "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: dev-zone}\nspec:\n  namespaceSelector: {matchLabels: {team: dev}}\n";
     let refused = cluster.apply(User::Developer, change);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("forbidden"), "{}", stderr(&refused));
-    cluster.apply_ok(User::Admin, DEVELOPER_RBAC).expect("the developer's RBAC");
+    assert!(
+        stderr(&refused).contains("forbidden"),
+        "{}",
+        stderr(&refused)
+    );
+    cluster
+        .apply_ok(User::Admin, DEVELOPER_RBAC)
+        .expect("the developer's RBAC");
     let admission = "ValidatingAdmissionPolicy 'zonewall-zone-editors-only' with binding 'zonewall-zone-editors-only' denied request";
     let refused = cluster.apply(User::Developer, change);
     assert!(!refused.status.success(), "a developer created a Zone");
     assert!(stderr(&refused).contains(admission), "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains("only the subjects of the ClusterRoleBinding zonewall-zone-editors"),
+        stderr(&refused)
+            .contains("only the subjects of the ClusterRoleBinding zonewall-zone-editors"),
         "{}",
         stderr(&refused)
     );
@@ -215,12 +237,20 @@ fn deploy_applies_and_its_admission_policy_is_enforced() {
     ] {
         let output = cluster.kubectl(User::Developer, &args);
         assert!(!output.status.success(), "a developer could {args:?}");
-        assert!(stderr(&output).contains(admission), "{args:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(admission),
+            "{args:?}: {}",
+            stderr(&output)
+        );
     }
     // Reading is no change: allowed.
-    cluster.kubectl_ok(User::Developer, &["get", "zones"]).expect("a developer reads zones");
+    cluster
+        .kubectl_ok(User::Developer, &["get", "zones"])
+        .expect("a developer reads zones");
     // The security admin may.
-    cluster.apply_ok(User::SecurityAdmin, change).expect("a security admin creates a Zone");
+    cluster
+        .apply_ok(User::SecurityAdmin, change)
+        .expect("a security admin creates a Zone");
     cluster
         .kubectl_ok(User::SecurityAdmin, &["delete", "zone", "dev-zone"])
         .expect("a security admin deletes a Zone");
@@ -237,14 +267,18 @@ fn the_crds_hold_on_the_newest_kubernetes() {
     }) else {
         return;
     };
-    let version = cluster.kubectl_ok(User::Admin, &["get", "--raw", "/version"]).unwrap();
+    let version = cluster
+        .kubectl_ok(User::Admin, &["get", "--raw", "/version"])
+        .unwrap();
     let version: Value = serde_json::from_str(&version).unwrap();
     assert_eq!(
         version["gitVersion"].as_str().unwrap_or_default(),
         NEWEST_KUBERNETES_VERSION,
         "{version}"
     );
-    cluster.install_zonewall().expect("kubectl apply -k deploy/");
+    cluster
+        .install_zonewall()
+        .expect("kubectl apply -k deploy/");
     check_schemas(&cluster);
     // The admission policy is taken and enforced here too (nobody writes its status: no
     // controller-manager).
@@ -254,7 +288,11 @@ fn the_crds_hold_on_the_newest_kubernetes() {
         "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: x}\nspec:\n  networks: [10.0.0.0/8]\n",
     );
     assert!(!refused.status.success(), "a developer created a Zone");
-    assert!(stderr(&refused).contains("zonewall-zone-editors-only"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("zonewall-zone-editors-only"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// The agent's verdict on an object the schema takes: `Accepted` False, reason `Invalid`,
@@ -269,14 +307,22 @@ fn status_is_written_and_shown_by_kubectl() {
     };
     cluster.install_zonewall().unwrap();
     cluster.start_agents().unwrap();
-    cluster.namespace("shop", &[("security-zone", "dmz")]).unwrap();
-    cluster.add_pod(0, "shop", "web", &[("app", "web")], None).unwrap();
+    cluster
+        .namespace("shop", &[("security-zone", "dmz")])
+        .unwrap();
+    cluster
+        .add_pod(0, "shop", "web", &[("app", "web")], None)
+        .unwrap();
     cluster.apply_ok(User::SecurityAdmin, ZONES).unwrap();
     let dmz = wait_for(Duration::from_secs(30), "the dmz zone's status", || {
         let zone = get_json(&cluster, &["zone", "dmz"]);
         (zone["status"]["members"] == 1 && condition(&zone, "Accepted").is_some()).then_some(zone)
     });
-    assert_eq!(condition(&dmz, "Accepted").unwrap()["status"], "True", "{dmz:#}");
+    assert_eq!(
+        condition(&dmz, "Accepted").unwrap()["status"],
+        "True",
+        "{dmz:#}"
+    );
 
     // Valid for the schema, not for the agent: the destination zone does not exist.
     cluster
@@ -293,12 +339,22 @@ fn status_is_written_and_shown_by_kubectl() {
     assert_eq!(accepted["status"], "False", "{typo:#}");
     assert_eq!(accepted["reason"], "Invalid", "{typo:#}");
     let message = accepted["message"].as_str().unwrap();
-    assert!(message.contains("zone \"trustd\" does not exist; did you mean \"trusted\"?"), "{message}");
+    assert!(
+        message.contains("zone \"trustd\" does not exist; did you mean \"trusted\"?"),
+        "{message}"
+    );
 
     // Printer columns: the Accepted column of every object, the members of a zone.
-    let table = cluster.kubectl_ok(User::Admin, &["get", "zones,zonepolicies"]).unwrap();
-    let header = table.lines().find(|line| line.starts_with("NAME") && line.contains("MEMBERS"));
-    assert!(header.is_some_and(|line| line.contains("ACCEPTED")), "{table}");
+    let table = cluster
+        .kubectl_ok(User::Admin, &["get", "zones,zonepolicies"])
+        .unwrap();
+    let header = table
+        .lines()
+        .find(|line| line.starts_with("NAME") && line.contains("MEMBERS"));
+    assert!(
+        header.is_some_and(|line| line.contains("ACCEPTED")),
+        "{table}"
+    );
     let row = |name: &str| {
         table
             .lines()
@@ -306,13 +362,31 @@ fn status_is_written_and_shown_by_kubectl() {
             .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
             .to_string()
     };
-    assert!(row("zone.zonewall.dev/dmz").split_whitespace().any(|cell| cell == "True"), "{table}");
-    assert!(row("zonepolicy.zonewall.dev/typo").split_whitespace().any(|cell| cell == "False"), "{table}");
-    let describe = cluster.kubectl_ok(User::Admin, &["describe", "zonepolicy", "typo"]).unwrap();
-    assert!(describe.contains("Invalid") && describe.contains("trustd"), "{describe}");
+    assert!(
+        row("zone.zonewall.dev/dmz")
+            .split_whitespace()
+            .any(|cell| cell == "True"),
+        "{table}"
+    );
+    assert!(
+        row("zonepolicy.zonewall.dev/typo")
+            .split_whitespace()
+            .any(|cell| cell == "False"),
+        "{table}"
+    );
+    let describe = cluster
+        .kubectl_ok(User::Admin, &["describe", "zonepolicy", "typo"])
+        .unwrap();
+    assert!(
+        describe.contains("Invalid") && describe.contains("trustd"),
+        "{describe}"
+    );
 
     // The Lease names the writer: this node's agent.
-    let lease = get_json(&cluster, &["lease", "-n", AGENT_NAMESPACE, "zonewall-status"]);
+    let lease = get_json(
+        &cluster,
+        &["lease", "-n", AGENT_NAMESPACE, "zonewall-status"],
+    );
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
     assert!(holder.contains("node-0"), "{lease:#}");
 }
@@ -323,111 +397,237 @@ fn status_is_written_and_shown_by_kubectl() {
 /// new policy get a status written. Err says what did not happen.
 fn agent_works(cluster: &mut Cluster, round: usize, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    let until = |what: &str, probe: &mut dyn FnMut() -> bool| -> Result<(), String> {
-        while !probe() {
-            if Instant::now() > deadline {
-                return Err(what.to_string());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+    let refused = |cluster: &Cluster| {
+        let logs = cluster.nodes[0].agent().logs();
+        logs.lines()
+            .find(|line| line.to_lowercase().contains("forbidden"))
+            .map(|line| format!("the API server refused the agent: {line}"))
     };
-    until("the agent is ready", &mut || cluster.nodes[0].agent().ready())?;
+    let until =
+        |what: &str, cluster: &Cluster, probe: &mut dyn FnMut() -> bool| -> Result<(), String> {
+            while !probe() {
+                if let Some(refusal) = refused(cluster) {
+                    return Err(format!("{what}: {refusal}"));
+                }
+                if Instant::now() > deadline {
+                    return Err(what.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        };
+    until("the agent is ready", cluster, &mut || {
+        cluster.nodes[0].agent().ready()
+    })?;
     let namespace = format!("round-{round}");
-    cluster.namespace(&namespace, &[("security-zone", "dmz")]).map_err(|e| format!("{e:#}"))?;
+    cluster
+        .namespace(&namespace, &[("security-zone", "dmz")])
+        .expect("the harness");
     let zone = format!("zone-{round}");
     cluster
         .apply_ok(
             User::SecurityAdmin,
             &format!("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {{name: {zone}}}\nspec:\n  namespaceSelector: {{matchLabels: {{round: \"{round}\"}}}}\n"),
         )
-        .map_err(|e| format!("{e:#}"))?;
+        .expect("the harness");
     let ip = cluster
         .add_pod(0, &namespace, "probe", &[("app", "probe")], None)
-        .map_err(|e| format!("{e:#}"))?
+        .expect("the harness")
         .ip;
-    let agent_zone = |cluster: &Cluster| cluster.nodes[0].agent().endpoint(ip.into()).map(|slot| slot.zone);
-    until("a new pod's zone is enforced (pods)", &mut || agent_zone(cluster).is_some())?;
-    let before = agent_zone(cluster);
-    cluster.label_namespace(&namespace, "round", Some(&round.to_string())).map_err(|e| format!("{e:#}"))?;
-    until("a namespace relabel moves the pod (namespaces, zones)", &mut || {
-        agent_zone(cluster).is_some_and(|zone| Some(zone) != before)
+    let agent_zone = |cluster: &Cluster| {
+        cluster.nodes[0]
+            .agent()
+            .endpoint(ip.into())
+            .map(|slot| slot.zone)
+    };
+    until("a new pod's zone is enforced (pods)", cluster, &mut || {
+        agent_zone(cluster).is_some()
     })?;
+    let before = agent_zone(cluster);
+    cluster
+        .label_namespace(&namespace, "round", Some(&round.to_string()))
+        .expect("the harness");
+    until(
+        "a namespace relabel moves the pod (namespaces, zones)",
+        cluster,
+        &mut || agent_zone(cluster).is_some_and(|zone| Some(zone) != before),
+    )?;
     let zone_status = |cluster: &Cluster, kind: &str, name: &str| {
         let output = cluster.kubectl(User::Admin, &["get", kind, name, "-o", "json"]);
         serde_json::from_slice::<Value>(&output.stdout)
             .ok()
             .is_some_and(|object| condition(&object, "Accepted").is_some())
     };
-    until("the new Zone gets a status (zones/status, leases)", &mut || zone_status(cluster, "zone", &zone))?;
+    until(
+        "the new Zone gets a status (zones/status, leases)",
+        cluster,
+        &mut || zone_status(cluster, "zone", &zone),
+    )?;
     let policy = format!("policy-{round}");
     cluster
         .apply_ok(
             User::SecurityAdmin,
             &format!("apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: {policy}}}\nspec:\n  from: [{zone}]\n  to: [world]\n  action: Deny\n"),
         )
-        .map_err(|e| format!("{e:#}"))?;
-    until("the new policy gets a status (zonepolicies, zonepolicies/status)", &mut || {
-        zone_status(cluster, "zonepolicy", &policy)
-    })?;
+        .expect("the harness");
+    until(
+        "the new policy gets a status (zonepolicies, zonepolicies/status)",
+        cluster,
+        &mut || zone_status(cluster, "zonepolicy", &policy),
+    )?;
     let service = format!("svc-{round}");
     cluster
         .apply_ok(
             User::Admin,
             &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}}}\nspec:\n  selector: {{app: probe}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"),
         )
-        .map_err(|e| format!("{e:#}"))?;
+        .expect("the harness");
     let cluster_ip = cluster
-        .kubectl_ok(User::Admin, &["get", "service", "-n", &namespace, &service, "-o", "jsonpath={.spec.clusterIP}"])
-        .map_err(|e| format!("{e:#}"))?;
-    let cluster_ip: std::net::IpAddr = cluster_ip.trim().parse().map_err(|e| format!("{e}"))?;
-    until("a Service's address gets its pods' zone (services)", &mut || {
-        cluster.nodes[0].agent().endpoint(cluster_ip).is_some()
-    })?;
+        .kubectl_ok(
+            User::Admin,
+            &[
+                "get",
+                "service",
+                "-n",
+                &namespace,
+                &service,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        )
+        .expect("the harness");
+    let cluster_ip: std::net::IpAddr = cluster_ip.trim().parse().expect("a cluster IP");
+    until(
+        "a Service's address gets its pods' zone (services)",
+        cluster,
+        &mut || cluster.nodes[0].agent().endpoint(cluster_ip).is_some(),
+    )?;
     let node_ip = std::net::Ipv4Addr::new(198, 19, 1, round as u8);
     cluster
         .apply_ok(
             User::Admin,
             &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: extra-{round}}}\n"),
         )
-        .map_err(|e| format!("{e:#}"))?;
-    let patch = format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{node_ip}"}}]}}}}"#);
+        .expect("the harness");
+    let patch =
+        format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{node_ip}"}}]}}}}"#);
     cluster
-        .kubectl_ok(User::Admin, &["patch", "node", &format!("extra-{round}"), "--subresource=status", "--type=merge", "-p", &patch])
-        .map_err(|e| format!("{e:#}"))?;
-    until("a new node's address is the host zone (nodes)", &mut || {
-        cluster.nodes[0].agent().endpoint(node_ip.into()).is_some()
-    })?;
-    until("the status Lease is renewed (leases get, update)", &mut || {
-        let output = cluster.kubectl(User::Admin, &["get", "lease", "-n", AGENT_NAMESPACE, "zonewall-status", "-o", "json"]);
-        serde_json::from_slice::<Value>(&output.stdout).ok().is_some_and(|lease| {
-            lease["spec"]["renewTime"].is_string() && lease["spec"]["renewTime"] != lease["spec"]["acquireTime"]
-        })
-    })?;
+        .kubectl_ok(
+            User::Admin,
+            &[
+                "patch",
+                "node",
+                &format!("extra-{round}"),
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+        )
+        .expect("the harness");
+    until(
+        "a new node's address is the host zone (nodes)",
+        cluster,
+        &mut || cluster.nodes[0].agent().endpoint(node_ip.into()).is_some(),
+    )?;
+    until(
+        "the status Lease is renewed (leases get, update)",
+        cluster,
+        &mut || {
+            let output = cluster.kubectl(
+                User::Admin,
+                &[
+                    "get",
+                    "lease",
+                    "-n",
+                    AGENT_NAMESPACE,
+                    "zonewall-status",
+                    "-o",
+                    "json",
+                ],
+            );
+            serde_json::from_slice::<Value>(&output.stdout)
+                .ok()
+                .is_some_and(|lease| {
+                    lease["spec"]["renewTime"].is_string()
+                        && lease["spec"]["renewTime"] != lease["spec"]["acquireTime"]
+                })
+        },
+    )?;
     // Nothing it asked for was refused, retried or not.
     let logs = cluster.nodes[0].agent().logs();
-    if let Some(line) = logs.lines().find(|line| line.to_lowercase().contains("forbidden")) {
+    if let Some(line) = logs
+        .lines()
+        .find(|line| line.to_lowercase().contains("forbidden"))
+    {
         return Err(format!("the API server refused the agent: {line}"));
     }
     Ok(())
 }
 
-/// The grants of deploy/base/rbac.yaml, one (kind, rule index, verb) each.
-fn grants(cluster: &Cluster) -> Vec<(String, usize, String)> {
+/// One grant of deploy/base/rbac.yaml: the Role or ClusterRole, the rule, one resource,
+/// one verb.
+#[derive(Debug, Clone)]
+struct Grant {
+    kind: &'static str,
+    rule: usize,
+    resource: String,
+    verb: String,
+}
+
+fn role_args(kind: &'static str) -> Vec<&'static str> {
+    let mut args = vec![kind, "zonewall-agent"];
+    if kind == "role" {
+        args.extend(["-n", AGENT_NAMESPACE]);
+    }
+    args
+}
+
+fn grants(cluster: &Cluster) -> Vec<Grant> {
     let mut grants = Vec::new();
     for kind in ["clusterrole", "role"] {
-        let mut args = vec![kind, "zonewall-agent"];
-        if kind == "role" {
-            args.extend(["-n", AGENT_NAMESPACE]);
-        }
-        let role = get_json(cluster, &args);
+        let role = get_json(cluster, &role_args(kind));
         for (index, rule) in role["rules"].as_array().unwrap().iter().enumerate() {
-            for verb in rule["verbs"].as_array().unwrap() {
-                grants.push((kind.to_string(), index, verb.as_str().unwrap().to_string()));
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    grants.push(Grant {
+                        kind,
+                        rule: index,
+                        resource: resource.as_str().unwrap().to_string(),
+                        verb: verb.as_str().unwrap().to_string(),
+                    });
+                }
             }
         }
     }
     grants
+}
+
+/// `role` without `grant`: its rule split into one rule per resource, the verb taken from
+/// the grant's resource only.
+fn without(role: &Value, grant: &Grant) -> Value {
+    let mut reduced = role.clone();
+    let mut rules = Vec::new();
+    for (index, rule) in role["rules"].as_array().unwrap().iter().enumerate() {
+        if index != grant.rule {
+            rules.push(rule.clone());
+            continue;
+        }
+        for resource in rule["resources"].as_array().unwrap() {
+            let mut split = rule.clone();
+            split["resources"] = Value::from(vec![resource.clone()]);
+            if resource == grant.resource.as_str() {
+                let verbs = split["verbs"].as_array_mut().unwrap();
+                verbs.retain(|verb| verb != grant.verb.as_str());
+                if verbs.is_empty() {
+                    continue;
+                }
+            }
+            rules.push(split);
+        }
+    }
+    reduced["rules"] = Value::from(rules);
+    reduced
 }
 
 #[test]
@@ -443,34 +643,31 @@ fn the_agent_needs_every_grant_of_deploy_rbac_and_no_more() {
     agent_works(&mut cluster, 0, Duration::from_secs(30)).expect("the agent with deploy/'s RBAC");
 
     let grants = grants(&cluster);
-    assert!(grants.len() >= 10, "{grants:?}");
-    let mut round = 0;
-    for (kind, index, verb) in grants {
-        round += 1;
-        let mut args = vec![kind.as_str(), "zonewall-agent"];
-        if kind == "role" {
-            args.extend(["-n", AGENT_NAMESPACE]);
-        }
-        let original = get_json(&cluster, &args);
-        let mut reduced = original.clone();
-        let verbs = reduced["rules"][index]["verbs"].as_array_mut().unwrap();
-        verbs.retain(|candidate| candidate != verb.as_str());
-        if verbs.is_empty() {
-            reduced["rules"].as_array_mut().unwrap().remove(index);
-        }
-        replace(&cluster, &reduced);
+    assert!(grants.len() >= 15, "{grants:?}");
+    for (round, grant) in grants.iter().enumerate() {
+        let original = get_json(&cluster, &role_args(grant.kind));
+        replace(&cluster, &without(&original, grant));
         // A fresh agent (and a fresh Lease: a holder from before could go on renewing
         // from its cache, which is not what this checks).
         cluster.nodes[0].agent = None;
-        let _ = cluster.kubectl(User::Admin, &["delete", "lease", "-n", AGENT_NAMESPACE, "zonewall-status"]);
+        let _ = cluster.kubectl(
+            User::Admin,
+            &["delete", "lease", "-n", AGENT_NAMESPACE, "zonewall-status"],
+        );
         cluster.start_agent(0).unwrap();
-        let outcome = agent_works(&mut cluster, round, Duration::from_secs(20));
+        let outcome = agent_works(&mut cluster, round + 1, Duration::from_secs(20));
         assert!(
             outcome.is_err(),
-            "the agent works without {verb} in rule {index} of the {kind}: the grant is not needed\n{}",
+            "the agent works without {grant:?}: the grant is not needed\n{}",
             cluster.nodes[0].agent().process.tail(20)
         );
-        eprintln!("without {kind} rule {index} verb {verb}: {}", outcome.unwrap_err());
+        eprintln!(
+            "without {} {} on {}: {}",
+            grant.kind,
+            grant.verb,
+            grant.resource,
+            outcome.unwrap_err()
+        );
         replace(&cluster, &original);
     }
 }
@@ -482,6 +679,10 @@ fn replace(cluster: &Cluster, object: &Value) {
         .as_object_mut()
         .unwrap()
         .retain(|key, _| key == "name" || key == "namespace");
-    let output = cluster.kubectl_with_input(User::Admin, &["replace", "-f", "-"], Some(&object.to_string()));
+    let output = cluster.kubectl_with_input(
+        User::Admin,
+        &["replace", "-f", "-"],
+        Some(&object.to_string()),
+    );
     assert!(output.status.success(), "{}", stderr(&output));
 }

@@ -459,7 +459,10 @@ impl Cluster {
     fn wait_controllers(&mut self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let output = self.kubectl(User::Admin, &["get", "serviceaccount", "default", "-n", "default"]);
+            let output = self.kubectl(
+                User::Admin,
+                &["get", "serviceaccount", "default", "-n", "default"],
+            );
             if output.status.success() {
                 return Ok(());
             }
@@ -468,7 +471,10 @@ impl Cluster {
                 bail!("kube-controller-manager exited:\n{}", manager.tail(30));
             }
             if Instant::now() > deadline {
-                bail!("kube-controller-manager made no ServiceAccount within {within:?}:\n{}", manager.tail(30));
+                bail!(
+                    "kube-controller-manager made no ServiceAccount within {within:?}:\n{}",
+                    manager.tail(30)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -501,6 +507,9 @@ impl Cluster {
         ip_in(&netns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ip_in(&netns, &["link", "set", "eth0", "up"])?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
+        // Proxy ARP answers for the pods' gateway only if the node has a route to it on
+        // another interface than the asking veth.
+        ip_in(&netns, &["route", "add", "169.254.1.1/32", "dev", "lo"])?;
         let node = Node {
             name: name.clone(),
             netns,
@@ -651,7 +660,10 @@ impl Cluster {
         self.block(create_pod(api.clone(), object))
             .with_context(|| format!("creating pod {namespace}/{name}"))?;
 
-        let netns = Netns::create(&format!("{}{}-{name}", self.prefix, self.nodes[node].name))?;
+        let netns = Netns::create(&format!(
+            "{}{}-{namespace}-{name}",
+            self.prefix, self.nodes[node].name
+        ))?;
         let node_ref = &mut self.nodes[node];
         let host_veth = format!("veth{}x{}", node_ref.index, node_ref.wired);
         node_ref.wired += 1;
