@@ -26,11 +26,11 @@ pub fn run(action: Action) -> Result<()> {
     let (agent, cluster) = match &action {
         Action::Up { .. } => (
             Some(build::release_agent()?),
-            build::built_package_binary("zonewall-tests", &["--release"], "zonewall-cluster")?,
+            build::built_package_binary("zonewall-tests", &[], "zonewall-cluster")?,
         ),
         Action::Down => (
             None,
-            build::built_package_binary("zonewall-tests", &["--release"], "zonewall-cluster")?,
+            build::built_package_binary("zonewall-tests", &[], "zonewall-cluster")?,
         ),
     };
     let mut command = Command::new(cluster);
