@@ -981,6 +981,7 @@ fn apiserver_recipe(dir: &Path, netns: &str, version: &str) -> Result<Recipe> {
 
 pub mod agent;
 pub mod pki;
+pub mod testkit;
 
 /// Runs `command` and returns its stdout; fails with its stderr.
 pub fn run(command: &mut Command) -> Result<String> {

@@ -1,0 +1,87 @@
+//! What the churn, fault and status tests do to a running [`Cluster`] beyond starting it:
+//!
+//! - `api`: writes as any [`super::User`] through a client of its own (timed writes
+//!   need no `kubectl` start-up), objects read as JSON, waits on their conditions;
+//! - `probe`: connection attempts between pods kept running on a thread, each recorded
+//!   with when it started, so a test can tell when a verdict switched and that it never
+//!   switched back; latency samples and their percentiles;
+//! - `fault`: a node cut off from the API server (nftables in the node's namespace),
+//!   the API server restarted with other flags, its audit log;
+//! - agents' logs read from a mark on, and a Tokio runtime inside a node's namespace
+//!   (a policy source of the test's own that reaches the API server from that node).
+
+pub mod api;
+pub mod fault;
+pub mod probe;
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Cluster;
+use super::agent::ClusterAgent;
+use crate::topology::Netns;
+
+/// A multi-threaded Tokio runtime whose threads live in `netns`: what it connects to, it
+/// connects to from there.
+pub fn runtime_in(netns: &Netns) -> Result<tokio::runtime::Runtime> {
+    let handle = Arc::new(
+        File::open(netns.path())
+            .with_context(|| format!("opening network namespace {}", netns.name()))?,
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            nix::sched::setns(&*handle, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("a runtime thread enters its node's namespace");
+        })
+        .build()
+        .context("building a runtime in a node's namespace")
+}
+
+/// Where an agent's log is now: what it logs later starts there.
+pub fn log_mark(agent: &ClusterAgent) -> usize {
+    agent.logs().len()
+}
+
+/// What `agent` logged since `mark`.
+pub fn logs_since(agent: &ClusterAgent, mark: usize) -> String {
+    let logs = agent.logs();
+    logs.get(mark..).unwrap_or_default().to_string()
+}
+
+/// Waits until the agent of node `node` logs, after `mark`, a line that `matches`; the
+/// line.
+pub fn wait_log_line(
+    cluster: &Cluster,
+    node: usize,
+    mark: usize,
+    within: Duration,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let agent = cluster.nodes[node].agent();
+        let logs = logs_since(agent, mark);
+        if let Some(line) = logs.lines().find(|line| matches(line)) {
+            return Ok(line.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node-{node}'s agent logged no {what} within {within:?}; since the mark:\n{}",
+                tail(&logs, 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
