@@ -619,7 +619,7 @@ fn a_cluster_ip_is_judged_by_the_zone_of_its_pods() {
     }
 
     // Without the Service the address is nobody's: world, denied at the client's node.
-    cluster.delete_with(&admin, &service).unwrap();
+    cluster.delete_with(&admin, &service, None).unwrap();
     cluster
         .wait_identity(service_ip, None, Instant::now(), NEVER)
         .unwrap_or_else(|error| panic!("{error:#}"));

@@ -135,12 +135,40 @@ impl Cluster {
         .with_context(|| format!("creating {}", object.describe()))
     }
 
-    /// Deletes `object` (default grace) as `client`'s user.
-    pub fn delete_with(&self, client: &kube::Client, object: &Object) -> Result<()> {
+    /// Deletes `object` as `client`'s user, with a grace period of `grace` seconds (None:
+    /// the object's own).
+    pub fn delete_with(
+        &self,
+        client: &kube::Client,
+        object: &Object,
+        grace: Option<u32>,
+    ) -> Result<()> {
         let api = object.api(client.clone());
         let name = object.name.clone();
-        self.block(async move { api.delete(&name, &DeleteParams::default()).await.map(drop) })
+        let params = match grace {
+            Some(seconds) => DeleteParams::default().grace_period(seconds),
+            None => DeleteParams::default(),
+        };
+        self.block(async move { api.delete(&name, &params).await.map(drop) })
             .with_context(|| format!("deleting {}", object.describe()))
+    }
+
+    /// A JSON merge patch of `object`'s status subresource by `client`'s user (what a
+    /// kubelet writes of a pod).
+    pub fn patch_status_with(
+        &self,
+        client: &kube::Client,
+        object: &Object,
+        patch: Value,
+    ) -> Result<()> {
+        let api = object.api(client.clone());
+        let name = object.name.clone();
+        self.block(async move {
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        })
+        .with_context(|| format!("patching the status of {}", object.describe()))
     }
 
     /// `object` as the API server has it now (as the admin sees it), or None.

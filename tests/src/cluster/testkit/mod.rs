@@ -7,8 +7,9 @@
 //!   switched back; latency samples and their percentiles;
 //! - `fault`: a node cut off from the API server (nftables in the node's namespace),
 //!   the API server restarted with other flags, its audit log;
-//! - agents' logs read from a mark on, and a Tokio runtime inside a node's namespace
-//!   (a policy source of the test's own that reaches the API server from that node).
+//! - agents' logs read from a mark on, an agent restarted with another log filter, and a
+//!   Tokio runtime inside a node's namespace (a policy source of the test's own that
+//!   reaches the API server from that node).
 
 pub mod api;
 pub mod fault;
@@ -42,15 +43,19 @@ pub fn runtime_in(netns: &Netns) -> Result<tokio::runtime::Runtime> {
         .context("building a runtime in a node's namespace")
 }
 
+/// What an agent logged (its stderr; its stdout is the flow records).
+pub fn agent_log(agent: &ClusterAgent) -> String {
+    std::fs::read_to_string(&agent.process.recipe.stderr).unwrap_or_default()
+}
+
 /// Where an agent's log is now: what it logs later starts there.
 pub fn log_mark(agent: &ClusterAgent) -> usize {
-    agent.logs().len()
+    agent_log(agent).len()
 }
 
 /// What `agent` logged since `mark`.
 pub fn logs_since(agent: &ClusterAgent, mark: usize) -> String {
-    let logs = agent.logs();
-    logs.get(mark..).unwrap_or_default().to_string()
+    agent_log(agent).get(mark..).unwrap_or_default().to_string()
 }
 
 /// Waits until the agent of node `node` logs, after `mark`, a line that `matches`; the
@@ -77,6 +82,20 @@ pub fn wait_log_line(
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    /// Restarts node `node`'s agent with `RUST_LOG=filter` instead of the DaemonSet's
+    /// value (everything else stays as the DaemonSet has it); waits until it is ready.
+    pub fn restart_agent_with_log(&mut self, node: usize, filter: &str) -> Result<()> {
+        let agent = self.nodes[node].agent_mut();
+        agent.process.stop(Duration::from_secs(5));
+        let environment = &mut agent.process.recipe.env;
+        environment.retain(|(name, _)| name != "RUST_LOG");
+        environment.push(("RUST_LOG".into(), filter.into()));
+        agent.process.resume()?;
+        agent.wait_ready(Duration::from_secs(60))
     }
 }
 
