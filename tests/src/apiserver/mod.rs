@@ -19,6 +19,14 @@
 //! Listeners live in network namespaces (each agent of a test runs in its node's
 //! namespace, whose loopback is its own): [`ApiServer::start_in`] and
 //! [`ApiServer::listen_in`].
+//!
+//! Why a double next to the real control plane of [`crate::cluster`]: what the agent must
+//! survive that a real API server cannot be made to do on cue stays here: every response
+//! delayed, new connections refused while the open watches go on (tests/kubernetes.rs).
+//! The double also needs no control-plane binaries and starts in milliseconds, which the
+//! agent-restart tests of tests/last_good.rs and the Kubernetes benchmark use. Whatever a
+//! real API server can do (restarts, compaction and `410 Gone`, cut watches, server-side
+//! apply of status, Leases, admission) is tested against one: tests/cluster_*.rs.
 
 mod http;
 pub mod objects;
