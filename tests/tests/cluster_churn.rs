@@ -206,20 +206,6 @@ fn every_kind_of_change_is_enforced_on_both_nodes_while_probes_run() {
     let web = &cluster.pod("web", "web-1").netns;
     let (dmz, trusted, quarantine) = (zone_id("dmz"), zone_id("trusted"), zone_id("quarantine"));
 
-    // What no change below touches: restricted reaches restricted across nodes, and never
-    // trusted. Probed from start to end.
-    let db0 = &cluster.pod("db", "db-0").netns;
-    let db1 = &cluster.pod("db", "db-1").netns;
-    let steady_allowed = Prober::tcp(
-        db0,
-        db1_ip,
-        5432,
-        "restricted -> restricted:5432 across nodes",
-    )
-    .unwrap();
-    let steady_denied =
-        Prober::tcp(db1, app_ip, 8080, "restricted -> trusted:8080 on node 1").unwrap();
-
     converge(cluster, true, "dmz -> trusted:8080 across nodes", || {
         tcp_connect(web, app_ip, 8080, T)
     });
@@ -235,6 +221,20 @@ fn every_kind_of_change_is_enforced_on_both_nodes_while_probes_run() {
         !tcp_connect(web, app_ip, 8081, T),
         "dmz -> trusted:8081 passed (only 8080 is allowed)"
     );
+
+    // What no change below touches: restricted reaches restricted across nodes, and never
+    // trusted. Probed from here to the end.
+    let db0 = &cluster.pod("db", "db-0").netns;
+    let db1 = &cluster.pod("db", "db-1").netns;
+    let steady_allowed = Prober::tcp(
+        db0,
+        db1_ip,
+        5432,
+        "restricted -> restricted:5432 across nodes",
+    )
+    .unwrap();
+    let steady_denied =
+        Prober::tcp(db1, app_ip, 8080, "restricted -> trusted:8080 on node 1").unwrap();
 
     // A pod relabelled: quarantined (its own zone), then released.
     let to_app = Prober::tcp(web, app_ip, 8080, "web-1 -> trusted:8080 across nodes").unwrap();
@@ -456,10 +456,24 @@ fn reuse_addresses_while_the_old_pods_terminate(
         || tcp_connect(netns, app_ip, 8080, T),
     );
 
-    // The old objects go at last: the address stays web-2's, on both nodes.
+    // The old objects go at last: once both agents have enforced the pod list without
+    // them, the address is still web-2's on both nodes.
+    let generations = policy_generations(cluster);
     cluster.remove_pod("web", "web-1").unwrap();
     cluster.remove_pod("app", "app-2").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + NEVER;
+    while policy_generations(cluster)
+        .iter()
+        .zip(&generations)
+        .any(|(now, before)| now <= before)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agents enforced no policy without the old pods\n{}",
+            agent_tails(cluster)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for node in 0..2 {
         let slot = cluster.nodes[node].agent().endpoint(address);
         assert_eq!(
@@ -479,6 +493,19 @@ fn reuse_addresses_while_the_old_pods_terminate(
     converge(cluster, true, "web-3 -> trusted:8080 across nodes", || {
         tcp_connect(netns, app_ip, 8080, T)
     });
+}
+
+/// The policy generation each node's agent enforces.
+fn policy_generations(cluster: &Cluster) -> Vec<f64> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            node.agent()
+                .metric("zonewall_policy_generation")
+                .expect("the agent exports its policy generation")
+        })
+        .collect()
 }
 
 /// Runs pod `namespace/name` on node 0 at `address` and waits until both nodes enforce
