@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -426,6 +427,115 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         let compiled = apply(&mut second, &set, 5);
         assert_eq!(compiled.zones["quarantine"].members, ["web/web-1"]);
         assert!(compiled.zones["dmz"].members.is_empty());
+    });
+}
+
+/// A kubeconfig for `server` in `dir`, and a current-thread runtime for a source.
+fn source_setup(server: &ApiServer, dir: &tempfile::TempDir) -> (PathBuf, tokio::runtime::Runtime) {
+    let config = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&config, 0).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (config, runtime)
+}
+
+#[test]
+fn an_unreadable_zone_policy_is_reported_and_the_others_go_on() {
+    let server = ApiServer::start().unwrap();
+    base_objects(&server);
+    // An action a newer zonewall might add: this agent cannot decode the object.
+    server
+        .create(zone_policy(
+            "newer-action",
+            &["dmz"],
+            &["partners"],
+            json!([]),
+            "Reject",
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, runtime) = source_setup(&server, &dir);
+    runtime.block_on(async {
+        let mut unavailable = Vec::new();
+        let mut source = KubeSource::start(source_options(&config, "agent-one"))
+            .await
+            .unwrap();
+        let set = next_snapshot(&mut source, &mut unavailable).await;
+        let names: Vec<&str> = set
+            .policies
+            .iter()
+            .map(|policy| policy.name.as_str())
+            .collect();
+        assert_eq!(names, ["dmz-to-trusted", "trusted-to-restricted"]);
+        apply(&mut source, &set, 1);
+        let newer = settle(&server, "ZonePolicy", "newer-action", "Accepted=False", |policy| {
+            accepted_status(policy).is_some_and(|(status, _, _)| status == "False")
+        })
+        .await;
+        assert_eq!(accepted_condition(&newer).unwrap()["reason"], "Invalid");
+        let (_, message, observed) = accepted_status(&newer).unwrap();
+        assert_eq!(observed, generation(&newer));
+        assert_eq!(
+            message,
+            "could not be read by this agent (written for a newer version of zonewall?): spec.action: \"Reject\" is not one of Allow, Deny; not enforced until this is fixed"
+        );
+        for good in ["dmz-to-trusted", "trusted-to-restricted"] {
+            settle(&server, "ZonePolicy", good, "Accepted=True", |policy| {
+                accepted_status(policy).is_some_and(|(status, _, _)| status == "True")
+            })
+            .await;
+        }
+
+        // An accepted policy edited into one this agent cannot read, through the watch:
+        // its accepted generation stays enforced, the kind goes on working.
+        server.modify("ZonePolicy", "", "trusted-to-restricted", |policy| {
+            policy["spec"]["mode"] = json!("Shadow")
+        });
+        let set = next_snapshot(&mut source, &mut unavailable).await;
+        let kept = set
+            .policies
+            .iter()
+            .find(|policy| policy.name == "trusted-to-restricted")
+            .expect("generation 1 stays in the snapshot");
+        assert_eq!(kept.to, ["restricted"]);
+        apply(&mut source, &set, 2);
+        let edited = settle(
+            &server,
+            "ZonePolicy",
+            "trusted-to-restricted",
+            "Accepted=False for generation 2",
+            |policy| {
+                accepted_status(policy).is_some_and(|(status, _, observed)| {
+                    status == "False" && observed == generation(policy)
+                })
+            },
+        )
+        .await;
+        let message = accepted_status(&edited).unwrap().1;
+        for expected in [
+            "could not be read by this agent",
+            "spec.mode: \"Shadow\" is not one of Enforce, Audit",
+            "generation 1 of this ZonePolicy stays enforced",
+        ] {
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+        }
+
+        // Fixed: accepted and enforced.
+        server.modify("ZonePolicy", "", "newer-action", |policy| {
+            policy["spec"]["action"] = json!("Deny")
+        });
+        let set = next_snapshot(&mut source, &mut unavailable).await;
+        assert!(set.policies.iter().any(|policy| policy.name == "newer-action"));
+        apply(&mut source, &set, 3);
+        settle(&server, "ZonePolicy", "newer-action", "accepted once fixed", |policy| {
+            accepted_status(policy).is_some_and(|(status, _, observed)| {
+                status == "True" && observed == generation(policy)
+            })
+        })
+        .await;
+        assert!(unavailable.is_empty(), "{unavailable:?}");
     });
 }
 

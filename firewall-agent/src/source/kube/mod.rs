@@ -3,6 +3,8 @@
 //! whenever they change, and the status of every Zone and ZonePolicy written back.
 //!
 //! - `watch`: one list-then-watch per kind, with backoff, objects trimmed on arrival.
+//! - `lenient`: Zones and ZonePolicies decoded one by one, so that one this agent cannot
+//!   read is reported on itself instead of failing its whole list.
 //! - `cache`: what the watchers keep and the snapshot built from it.
 //! - `status`: the Lease that elects one writer, and the conditions it writes.
 //!
@@ -16,6 +18,7 @@
 //! quiet, at most [`MAX_DELAY`] after the first).
 
 mod cache;
+mod lenient;
 mod status;
 mod watch;
 

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::Shared;
 use super::cache::{Cache, Change, Key, Kind, NewPod, PolicyEntry, ResourceEntry, ZoneEntry};
+use super::lenient::{Lenient, Unreadable};
 use crate::policy::crd::{Zone, ZonePolicy};
 use crate::policy::model;
 
@@ -125,12 +126,8 @@ fn trim_namespace(namespace: &mut Namespace) {
 }
 
 /// Zones and policies are few: they keep managedFields, which say who changed them.
-fn trim_zone(zone: &mut Zone) {
-    zone.metadata.annotations = None;
-}
-
-fn trim_policy(policy: &mut ZonePolicy) {
-    policy.metadata.annotations = None;
+fn trim_resource<K: kube::Resource<DynamicType = ()>>(object: &mut Lenient<K>) {
+    kube::Resource::meta_mut(object).annotations = None;
 }
 
 /// The field manager that last wrote the spec: the newest managedFields entry of the main
@@ -286,7 +283,41 @@ fn spec_value(spec: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
 }
 
-fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
+/// The entry of a Zone or ZonePolicy this agent cannot read: rejected, with the reason
+/// its status gives.
+fn unreadable_entry<M, S: DeserializeOwned>(
+    kind: &str,
+    object: &Unreadable,
+) -> (Key, ResourceEntry<M, S>) {
+    let name = name_of(&object.metadata);
+    tracing::warn!(
+        kind,
+        %name,
+        error = %object.error,
+        "object could not be read; its status says why, every other object goes on working"
+    );
+    let entry = ResourceEntry {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        generation: object.metadata.generation.unwrap_or(0),
+        spec: serde_json::Value::Null,
+        model: Err(vec![(String::new(), unreadable_reason(&object.error))]),
+        status: S::deserialize(&object.status).ok(),
+        accepted: None,
+        changed_by: spec_author(&object.metadata),
+    };
+    (name, entry)
+}
+
+/// What the status of an object this agent cannot read says.
+fn unreadable_reason(error: &str) -> String {
+    format!("could not be read by this agent (written for a newer version of zonewall?): {error}")
+}
+
+fn zone_entry(zone: &Lenient<Zone>) -> (Key, ZoneEntry) {
+    let zone = match zone {
+        Lenient::Read(zone) => zone,
+        Lenient::Unreadable(unreadable) => return unreadable_entry("Zone", unreadable),
+    };
     let name = name_of(&zone.metadata);
     let entry = ResourceEntry {
         uid: zone.metadata.uid.clone().unwrap_or_default(),
@@ -300,7 +331,11 @@ fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
     (name, entry)
 }
 
-fn policy_entry(policy: &ZonePolicy) -> (Key, PolicyEntry) {
+fn policy_entry(policy: &Lenient<ZonePolicy>) -> (Key, PolicyEntry) {
+    let policy = match policy {
+        Lenient::Read(policy) => policy,
+        Lenient::Unreadable(unreadable) => return unreadable_entry("ZonePolicy", unreadable),
+    };
     let name = name_of(&policy.metadata);
     let entry = ResourceEntry {
         uid: policy.metadata.uid.clone().unwrap_or_default(),
@@ -321,18 +356,18 @@ pub(super) fn spawn_all(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         spawn(
-            Api::<Zone>::all(client.clone()),
+            Api::<Lenient<Zone>>::all(client.clone()),
             Kind::Zones,
             shared,
-            trim_zone,
+            trim_resource,
             zone_entry,
             Cache::zones,
         ),
         spawn(
-            Api::<ZonePolicy>::all(client.clone()),
+            Api::<Lenient<ZonePolicy>>::all(client.clone()),
             Kind::ZonePolicies,
             shared,
-            trim_policy,
+            trim_resource,
             policy_entry,
             Cache::policies,
         ),
