@@ -9,6 +9,7 @@
 //!   old rules stay; two agents and one status writer; a Service's ClusterIP judged by
 //!   the zone of its pods through kube-proxy's nftables DNAT.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -432,6 +433,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 }
 
 const ZONE_POLICIES: &str = "/apis/zonewall.dev/v1alpha1/zonepolicies";
+const PODS: &str = "/api/v1/pods";
 
 /// The requests for the collection at `path`, in the order they came.
 fn requests_for(server: &ApiServer, path: &str) -> Vec<RequestRecord> {
@@ -439,6 +441,19 @@ fn requests_for(server: &ApiServer, path: &str) -> Vec<RequestRecord> {
         .requests()
         .into_iter()
         .filter(|request| request.method == "GET" && request.path == path)
+        .collect()
+}
+
+/// A request's query parameters (the values these tests read need no decoding).
+fn params(request: &RequestRecord) -> BTreeMap<String, String> {
+    request
+        .query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key.to_string(), value.to_string())
+        })
         .collect()
 }
 
@@ -451,6 +466,134 @@ fn source_setup(server: &ApiServer, dir: &tempfile::TempDir) -> (PathBuf, tokio:
         .build()
         .unwrap();
     (config, runtime)
+}
+
+#[test]
+fn initial_lists_come_from_the_watch_cache_streamed_or_unpaged() {
+    // A server that streams lists (Kubernetes 1.32, 1.34 and later): one watch per kind
+    // that starts with every object, from the watch cache (resourceVersion 0).
+    let server = ApiServer::start().unwrap();
+    base_objects(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, runtime) = source_setup(&server, &dir);
+    runtime.block_on(async {
+        let mut source = KubeSource::start(source_options(&config, "agent-one"))
+            .await
+            .unwrap();
+        let set = next_snapshot(&mut source, &mut Vec::new()).await;
+        assert_eq!(set.policies.len(), 2);
+    });
+    for path in [ZONE_POLICIES, PODS] {
+        let requests = requests_for(&server, path);
+        let first = params(&requests[0]);
+        for (key, value) in [
+            ("watch", "true"),
+            ("sendInitialEvents", "true"),
+            ("resourceVersion", "0"),
+            ("resourceVersionMatch", "NotOlderThan"),
+            ("allowWatchBookmarks", "true"),
+        ] {
+            assert_eq!(
+                first.get(key).map(String::as_str),
+                Some(value),
+                "{path}: the initial list is a streamed list from the watch cache: {first:?}"
+            );
+        }
+        assert!(!first.contains_key("limit"), "{first:?}");
+        assert!(
+            requests.iter().all(|request| params(request)
+                .get("watch")
+                .is_some_and(|watch| watch == "true")),
+            "{path}: nothing but watches: {requests:#?}"
+        );
+    }
+
+    // A server that refuses them (the WatchList feature off, as in 1.33): one refused
+    // attempt per kind, then a list from the watch cache: resourceVersion 0, no page
+    // limit (with a limit kube-core leaves resourceVersion out: a read from etcd).
+    let server = ApiServer::start().unwrap();
+    base_objects(&server);
+    server.refuse_streamed_lists(true);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, runtime) = source_setup(&server, &dir);
+    runtime.block_on(async {
+        let mut source = KubeSource::start(source_options(&config, "agent-one"))
+            .await
+            .unwrap();
+        let set = next_snapshot(&mut source, &mut Vec::new()).await;
+        assert_eq!(set.policies.len(), 2);
+        assert!(source.health().failing.is_empty(), "{:?}", source.health());
+        // The watch that follows each list.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while [ZONE_POLICIES, PODS]
+            .iter()
+            .any(|path| requests_for(&server, path).len() < 3)
+        {
+            assert!(Instant::now() < deadline, "no watch after the lists");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    for path in [ZONE_POLICIES, PODS] {
+        let requests = requests_for(&server, path);
+        assert_eq!(requests[0].status, 422, "{requests:#?}");
+        let list = params(&requests[1]);
+        assert_eq!(requests[1].status, 200);
+        assert_eq!(
+            (
+                list.get("resourceVersion").map(String::as_str),
+                list.get("resourceVersionMatch").map(String::as_str),
+                list.get("limit"),
+                list.get("watch"),
+            ),
+            (Some("0"), Some("NotOlderThan"), None, None),
+            "{path}: the fallback lists from the watch cache, unpaged: {list:?}"
+        );
+        let watch = params(&requests[2]);
+        assert_eq!(watch.get("watch").map(String::as_str), Some("true"));
+        assert!(!watch.contains_key("sendInitialEvents"), "{watch:?}");
+        assert_eq!(
+            requests
+                .iter()
+                .filter(|request| request.status == 422)
+                .count(),
+            1,
+            "{path}: streamed lists are not asked for again: {requests:#?}"
+        );
+    }
+
+    // A server (or a proxy) that takes the streamed list for a plain watch and ends it
+    // without marking the end of the list: the streamed list is given up for a list.
+    let server = ApiServer::start().unwrap();
+    base_objects(&server);
+    server.ignore_streamed_lists(true);
+    server.cap_watch_time(Some(Duration::from_secs(1)));
+    let dir = tempfile::tempdir().unwrap();
+    let (config, runtime) = source_setup(&server, &dir);
+    runtime.block_on(async {
+        let mut source = KubeSource::start(source_options(&config, "agent-one"))
+            .await
+            .unwrap();
+        let set = next_snapshot(&mut source, &mut Vec::new()).await;
+        assert_eq!(set.policies.len(), 2);
+    });
+    let requests = requests_for(&server, ZONE_POLICIES);
+    assert_eq!(
+        params(&requests[0])
+            .get("sendInitialEvents")
+            .map(String::as_str),
+        Some("true")
+    );
+    let lists: Vec<BTreeMap<String, String>> = requests
+        .iter()
+        .map(params)
+        .filter(|query| !query.contains_key("watch"))
+        .collect();
+    assert_eq!(lists.len(), 1, "{requests:#?}");
+    assert_eq!(
+        lists[0].get("resourceVersion").map(String::as_str),
+        Some("0")
+    );
+    assert!(!lists[0].contains_key("limit"), "{lists:?}");
 }
 
 #[test]
@@ -1497,10 +1640,10 @@ fn an_expired_watch_is_a_routine_relist() {
     ] {
         assert!(!logs.contains(failure), "{failure:?} logged:\n{logs}");
     }
-    // Each kind lists again, once.
+    // The relists are streamed lists again, from the watch cache.
     let relists = server.requests()[before..]
         .iter()
-        .filter(|request| request.method == "GET" && !request.query.contains("watch=true"))
+        .filter(|request| request.query.contains("sendInitialEvents=true"))
         .count();
     assert_eq!(relists, 6, "one relist per kind");
 

@@ -644,11 +644,12 @@ async fn watch(
         Err(failure) => return error(&failure),
     };
     let bookmarks = truthy(params, "allowWatchBookmarks");
-    let initial_events_end = truthy(params, "sendInitialEvents");
-    let timeout = params
+    let initial_events_end = truthy(params, "sendInitialEvents") && !inner.streamed_lists_ignored();
+    let asked = params
         .get("timeoutSeconds")
         .and_then(|seconds| seconds.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let timeout = inner.watch_time_cap().map_or(asked, |cap| cap.min(asked));
     let requested = params
         .get("resourceVersion")
         .filter(|version| !version.is_empty() && *version != "0");

@@ -61,6 +61,10 @@ pub struct Inner {
     failing: Mutex<HashMap<String, ApiError>>,
     /// Whether watches with `sendInitialEvents` are refused (the WatchList feature off).
     refuse_streamed_lists: AtomicBool,
+    /// Whether watches with `sendInitialEvents` are served as plain watches.
+    ignore_streamed_lists: AtomicBool,
+    /// The longest any watch lasts, whatever it asked for.
+    watch_time_cap: Mutex<Option<Duration>>,
 }
 
 impl Inner {
@@ -95,6 +99,14 @@ impl Inner {
 
     fn streamed_lists_refused(&self) -> bool {
         self.refuse_streamed_lists.load(Ordering::Relaxed)
+    }
+
+    fn streamed_lists_ignored(&self) -> bool {
+        self.ignore_streamed_lists.load(Ordering::Relaxed)
+    }
+
+    fn watch_time_cap(&self) -> Option<Duration> {
+        *self.watch_time_cap.lock().expect("watch time lock")
     }
 
     fn log(&self, record: RequestRecord) {
@@ -179,6 +191,8 @@ impl ApiServer {
                 expire,
                 failing: Mutex::new(HashMap::new()),
                 refuse_streamed_lists: AtomicBool::new(false),
+                ignore_streamed_lists: AtomicBool::new(false),
+                watch_time_cap: Mutex::new(None),
             }),
             runtime: Some(runtime),
             listeners: Mutex::new(Vec::new()),
@@ -398,6 +412,21 @@ impl ApiServer {
             .store(refuse, Ordering::Relaxed);
     }
 
+    /// Serves watches with `sendInitialEvents` as plain watches: every object, but no
+    /// bookmark marking the end of the list, as a server that does not know the parameter
+    /// would.
+    pub fn ignore_streamed_lists(&self, ignore: bool) {
+        self.inner
+            .ignore_streamed_lists
+            .store(ignore, Ordering::Relaxed);
+    }
+
+    /// Ends every watch after `cap` at most, whatever its `timeoutSeconds`, as a proxy
+    /// or load balancer in front of the API server may; `None`: as asked.
+    pub fn cap_watch_time(&self, cap: Option<Duration>) {
+        *self.inner.watch_time_cap.lock().expect("watch time lock") = cap;
+    }
+
     /// Delay before every response (a slow API server).
     pub fn set_latency(&self, latency: Duration) {
         *self.inner.latency.lock().expect("latency lock") = latency;
@@ -563,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn fails_on_cue_refuses_streamed_lists_and_expires_watches() {
+    fn fails_on_cue_refuses_or_ignores_streamed_lists_and_expires_watches() {
         let server = ApiServer::start().unwrap();
         let zones = "/apis/zonewall.dev/v1alpha1/zones";
         server.fail_requests_for(
@@ -588,13 +617,31 @@ mod tests {
         let (status, body) = request(server.port(), "GET", &streamed, "", "");
         assert_eq!(status, 200);
         assert!(body.contains("k8s.io/initial-events-end"), "{body}");
+        server.ignore_streamed_lists(true);
+        server.cap_watch_time(Some(Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        let (status, body) = request(
+            server.port(),
+            "GET",
+            &streamed.replace("timeoutSeconds=1", "timeoutSeconds=10"),
+            "",
+            "",
+        );
+        assert_eq!(status, 200);
+        assert!(!body.contains("k8s.io/initial-events-end"), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended at the cap"
+        );
+        server.ignore_streamed_lists(false);
+        server.cap_watch_time(None);
 
         let port = server.port();
         let watching = std::thread::spawn(move || {
             request(
                 port,
                 "GET",
-                "/apis/zonewall.dev/v1alpha1/zones?watch=true&timeoutSeconds=10&resourceVersion=1000",
+                "/apis/zonewall.dev/v1alpha1/zones?watch=true&timeoutSeconds=20&resourceVersion=1000",
                 "",
                 "",
             )
@@ -603,7 +650,7 @@ mod tests {
         while !server
             .requests()
             .iter()
-            .any(|request| request.query.contains("timeoutSeconds=10"))
+            .any(|request| request.query.contains("timeoutSeconds=20"))
         {
             assert!(
                 started.elapsed() < Duration::from_secs(5),

@@ -2,7 +2,8 @@
 //! whole cluster, watched through the API server, turned into a `PolicySet` snapshot
 //! whenever they change, and the status of every Zone and ZonePolicy written back.
 //!
-//! - `watch`: one watcher per kind, objects trimmed on arrival.
+//! - `watch`: one watcher per kind, lists from the API server's watch cache, objects
+//!   trimmed on arrival.
 //! - `retry`: the backoff between attempts, and what each failure was.
 //! - `lenient`: Zones and ZonePolicies decoded one by one, so that one this agent cannot
 //!   read is reported on itself instead of failing its whole list.

@@ -115,6 +115,11 @@ impl Retry {
         }
     }
 
+    /// Whether a list is due or under way.
+    pub(super) fn listing(&self) -> bool {
+        self.listing
+    }
+
     /// Takes one event; true when it ends a run of failures.
     pub(super) fn event<K>(&mut self, event: &Event<K>) -> bool {
         match event {
@@ -194,6 +199,17 @@ impl Retry {
 /// A watch whose resourceVersion is too old for the server: the watcher relists.
 fn expired(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
+/// Whether the server refused a streamed list (`sendInitialEvents`) as it does when it
+/// does not offer them (the WatchList feature off: Kubernetes 1.27 to 1.31 by default,
+/// and 1.33): 422 Invalid, or 400 Bad Request.
+pub(super) fn streaming_refused(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if status.code == 422 || status.code == 400
+    )
 }
 
 /// The `reason` label and the text for people of an error.
@@ -418,6 +434,21 @@ mod tests {
         };
         assert_eq!(failure.request, Request::List);
         assert_eq!(failure.reason, "no_resource_version");
+    }
+
+    #[test]
+    fn a_refused_streamed_list_is_told_from_other_failures() {
+        let refused = |code| {
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                code,
+                "Invalid",
+                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+            )))
+        };
+        assert!(streaming_refused(&refused(422)));
+        assert!(streaming_refused(&refused(400)));
+        assert!(!streaming_refused(&refused(403)));
+        assert!(!streaming_refused(&forbidden()));
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! One watcher per kind: kube-runtime's watcher, objects trimmed to the fields zonewall
 //! reads before anything keeps them, then converted into the cache.
 //!
+//! - Initial lists and relists come from the API server's watch cache, never from etcd:
+//!   every node runs an agent. First as a streamed list (a watch with
+//!   `sendInitialEvents=true&resourceVersion=0`, the WatchList feature); when the server
+//!   refuses that (422, as Kubernetes 1.27 to 1.31 and 1.33 do by default) or ends the
+//!   stream without marking the end of the list, as a list with `resourceVersion=0` and
+//!   no page limit (kube-core drops `resourceVersion=0` from paged lists, which would make
+//!   every relist a consistent read from etcd).
 //! - Retries wait per [`super::retry`]; a `410 Gone` is a routine relist, not a failure.
 //! - Until a relist completes the cache keeps what it had, so the last known state stays
 //!   enforced.
@@ -21,9 +28,35 @@ use serde::de::DeserializeOwned;
 use super::Shared;
 use super::cache::{Cache, Change, Key, Kind, NewPod, PolicyEntry, ResourceEntry, ZoneEntry};
 use super::lenient::{Lenient, Unreadable};
-use super::retry::{Next, Retry, WATCH_SETTLE};
+use super::retry::{Next, Retry, WATCH_SETTLE, streaming_refused};
 use crate::policy::crd::{Zone, ZonePolicy};
 use crate::policy::model;
+
+/// How a watcher gets its initial list and relists; both read the API server's watch
+/// cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    /// A watch that starts with every object (`sendInitialEvents`): no list response the
+    /// server must build in memory.
+    Streamed,
+    /// A list at `resourceVersion=0`, unpaged, for servers without streamed lists.
+    Cached,
+}
+
+impl Listing {
+    fn config(self) -> watcher::Config {
+        match self {
+            // The initial watch goes from resourceVersion 0: the watch cache's state.
+            Listing::Streamed => watcher::Config::default().streaming_lists(),
+            Listing::Cached => {
+                let mut config = watcher::Config::default().any_semantic();
+                // kube-core sends resourceVersion=0 only without a limit.
+                config.page_size = None;
+                config
+            }
+        }
+    }
+}
 
 /// Drops what no kind's conversion reads; most of an object's size is there.
 fn trim_metadata(metadata: &mut ObjectMeta) {
@@ -396,14 +429,14 @@ async fn run<K, T>(
 {
     let seed = std::process::id() as u64 ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut retry = Retry::new(seed);
-    // Lists come from the API server's watch cache (resourceVersion=0), as informers do:
-    // every node runs an agent, and quorum reads from all of them would load etcd.
-    let config = watcher::Config::default().any_semantic();
+    let mut listing = Listing::Streamed;
     let mut listed_once = false;
+    // An `Init` not followed by `InitDone` yet, with no error since.
+    let mut init_unfinished = false;
     // The relist that is due was announced (a 410): its `Init` says nothing more.
     let mut relist_announced = false;
     'streams: loop {
-        let mut stream = pin!(watch_stream(api.clone(), config.clone()).modify(trim));
+        let mut stream = pin!(watch_stream(api.clone(), listing.config()).modify(trim));
         loop {
             let item = if retry.awaiting_watch() {
                 match tokio::time::timeout(WATCH_SETTLE, stream.next()).await {
@@ -430,6 +463,17 @@ async fn run<K, T>(
             let event = match item {
                 Ok(event) => event,
                 Err(error) => {
+                    init_unfinished = false;
+                    if listing == Listing::Streamed && retry.listing() && streaming_refused(&error)
+                    {
+                        tracing::info!(
+                            kind = kind.as_str(),
+                            %error,
+                            "the API server does not stream lists; listing from its watch cache (resourceVersion=0) instead"
+                        );
+                        listing = Listing::Cached;
+                        continue 'streams;
+                    }
                     match retry.error(&error) {
                         Next::Relist { delay } => {
                             tracing::info!(
@@ -472,6 +516,17 @@ async fn run<K, T>(
             }
             let change = match event {
                 Event::Init => {
+                    if init_unfinished && listing == Listing::Streamed {
+                        // A streamed list that ended without its end marker: the server
+                        // does not know `sendInitialEvents` and sent a plain watch.
+                        tracing::info!(
+                            kind = kind.as_str(),
+                            "the API server ended a streamed list without marking its end; listing from its watch cache (resourceVersion=0) instead"
+                        );
+                        listing = Listing::Cached;
+                        continue 'streams;
+                    }
+                    init_unfinished = true;
                     if listed_once && !relist_announced {
                         tracing::info!(kind = kind.as_str(), "relisting to resynchronise");
                     }
@@ -482,7 +537,10 @@ async fn run<K, T>(
                     let (key, value) = convert(&object);
                     Change::RelistItem(key, value)
                 }
-                Event::InitDone => Change::RelistDone,
+                Event::InitDone => {
+                    init_unfinished = false;
+                    Change::RelistDone
+                }
                 Event::Apply(object) => {
                     let (key, value) = convert(&object);
                     Change::Applied(key, value)
@@ -504,7 +562,12 @@ async fn run<K, T>(
                 if listed_once {
                     tracing::info!(kind = kind.as_str(), objects, changed, "resynchronised");
                 } else {
-                    tracing::info!(kind = kind.as_str(), objects, "initial list complete");
+                    tracing::info!(
+                        kind = kind.as_str(),
+                        objects,
+                        streamed = listing == Listing::Streamed,
+                        "initial list complete"
+                    );
                 }
                 listed_once = true;
             }
@@ -518,6 +581,29 @@ async fn run<K, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_read_the_watch_cache() {
+        let streamed = Listing::Streamed.config();
+        assert_eq!(
+            streamed.initial_list_strategy,
+            watcher::InitialListStrategy::StreamingList
+        );
+        assert!(
+            streamed.bookmarks,
+            "the end of a streamed list is a bookmark"
+        );
+        let cached = Listing::Cached.config();
+        assert_eq!(
+            cached.initial_list_strategy,
+            watcher::InitialListStrategy::ListWatch
+        );
+        assert_eq!(cached.list_semantic, watcher::ListSemantic::Any);
+        assert_eq!(
+            cached.page_size, None,
+            "with a page limit kube-core leaves resourceVersion=0 out"
+        );
+    }
 
     #[test]
     fn pods_are_trimmed_to_what_is_read() {
