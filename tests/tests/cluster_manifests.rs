@@ -263,7 +263,7 @@ fn the_crds_hold_on_the_newest_kubernetes() {
         nodes: 0,
         apiserver_version: NEWEST_KUBERNETES_VERSION,
         controllers: false,
-        dir: None,
+        ..ClusterOptions::default()
     }) else {
         return;
     };
@@ -630,6 +630,11 @@ fn without(role: &Value, grant: &Grant) -> Value {
     reduced
 }
 
+/// One exception, checked as such: the agent's initial lists are streamed (a watch with
+/// `sendInitialEvents`), which this release serves, so `list` is not used here; it is
+/// granted for servers that refuse streamed lists (the agent then falls back to plain
+/// lists, a test against the API server double shows it), which cannot be had from a
+/// release we build.
 #[test]
 fn the_agent_needs_every_grant_of_deploy_rbac_and_no_more() {
     let Some(mut cluster) = start(ClusterOptions {
@@ -656,6 +661,20 @@ fn the_agent_needs_every_grant_of_deploy_rbac_and_no_more() {
         );
         cluster.start_agent(0).unwrap();
         let outcome = agent_works(&mut cluster, round + 1, Duration::from_secs(20));
+        if grant.verb == "list" && grant.kind == "clusterrole" {
+            // Streamed lists need only `watch` (see above).
+            if let Err(failure) = &outcome {
+                panic!("without {grant:?} the agent fails although it streams its lists: {failure}");
+            }
+            assert!(
+                cluster.nodes[0].agent().logs().contains("streamed=true"),
+                "the agent did not stream its lists:\n{}",
+                cluster.nodes[0].agent().logs()
+            );
+            eprintln!("without clusterrole list on {}: works (streamed lists)", grant.resource);
+            replace(&cluster, &original);
+            continue;
+        }
         assert!(
             outcome.is_err(),
             "the agent works without {grant:?}: the grant is not needed\n{}",

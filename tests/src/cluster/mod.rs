@@ -140,6 +140,8 @@ pub struct ClusterOptions {
     /// A folder that outlives the cluster's guard (`cargo xtask cluster up`); a temporary
     /// folder under /run when None.
     pub dir: Option<PathBuf>,
+    /// More kube-apiserver flags (e.g. `--feature-gates=WatchList=false`).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -149,6 +151,7 @@ impl Default for ClusterOptions {
             apiserver_version: KUBERNETES_VERSION,
             controllers: true,
             dir: None,
+            apiserver_args: Vec::new(),
         }
     }
 }
