@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: Debian packages, the nightly's rust-src, bpf-linker.
+    /// Install what is missing: Debian packages, the pinned eBPF nightly with rust-src,
+    /// bpf-linker.
     Setup,
     /// Setup, then build the agent in release mode (the eBPF object is embedded).
     Build,
