@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod codegen;
+mod controlplane;
 mod demo;
 mod fuzz;
 mod setup;
@@ -33,7 +34,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what is missing: Debian packages, the pinned eBPF nightly with rust-src,
-    /// bpf-linker.
+    /// bpf-linker, then the Kubernetes control plane built with Go
+    /// (ZONEWALL_SKIP_CONTROLPLANE=1 skips it).
     Setup,
     /// Setup, then build the agent in release mode (the eBPF object is embedded).
     Build,

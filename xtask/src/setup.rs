@@ -6,6 +6,8 @@
 //!   `rust-src` for `-Z build-std=core`.
 //! - `bpf-linker`, built against that nightly's own libLLVM so their LLVM majors agree and
 //!   no system LLVM is needed.
+//! - Last, the Kubernetes control plane, built from source with Go once per machine (see
+//!   [`crate::controlplane`]; `ZONEWALL_SKIP_CONTROLPLANE=1` skips it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +56,7 @@ pub fn run() -> Result<()> {
     python_packages()?;
     ebpf_toolchain()?;
     bpf_linker()?;
+    crate::controlplane::setup()?;
     println!("setup: everything is in place");
     Ok(())
 }
