@@ -295,12 +295,14 @@ fn build_bpf_linker(llvm_major: u32) -> Result<()> {
         "sysroot",
     ]))?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
-    let library = std::fs::read_dir(&sysroot_lib)
+    let names: Vec<String> = std::fs::read_dir(&sysroot_lib)
         .with_context(|| format!("read {}", sysroot_lib.display()))?
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .find(|name| name.starts_with("libLLVM.so.") || name.starts_with("libLLVM-"))
-        .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?;
+        .collect();
+    let library = llvm_library(&names)
+        .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?
+        .to_string();
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     let prefix = Path::new(&home).join(".local/share/zonewall/llvm");
     let prefix_lib = prefix.join("lib");
@@ -326,6 +328,17 @@ fn build_bpf_linker(llvm_major: u32) -> Result<()> {
     )
 }
 
+/// The toolchain's libLLVM among the names of its `lib` folder: the shared object named
+/// by its soname (`libLLVM.so.22.1-rust-…`), which the linked binary asks for, before a
+/// `libLLVM-22-rust-….so`, which in rustup's toolchains is a linker script pointing to it.
+fn llvm_library(names: &[String]) -> Option<&str> {
+    names
+        .iter()
+        .find(|name| name.starts_with("libLLVM.so."))
+        .or_else(|| names.iter().find(|name| name.starts_with("libLLVM-")))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +359,25 @@ mod tests {
             Some(19)
         );
         assert_eq!(llvm_major_of_ldd("\tlibc.so.6 => /lib/libc.so.6\n"), None);
+    }
+
+    #[test]
+    fn picks_the_shared_object_of_libllvm() {
+        let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        let rustup_lib = names(&[
+            "libLLVM-22-rust-1.97.0-nightly.so",
+            "librustc_driver-0123.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+        ]);
+        assert_eq!(
+            llvm_library(&rustup_lib),
+            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        assert_eq!(
+            llvm_library(&names(&["libLLVM-19.so"])),
+            Some("libLLVM-19.so")
+        );
+        assert_eq!(llvm_library(&names(&["librustc_driver-0123.so"])), None);
     }
 
     #[test]
