@@ -20,6 +20,7 @@
 //! Addresses: nodes `198.19.0.<10+n>/24` on `cluster0` (the API server is `198.19.0.1:6443`),
 //! pods of node *n* `198.18.<10+n>.<10+k>/32`, Services `198.19.200.0/24`. IPv4 only.
 
+pub mod bulk;
 pub mod process;
 
 use std::collections::BTreeMap;
