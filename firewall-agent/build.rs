@@ -2,6 +2,11 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
+/// The pinned nightly that builds the eBPF crate: rustc 1.97.0-nightly (e50aa6fba
+/// 2026-05-19), LLVM 22, the LLVM bpf-linker is built against. `cargo xtask setup`
+/// installs the same one (xtask's `EBPF_TOOLCHAIN`): change both together.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var_os("AYA_BUILD_SKIP").is_some() {
@@ -12,11 +17,16 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:warning=AYA_BUILD_SKIP set: the agent is built WITHOUT its eBPF object");
         return Ok(());
     }
-    // The eBPF build needs bpf-linker and the nightly rust-src; say what to run instead of
-    // failing deep inside cargo when they are missing.
-    if std::env::var_os("AYA_BUILD_SKIP").is_none() && which_bpf_linker().is_none() {
+    // The eBPF build needs the pinned nightly with rust-src and bpf-linker; say what to run
+    // instead of failing deep inside cargo when they are missing.
+    if !has_ebpf_toolchain() {
         return Err(anyhow!(
-            "bpf-linker not found: run `cargo xtask setup` once (installs nightly rust-src and bpf-linker)"
+            "the eBPF toolchain {EBPF_TOOLCHAIN} is not installed: run `cargo xtask setup` once (installs it with rust-src, and bpf-linker)"
+        ));
+    }
+    if which_bpf_linker().is_none() {
+        return Err(anyhow!(
+            "bpf-linker not found: run `cargo xtask setup` once (installs the eBPF toolchain {EBPF_TOOLCHAIN} with rust-src, and bpf-linker)"
         ));
     }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
@@ -37,8 +47,21 @@ fn main() -> anyhow::Result<()> {
             root_dir: root_dir.as_str(),
             ..Default::default()
         }],
-        Toolchain::default(),
+        Toolchain::Custom(EBPF_TOOLCHAIN),
     )
+}
+
+/// Whether rustup has the eBPF toolchain. Without rustup, aya-build uses the toolchain at
+/// hand, and so does this check.
+fn has_ebpf_toolchain() -> bool {
+    match std::process::Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+    {
+        Ok(output) => output.status.success(),
+        Err(_) => true,
+    }
 }
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {

@@ -681,6 +681,8 @@ impl Agent {
         self.metrics.generation.set(self.generation as i64);
         self.metrics
             .state_file_errors_total(self.source.state_errors());
+        let health = self.source.health();
+        self.metrics.source_health(&health);
         let readiness = crate::metrics::Readiness {
             policy_enforced: self.generation != 0,
             source_synced: self.source.synced(),
@@ -703,6 +705,7 @@ impl Agent {
                     error: pending.error.clone(),
                     attempts: pending.backoff.failures(),
                 }),
+            source_failing: health.failing,
         };
         self.metrics.set_readiness(&readiness);
         self.metrics.tick();

@@ -61,6 +61,20 @@ pub struct HookLabels {
     pub hook: String,
 }
 
+/// A kind the Kubernetes source follows (`zones`, `pods`...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// A kind and why a request for it failed (`forbidden`, `not_found`,
+/// `too_many_requests`, `server_error`, `connection`...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindReasonLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
 /// What readiness depends on. The agent fills it every round; [`Readiness::reasons`]
 /// says, in words an operator can act on, why it is not ready.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +87,9 @@ pub struct Readiness {
     /// The newest policy could not be written: the map at fault (if known), the error,
     /// and the attempts so far.
     pub apply_failed: Option<ApplyFailure>,
+    /// What the policy source fails at now, one line each (see
+    /// [`crate::source::SourceHealth::failing`]).
+    pub source_failing: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +109,7 @@ impl Readiness {
         if !self.source_synced {
             reasons.push("the policy source is not in sync".to_owned());
         }
+        reasons.extend(self.source_failing.iter().cloned());
         for (interface, attempts, error) in &self.unprotected {
             reasons.push(format!(
                 "interface {interface} is NOT protected: attach failed {attempts} time(s), retrying: {error}"
@@ -140,6 +158,13 @@ pub struct Metrics {
     pub interfaces_attached: Family<HookLabels, Gauge>,
     pub attach_failures: Family<InterfaceLabels, Counter>,
     pub conntrack_insert_failures: Counter,
+    /// Failed list requests of the Kubernetes source (a streamed list included).
+    pub kube_list_failures: Family<KindReasonLabels, Counter>,
+    /// Failed watch requests of the Kubernetes source (a `410 Gone` is not one).
+    pub kube_watch_failures: Family<KindReasonLabels, Counter>,
+    /// The wait the Kubernetes source chose after a kind's last failure; 0 once a
+    /// request succeeds.
+    pub kube_retry_backoff: Family<KindLabels, Gauge<f64, AtomicU64>>,
     /// The /readyz body while not ready.
     not_ready: Mutex<String>,
     pub state_file_errors: Counter,
@@ -185,6 +210,9 @@ impl Metrics {
             interfaces_attached: Family::default(),
             attach_failures: Family::default(),
             conntrack_insert_failures: Counter::default(),
+            kube_list_failures: Family::default(),
+            kube_watch_failures: Family::default(),
+            kube_retry_backoff: Family::default(),
             not_ready: Mutex::new("not ready: the agent is starting\n".to_owned()),
             state_file_errors: Counter::default(),
             reported: Mutex::new(HashMap::new()),
@@ -309,6 +337,21 @@ impl Metrics {
             metrics.conntrack_insert_failures.clone(),
         );
         registry.register(
+            "kube_list_failures",
+            "Failed list requests to the Kubernetes API (streamed lists included), by kind and reason; retried with backoff",
+            metrics.kube_list_failures.clone(),
+        );
+        registry.register(
+            "kube_watch_failures",
+            "Failed watch requests to the Kubernetes API, by kind and reason; retried with backoff",
+            metrics.kube_watch_failures.clone(),
+        );
+        registry.register(
+            "kube_retry_backoff_seconds",
+            "Wait before retrying a kind's failed Kubernetes API request (0 while its requests succeed)",
+            metrics.kube_retry_backoff.clone(),
+        );
+        registry.register(
             "state_file_errors",
             "State files (--state-dir) that could not be read, parsed or written",
             metrics.state_file_errors.clone(),
@@ -324,6 +367,32 @@ impl Metrics {
         let counted = self.state_file_errors.get();
         if total > counted {
             self.state_file_errors.inc_by(total - counted);
+        }
+    }
+
+    /// Brings the request failure counters up to the source's running totals, and the
+    /// retry waits to the source's.
+    pub fn source_health(&self, health: &crate::source::SourceHealth) {
+        for failures in &health.failures {
+            let family = match failures.request {
+                "watch" => &self.kube_watch_failures,
+                _ => &self.kube_list_failures,
+            };
+            let counter = family.get_or_create(&KindReasonLabels {
+                kind: failures.kind.to_owned(),
+                reason: failures.reason.to_owned(),
+            });
+            let counted = counter.get();
+            if failures.total > counted {
+                counter.inc_by(failures.total - counted);
+            }
+        }
+        for (kind, wait) in &health.retry_backoff {
+            self.kube_retry_backoff
+                .get_or_create(&KindLabels {
+                    kind: (*kind).to_owned(),
+                })
+                .set(wait.as_secs_f64());
         }
     }
 
@@ -918,5 +987,54 @@ mod tests {
                 .encode()
                 .contains("zonewall_interfaces_unprotected 0")
         );
+
+        let failing = Readiness {
+            source_failing: vec![
+                "zones: list failed: 403 Forbidden: zones.zonewall.dev is forbidden".into(),
+            ],
+            ..ready.clone()
+        };
+        metrics.set_readiness(&failing);
+        assert!(!metrics.ready.load(Ordering::Relaxed));
+        assert_eq!(
+            metrics.not_ready_body(),
+            "not ready: zones: list failed: 403 Forbidden: zones.zonewall.dev is forbidden\n"
+        );
+    }
+
+    #[test]
+    fn source_failures_are_mirrored_as_running_totals() {
+        use crate::source::{RequestFailures, SourceHealth};
+        let metrics = Metrics::new();
+        let health = |list: u64, watch: u64, wait: Duration| SourceHealth {
+            failing: Vec::new(),
+            failures: vec![
+                RequestFailures {
+                    kind: "zones",
+                    request: "list",
+                    reason: "forbidden",
+                    total: list,
+                },
+                RequestFailures {
+                    kind: "pods",
+                    request: "watch",
+                    reason: "connection",
+                    total: watch,
+                },
+            ],
+            retry_backoff: vec![("zones", wait), ("pods", Duration::ZERO)],
+        };
+        metrics.source_health(&health(2, 1, Duration::from_millis(1500)));
+        metrics.source_health(&health(5, 1, Duration::from_secs(4)));
+        let text = metrics.encode();
+        for expected in [
+            "zonewall_kube_list_failures_total{kind=\"zones\",reason=\"forbidden\"} 5",
+            "zonewall_kube_watch_failures_total{kind=\"pods\",reason=\"connection\"} 1",
+            "zonewall_kube_retry_backoff_seconds{kind=\"zones\"} 4.0",
+            "zonewall_kube_retry_backoff_seconds{kind=\"pods\"} 0.0",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+        assert!(!text.contains("zonewall_kube_list_failures_total{kind=\"pods\""));
     }
 }

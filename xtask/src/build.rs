@@ -1,5 +1,5 @@
 //! `cargo xtask build`: the agent in release mode. Its build script builds the eBPF
-//! object with the nightly toolchain and embeds it.
+//! object with the pinned nightly toolchain and embeds it.
 
 use std::path::PathBuf;
 use std::process::Stdio;

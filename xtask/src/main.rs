@@ -10,6 +10,7 @@ mod build;
 mod cluster;
 mod cmd;
 mod codegen;
+mod controlplane;
 mod demo;
 mod fuzz;
 mod setup;
@@ -35,7 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: Debian packages, the nightly's rust-src, bpf-linker.
+    /// Install what is missing: Debian packages, the pinned eBPF nightly with rust-src,
+    /// bpf-linker, then the Kubernetes control plane built with Go
+    /// (ZONEWALL_SKIP_CONTROLPLANE=1 skips it).
     Setup,
     /// Setup, then build the agent in release mode (the eBPF object is embedded).
     Build,

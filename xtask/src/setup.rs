@@ -2,9 +2,12 @@
 //! Idempotent and quick when everything is there.
 //!
 //! - Debian packages for the tests, the demo and the benchmarks (apt-get, as root).
-//! - `rust-src` for the nightly toolchain that builds the eBPF crate (`-Z build-std=core`).
-//! - `bpf-linker`, built against the nightly's own libLLVM so their LLVM majors agree and
+//! - The pinned nightly toolchain that builds the eBPF crate ([`EBPF_TOOLCHAIN`]), with
+//!   `rust-src` for `-Z build-std=core`.
+//! - `bpf-linker`, built against that nightly's own libLLVM so their LLVM majors agree and
 //!   no system LLVM is needed.
+//! - Last, the Kubernetes control plane, built from source with Go once per machine (see
+//!   [`crate::controlplane`]; `ZONEWALL_SKIP_CONTROLPLANE=1` skips it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,14 +44,19 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("jsonschema", "jsonschema"),
 ];
 
-/// The toolchain that builds the eBPF crate (aya-build's default).
-const NIGHTLY: &str = "nightly";
+/// The toolchain that builds the eBPF crate: rustc 1.97.0-nightly (e50aa6fba 2026-05-19),
+/// LLVM 22. Pinned, so that every machine builds the same object and bpf-linker keeps the
+/// LLVM it was built against; firewall-agent/build.rs names the same one. To move it,
+/// change both and run `cargo xtask setup` (it rebuilds bpf-linker when the LLVM major
+/// changes).
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 
 pub fn run() -> Result<()> {
     debian_packages()?;
     python_packages()?;
-    nightly_rust_src()?;
+    ebpf_toolchain()?;
     bpf_linker()?;
+    crate::controlplane::setup()?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -137,28 +145,63 @@ fn missing_packages(listing: &str, wanted: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn nightly_rust_src() -> Result<()> {
+/// Installs the pinned eBPF toolchain with rust-src when it is missing, or adds rust-src
+/// to it.
+fn ebpf_toolchain() -> Result<()> {
+    let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to install the eBPF toolchain: see https://rustup.rs")?;
+    if !lists_toolchain(&toolchains, EBPF_TOOLCHAIN) {
+        println!("setup: installing the eBPF toolchain {EBPF_TOOLCHAIN} with rust-src");
+        return cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
     let installed = cmd::output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        NIGHTLY,
-    ]))
-    .with_context(|| {
-        format!("the `{NIGHTLY}` toolchain is needed for the eBPF crate: `rustup toolchain install {NIGHTLY}`")
-    })?;
+        EBPF_TOOLCHAIN,
+    ]))?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
-        println!("setup: {NIGHTLY} rust-src present");
+        println!("setup: eBPF toolchain {EBPF_TOOLCHAIN} with rust-src present");
         return Ok(());
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+}
+
+/// Whether `rustup toolchain list` shows `toolchain`, listed with its host triple (e.g.
+/// `nightly-2026-05-20-x86_64-unknown-linux-gnu (active)`). A triple starts with a letter,
+/// a date with a digit: `nightly` is not `nightly-2026-05-20-x86_64-…`.
+fn lists_toolchain(listing: &str, toolchain: &str) -> bool {
+    listing.lines().any(|line| {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        name == toolchain
+            || name
+                .strip_prefix(toolchain)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|host| host.starts_with(|c: char| c.is_ascii_alphabetic()))
+    })
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = cmd::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))?;
-    let wanted = llvm_major_of_rustc(&version)
-        .with_context(|| format!("no `LLVM version` in `rustc +{NIGHTLY} -vV`:\n{version}"))?;
+    let version =
+        cmd::output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "-vV"]))?;
+    let wanted = llvm_major_of_rustc(&version).with_context(|| {
+        format!("no `LLVM version` in `rustc +{EBPF_TOOLCHAIN} -vV`:\n{version}")
+    })?;
     match installed_bpf_linker() {
         Some(path) => match linked_llvm_major(&path) {
             Linked::Major(major) if major == wanted => {
@@ -170,7 +213,7 @@ fn bpf_linker() -> Result<()> {
             }
             Linked::Major(major) => {
                 println!(
-                    "setup: bpf-linker uses LLVM {major}, the {NIGHTLY} LLVM {wanted}: rebuilding"
+                    "setup: bpf-linker uses LLVM {major}, the {EBPF_TOOLCHAIN} LLVM {wanted}: rebuilding"
                 );
             }
             Linked::Unknown => {
@@ -182,7 +225,9 @@ fn bpf_linker() -> Result<()> {
             }
             Linked::Broken => println!("setup: bpf-linker does not run: rebuilding"),
         },
-        None => println!("setup: bpf-linker missing: building it against the {NIGHTLY} libLLVM"),
+        None => {
+            println!("setup: bpf-linker missing: building it against the {EBPF_TOOLCHAIN} libLLVM")
+        }
     }
     build_bpf_linker(wanted)
 }
@@ -239,18 +284,25 @@ fn llvm_major_of_ldd(libraries: &str) -> Option<u32> {
     })
 }
 
-/// Builds bpf-linker against the nightly toolchain's libLLVM, through a private prefix
+/// Builds bpf-linker against the eBPF toolchain's libLLVM, through a private prefix
 /// that holds links to it (the binary gets an rpath to that prefix).
 fn build_bpf_linker(llvm_major: u32) -> Result<()> {
-    let sysroot =
-        cmd::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let sysroot = cmd::output(Command::new("rustup").args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "rustc",
+        "--print",
+        "sysroot",
+    ]))?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
-    let library = std::fs::read_dir(&sysroot_lib)
+    let names: Vec<String> = std::fs::read_dir(&sysroot_lib)
         .with_context(|| format!("read {}", sysroot_lib.display()))?
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .find(|name| name.starts_with("libLLVM.so.") || name.starts_with("libLLVM-"))
-        .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?;
+        .collect();
+    let library = llvm_library(&names)
+        .with_context(|| format!("no libLLVM in {}", sysroot_lib.display()))?
+        .to_string();
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     let prefix = Path::new(&home).join(".local/share/zonewall/llvm");
     let prefix_lib = prefix.join("lib");
@@ -276,6 +328,17 @@ fn build_bpf_linker(llvm_major: u32) -> Result<()> {
     )
 }
 
+/// The toolchain's libLLVM among the names of its `lib` folder: the shared object named
+/// by its soname (`libLLVM.so.22.1-rust-…`), which the linked binary asks for, before a
+/// `libLLVM-22-rust-….so`, which in rustup's toolchains is a linker script pointing to it.
+fn llvm_library(names: &[String]) -> Option<&str> {
+    names
+        .iter()
+        .find(|name| name.starts_with("libLLVM.so."))
+        .or_else(|| names.iter().find(|name| name.starts_with("libLLVM-")))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +359,62 @@ mod tests {
             Some(19)
         );
         assert_eq!(llvm_major_of_ldd("\tlibc.so.6 => /lib/libc.so.6\n"), None);
+    }
+
+    #[test]
+    fn picks_the_shared_object_of_libllvm() {
+        let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        let rustup_lib = names(&[
+            "libLLVM-22-rust-1.97.0-nightly.so",
+            "librustc_driver-0123.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+        ]);
+        assert_eq!(
+            llvm_library(&rustup_lib),
+            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        assert_eq!(
+            llvm_library(&names(&["libLLVM-19.so"])),
+            Some("libLLVM-19.so")
+        );
+        assert_eq!(llvm_library(&names(&["librustc_driver-0123.so"])), None);
+    }
+
+    #[test]
+    fn finds_toolchains_in_rustup_listing() {
+        let listing = "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\nnightly-2026-05-20-x86_64-unknown-linux-gnu\n";
+        assert!(lists_toolchain(listing, "nightly-2026-05-20"));
+        assert!(lists_toolchain(listing, "nightly"));
+        assert!(!lists_toolchain(listing, "nightly-2026-05-2"));
+        assert!(!lists_toolchain(listing, "nightly-2026-05-21"));
+        assert!(!lists_toolchain(
+            "nightly-x86_64-unknown-linux-gnu\n",
+            "nightly-2026-05-20"
+        ));
+        assert!(lists_toolchain(
+            "nightly-2026-05-20\n",
+            "nightly-2026-05-20"
+        ));
+        assert!(!lists_toolchain(
+            "nightly-2026-05-20-x86_64-unknown-linux-gnu\n",
+            "nightly"
+        ));
+    }
+
+    #[test]
+    fn the_agent_and_its_image_build_with_the_same_nightly() {
+        let build_script = include_str!("../../firewall-agent/build.rs");
+        assert!(
+            build_script.contains(&format!(
+                "const EBPF_TOOLCHAIN: &str = \"{EBPF_TOOLCHAIN}\";"
+            )),
+            "firewall-agent/build.rs names another eBPF toolchain than {EBPF_TOOLCHAIN}"
+        );
+        let containerfile = include_str!("../../deploy/Containerfile");
+        assert!(
+            containerfile.contains(&format!("ARG EBPF_TOOLCHAIN={EBPF_TOOLCHAIN}\n")),
+            "deploy/Containerfile installs another eBPF toolchain than {EBPF_TOOLCHAIN}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod kube;
 mod state;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use file::{FileSource, FileState, QUIET};
 pub use state::{StateDir, StateError};
@@ -37,6 +38,32 @@ pub enum Outcome<'a> {
     Failed(String),
 }
 
+/// How the requests of a source that follows a server fare (for `/readyz` and the
+/// metrics); sources that read a file have nothing to say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// What fails now, one line each naming what was asked and why it failed
+    /// (`zones: list failed: 403 Forbidden: ...`); empty when nothing does.
+    pub failing: Vec<String>,
+    /// Failed requests so far (running totals).
+    pub failures: Vec<RequestFailures>,
+    /// Per kind: the wait chosen after its last failure; zero once a request succeeds.
+    pub retry_backoff: Vec<(&'static str, Duration)>,
+}
+
+/// How many requests of one kind failed so far, for one reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestFailures {
+    /// What was asked for (`zones`, `pods`...).
+    pub kind: &'static str,
+    /// `list` (a streamed list included) or `watch`.
+    pub request: &'static str,
+    /// One of a few fixed words: `forbidden`, `not_found`, `too_many_requests`,
+    /// `server_error`, `connection`...
+    pub reason: &'static str,
+    pub total: u64,
+}
+
 /// A provider of policy input.
 pub trait PolicySource {
     /// For logs: where the policy comes from.
@@ -61,6 +88,10 @@ pub trait PolicySource {
     /// State files (`--state-dir`) that could not be read, parsed or written so far.
     fn state_errors(&self) -> u64 {
         0
+    }
+    /// How the source's requests fare.
+    fn health(&self) -> SourceHealth {
+        SourceHealth::default()
     }
 }
 

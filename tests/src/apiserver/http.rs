@@ -284,7 +284,17 @@ async fn dispatch(
             },
             &Method::GET,
         ) => {
+            if let Some(failure) = inner.failure_of(resource.plural) {
+                return error(&failure);
+            }
             if truthy(params, "watch") {
+                if truthy(params, "sendInitialEvents") && inner.streamed_lists_refused() {
+                    return error(&ApiError::new(
+                        422,
+                        "Invalid",
+                        "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                    ));
+                }
                 watch(inner, resource, namespace, params).await
             } else {
                 list(inner, resource, namespace.as_deref(), params)
@@ -634,11 +644,12 @@ async fn watch(
         Err(failure) => return error(&failure),
     };
     let bookmarks = truthy(params, "allowWatchBookmarks");
-    let initial_events_end = truthy(params, "sendInitialEvents");
-    let timeout = params
+    let initial_events_end = truthy(params, "sendInitialEvents") && !inner.streamed_lists_ignored();
+    let asked = params
         .get("timeoutSeconds")
         .and_then(|seconds| seconds.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let timeout = inner.watch_time_cap().map_or(asked, |cap| cap.min(asked));
     let requested = params
         .get("resourceVersion")
         .filter(|version| !version.is_empty() && *version != "0");
@@ -677,6 +688,7 @@ async fn watch(
         }
     };
     let kill = inner.kill_signal();
+    let expire = inner.expire_signal();
     let bookmark_every = inner.bookmark_interval();
     tokio::spawn(produce(Produce {
         tx,
@@ -693,6 +705,7 @@ async fn watch(
         bookmark_every,
         timeout,
         kill,
+        expire,
     }));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let bytes = rx.recv().await?;
@@ -721,6 +734,7 @@ struct Produce {
     bookmark_every: Duration,
     timeout: Duration,
     kill: tokio::sync::watch::Receiver<u64>,
+    expire: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Feeds one watch until it times out, the client goes, or the server is killed.
@@ -787,6 +801,11 @@ async fn produce(mut watch: Produce) {
             }
             _ = &mut deadline => return,
             _ = watch.kill.changed() => return,
+            _ = watch.expire.changed() => {
+                let gone = ApiError::new(410, "Expired", format!("too old resource version: {seen}"));
+                let _ = watch.tx.send(line("ERROR", &gone.to_status())).await;
+                return;
+            }
             _ = watch.tx.closed() => return,
         }
     }

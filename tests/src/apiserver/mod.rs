@@ -14,28 +14,33 @@
 //!
 //! The test plays every other actor (kubelet, controllers, kubectl) through the methods
 //! below, and controls the server: kill and restart on the same port(s), refuse new
-//! connections, add latency, compact the history.
+//! connections, add latency, compact the history, expire open watches, fail the lists and
+//! watches of one resource, refuse streamed lists (`sendInitialEvents`).
 //!
 //! Listeners live in network namespaces (each agent of a test runs in its node's
 //! namespace, whose loopback is its own): [`ApiServer::start_in`] and
 //! [`ApiServer::listen_in`].
 //!
-//! Why a double next to the real control plane of [`crate::cluster`]: what the agent must
-//! survive that a real API server cannot be made to do on cue stays here: every response
-//! delayed, new connections refused while the open watches go on (tests/kubernetes.rs).
-//! The double also needs no control-plane binaries and starts in milliseconds, which the
-//! agent-restart tests of tests/last_good.rs and the Kubernetes benchmark use. Whatever a
-//! real API server can do (restarts, compaction and `410 Gone`, cut watches, server-side
-//! apply of status, Leases, admission) is tested against one: tests/cluster_*.rs.
+//! Why a double next to the real control plane of [`crate::cluster`]: what a real API
+//! server cannot be made to do on cue stays here (every response delayed, new connections
+//! refused while the open watches go on, one resource's lists failing, open watches
+//! expired, streamed lists refused), and so does what only the double sees (the requests
+//! the source makes): tests/kubernetes.rs. It also needs no control-plane binaries and
+//! starts in milliseconds, which the agent-restart tests of tests/last_good.rs use.
+//! Whatever a real API server can do (restarts, compaction and `410 Gone`, cut watches,
+//! server-side apply of status, Leases, admission, kube-proxy) is tested against one:
+//! tests/cluster_*.rs.
 
 mod http;
 pub mod objects;
 mod selector;
 mod store;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -60,6 +65,16 @@ pub struct Inner {
     latency: Mutex<Duration>,
     bookmark_interval: Mutex<Duration>,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Bumped by `expire_watches`: every open watch ends with `410 Gone`.
+    expire: tokio::sync::watch::Sender<u64>,
+    /// Plural -> the error every list and watch of it gets.
+    failing: Mutex<HashMap<String, ApiError>>,
+    /// Whether watches with `sendInitialEvents` are refused (the WatchList feature off).
+    refuse_streamed_lists: AtomicBool,
+    /// Whether watches with `sendInitialEvents` are served as plain watches.
+    ignore_streamed_lists: AtomicBool,
+    /// The longest any watch lasts, whatever it asked for.
+    watch_time_cap: Mutex<Option<Duration>>,
 }
 
 impl Inner {
@@ -77,6 +92,31 @@ impl Inner {
 
     fn kill_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.kill.subscribe()
+    }
+
+    fn expire_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.expire.subscribe()
+    }
+
+    /// The error lists and watches of `plural` get now, if any.
+    fn failure_of(&self, plural: &str) -> Option<ApiError> {
+        self.failing
+            .lock()
+            .expect("failing lock")
+            .get(plural)
+            .cloned()
+    }
+
+    fn streamed_lists_refused(&self) -> bool {
+        self.refuse_streamed_lists.load(Ordering::Relaxed)
+    }
+
+    fn streamed_lists_ignored(&self) -> bool {
+        self.ignore_streamed_lists.load(Ordering::Relaxed)
+    }
+
+    fn watch_time_cap(&self) -> Option<Duration> {
+        *self.watch_time_cap.lock().expect("watch time lock")
     }
 
     fn log(&self, record: RequestRecord) {
@@ -150,6 +190,7 @@ impl ApiServer {
             .build()
             .context("starting the API server's runtime")?;
         let (kill, _) = tokio::sync::watch::channel(0);
+        let (expire, _) = tokio::sync::watch::channel(0);
         let server = Self {
             inner: Arc::new(Inner {
                 store: Mutex::new(Store::new()),
@@ -157,6 +198,11 @@ impl ApiServer {
                 latency: Mutex::new(Duration::ZERO),
                 bookmark_interval: Mutex::new(Duration::from_secs(1)),
                 requests: Mutex::new(Vec::new()),
+                expire,
+                failing: Mutex::new(HashMap::new()),
+                refuse_streamed_lists: AtomicBool::new(false),
+                ignore_streamed_lists: AtomicBool::new(false),
+                watch_time_cap: Mutex::new(None),
             }),
             runtime: Some(runtime),
             listeners: Mutex::new(Vec::new()),
@@ -349,6 +395,48 @@ impl ApiServer {
         self.store().compact();
     }
 
+    /// Ends every open watch with an ERROR event `410 Gone`, as the API server does when
+    /// a watch's resourceVersion is too old for it (its watch cache moved on): the
+    /// clients must relist.
+    pub fn expire_watches(&self) {
+        self.inner.expire.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Answers every list and watch of `plural` (`zones`, `pods`...) with `error`, or
+    /// serves them again (`None`). It exists because a real API server cannot be made to
+    /// fail on cue, as it does when RBAC forbids, a CRD is missing or it throttles.
+    pub fn fail_requests_for(&self, plural: &str, error: Option<ApiError>) {
+        let mut failing = self.inner.failing.lock().expect("failing lock");
+        match error {
+            Some(error) => failing.insert(plural.to_owned(), error),
+            None => failing.remove(plural),
+        };
+    }
+
+    /// Refuses watches with `sendInitialEvents` (422 Invalid), as a server with the
+    /// WatchList feature off does (Kubernetes 1.27 to 1.31 and 1.33 by default); by
+    /// default the double streams lists, as 1.32 and 1.34 do.
+    pub fn refuse_streamed_lists(&self, refuse: bool) {
+        self.inner
+            .refuse_streamed_lists
+            .store(refuse, Ordering::Relaxed);
+    }
+
+    /// Serves watches with `sendInitialEvents` as plain watches: every object, but no
+    /// bookmark marking the end of the list, as a server that does not know the parameter
+    /// would.
+    pub fn ignore_streamed_lists(&self, ignore: bool) {
+        self.inner
+            .ignore_streamed_lists
+            .store(ignore, Ordering::Relaxed);
+    }
+
+    /// Ends every watch after `cap` at most, whatever its `timeoutSeconds`, as a proxy
+    /// or load balancer in front of the API server may; `None`: as asked.
+    pub fn cap_watch_time(&self, cap: Option<Duration>) {
+        *self.inner.watch_time_cap.lock().expect("watch time lock") = cap;
+    }
+
     /// Delay before every response (a slow API server).
     pub fn set_latency(&self, latency: Duration) {
         *self.inner.latency.lock().expect("latency lock") = latency;
@@ -511,6 +599,86 @@ mod tests {
             "{\"metadata\":{\"name\":\"p\"}}",
         );
         assert_eq!(status, 404, "{body}");
+    }
+
+    #[test]
+    fn fails_on_cue_refuses_or_ignores_streamed_lists_and_expires_watches() {
+        let server = ApiServer::start().unwrap();
+        let zones = "/apis/zonewall.dev/v1alpha1/zones";
+        server.fail_requests_for(
+            "zones",
+            Some(ApiError::new(403, "Forbidden", "zones are forbidden")),
+        );
+        let (status, body) = request(server.port(), "GET", zones, "", "");
+        assert_eq!(status, 403);
+        assert!(body.contains("zones are forbidden"), "{body}");
+        let (status, _) = request(server.port(), "GET", "/api/v1/pods", "", "");
+        assert_eq!(status, 200, "other resources are served");
+        server.fail_requests_for("zones", None);
+        assert_eq!(request(server.port(), "GET", zones, "", "").0, 200);
+
+        server.refuse_streamed_lists(true);
+        let streamed = format!(
+            "{zones}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0"
+        );
+        let (status, body) = request(server.port(), "GET", &streamed, "", "");
+        assert_eq!(status, 422, "{body}");
+        server.refuse_streamed_lists(false);
+        let (status, body) = request(server.port(), "GET", &streamed, "", "");
+        assert_eq!(status, 200);
+        assert!(body.contains("k8s.io/initial-events-end"), "{body}");
+        server.ignore_streamed_lists(true);
+        server.cap_watch_time(Some(Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        let (status, body) = request(
+            server.port(),
+            "GET",
+            &streamed.replace("timeoutSeconds=1", "timeoutSeconds=10"),
+            "",
+            "",
+        );
+        assert_eq!(status, 200);
+        assert!(!body.contains("k8s.io/initial-events-end"), "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended at the cap"
+        );
+        server.ignore_streamed_lists(false);
+        server.cap_watch_time(None);
+
+        let port = server.port();
+        let watching = std::thread::spawn(move || {
+            request(
+                port,
+                "GET",
+                "/apis/zonewall.dev/v1alpha1/zones?watch=true&timeoutSeconds=20&resourceVersion=1000",
+                "",
+                "",
+            )
+        });
+        let started = std::time::Instant::now();
+        while !server
+            .requests()
+            .iter()
+            .any(|request| request.query.contains("timeoutSeconds=20"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the watch never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.expire_watches();
+        let (status, body) = watching.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"type\":\"ERROR\"") && body.contains("\"code\":410"),
+            "{body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended by the expiry"
+        );
     }
 
     #[test]

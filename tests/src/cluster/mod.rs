@@ -20,6 +20,7 @@
 //! Addresses: nodes `198.19.0.<10+n>/24` on `cluster0` (the API server is `198.19.0.1:6443`),
 //! pods of node *n* `198.18.<10+n>.<10+k>/32`, Services `198.19.200.0/24`. IPv4 only.
 
+pub mod bulk;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -140,6 +141,8 @@ pub struct ClusterOptions {
     /// A folder that outlives the cluster's guard (`cargo xtask cluster up`); a temporary
     /// folder under /run when None.
     pub dir: Option<PathBuf>,
+    /// More kube-apiserver flags (e.g. `--feature-gates=WatchList=false`).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -149,6 +152,7 @@ impl Default for ClusterOptions {
             apiserver_version: KUBERNETES_VERSION,
             controllers: true,
             dir: None,
+            apiserver_args: Vec::new(),
         }
     }
 }

@@ -662,33 +662,9 @@ impl Cache {
             ..PolicySet::default()
         };
         let mut problems: BTreeMap<(Resource, String), Vec<String>> = BTreeMap::new();
-        let mut zone_picks: BTreeMap<String, Pick> = BTreeMap::new();
-        for (name, entry) in &self.zones.items {
-            let pick = match &entry.model {
-                Ok(_) => Pick::Current,
-                Err(found) => {
-                    problems.insert(
-                        (Resource::Zone, name.clone()),
-                        found
-                            .iter()
-                            .map(|(field, reason)| format!("{field}: {reason}"))
-                            .collect(),
-                    );
-                    if entry.accepted.is_some() {
-                        Pick::Accepted
-                    } else {
-                        Pick::Left
-                    }
-                }
-            };
-            zone_picks.insert(name.clone(), pick);
-        }
-        let mut policy_picks: BTreeMap<String, Pick> = self
-            .policies
-            .items
-            .keys()
-            .map(|name| (name.clone(), Pick::Current))
-            .collect();
+        let mut zone_picks = first_picks(Resource::Zone, &self.zones.items, &mut problems);
+        let mut policy_picks =
+            first_picks(Resource::ZonePolicy, &self.policies.items, &mut problems);
 
         loop {
             set.zones = picked(&self.zones.items, &zone_picks);
@@ -705,12 +681,10 @@ impl Cache {
                 } else {
                     continue;
                 };
-                let text = if issue.field.is_empty() {
-                    issue.reason.clone()
-                } else {
-                    format!("{}: {}", issue.field, issue.reason)
-                };
-                rejected.entry(target).or_default().push(text);
+                rejected
+                    .entry(target)
+                    .or_default()
+                    .push(problem_text(&issue.field, &issue.reason));
             }
             let mut progressed = false;
             for ((resource, name), reasons) in rejected {
@@ -852,6 +826,46 @@ fn author<M, S>(change: &Change<ResourceEntry<M, S>>) -> Option<Option<String>> 
         Change::Applied(_, entry) => Some(entry.changed_by.clone()),
         Change::Deleted(_) => Some(None),
         _ => None,
+    }
+}
+
+/// What each object of one kind starts as: its current version, or (when it could not
+/// be converted or read) its accepted one or nothing, with the problems noted.
+fn first_picks<M, S>(
+    resource: Resource,
+    items: &BTreeMap<Key, ResourceEntry<M, S>>,
+    problems: &mut BTreeMap<(Resource, String), Vec<String>>,
+) -> BTreeMap<String, Pick> {
+    let mut picks = BTreeMap::new();
+    for (name, entry) in items {
+        let pick = match &entry.model {
+            Ok(_) => Pick::Current,
+            Err(found) => {
+                problems.insert(
+                    (resource, name.clone()),
+                    found
+                        .iter()
+                        .map(|(field, reason)| problem_text(field, reason))
+                        .collect(),
+                );
+                if entry.accepted.is_some() {
+                    Pick::Accepted
+                } else {
+                    Pick::Left
+                }
+            }
+        };
+        picks.insert(name.clone(), pick);
+    }
+    picks
+}
+
+/// `field: reason`, or the reason alone when it is about the whole object.
+fn problem_text(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{field}: {reason}")
     }
 }
 
@@ -1110,6 +1124,55 @@ mod tests {
             .unwrap();
         assert_eq!(verdict.enforced_instead, Some(1));
         assert_eq!(verdict.problems, ["spec.networks[0]: \"x\" is not a CIDR"]);
+    }
+
+    #[test]
+    fn an_unreadable_policy_is_rejected_and_the_others_stay() {
+        let unreadable = |name: &str, generation: i64| {
+            let (key, mut entry) = policy(name, generation, "b");
+            entry.spec = serde_json::Value::Null;
+            entry.model = Err(vec![(
+                String::new(),
+                "could not be read: spec.action: \"Reject\" is not one of Allow, Deny".into(),
+            )]);
+            (key, entry)
+        };
+        let mut cache = synced_cache();
+        for (key, entry) in [zone("a", 1, "a"), zone("b", 1, "b")] {
+            cache.zones(Change::Applied(key, entry));
+        }
+        for (key, entry) in [policy("good", 1, "b"), policy("edited", 1, "b")] {
+            cache.policies(Change::Applied(key, entry));
+        }
+        let (key, entry) = unreadable("newer", 1);
+        cache.policies(Change::Applied(key, entry));
+        let snapshot = cache.snapshot();
+        let names: Vec<&str> = snapshot
+            .set
+            .policies
+            .iter()
+            .map(|policy| policy.name.as_str())
+            .collect();
+        assert_eq!(names, ["edited", "good"], "the unreadable one is left out");
+        let newer = verdict_of(&snapshot, "newer");
+        assert!(!newer.accepted());
+        assert_eq!(newer.enforced_instead, None);
+        assert_eq!(
+            newer.problems,
+            ["could not be read: spec.action: \"Reject\" is not one of Allow, Deny"]
+        );
+        assert!(verdict_of(&snapshot, "good").accepted());
+
+        // An accepted policy edited into one this agent cannot read: its accepted
+        // generation stays enforced.
+        let (key, entry) = unreadable("edited", 2);
+        assert!(cache.policies(Change::Applied(key, entry)));
+        let snapshot = cache.snapshot();
+        assert_eq!(snapshot.set.policies.len(), 2);
+        let edited = verdict_of(&snapshot, "edited");
+        assert!(!edited.accepted());
+        assert_eq!(edited.generation, 2);
+        assert_eq!(edited.enforced_instead, Some(1));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! whole cluster, watched through the API server, turned into a `PolicySet` snapshot
 //! whenever they change, and the status of every Zone and ZonePolicy written back.
 //!
-//! - `watch`: one list-then-watch per kind, with backoff, objects trimmed on arrival.
+//! - `watch`: one watcher per kind, lists from the API server's watch cache, objects
+//!   trimmed on arrival.
+//! - `retry`: the backoff between attempts, and what each failure was.
+//! - `lenient`: Zones and ZonePolicies decoded one by one, so that one this agent cannot
+//!   read is reported on itself instead of failing its whole list.
 //! - `cache`: what the watchers keep and the snapshot built from it.
 //! - `status`: the Lease that elects one writer, and the conditions it writes.
 //!
@@ -16,6 +20,8 @@
 //! quiet, at most [`MAX_DELAY`] after the first).
 
 mod cache;
+mod lenient;
+mod retry;
 mod status;
 mod watch;
 
@@ -30,9 +36,10 @@ use tokio::sync::Notify;
 pub use status::StatusOptions;
 
 use self::cache::{Cache, Kind, Resource, SavedObject, Verdict};
+use self::retry::{Failure, Request};
 use self::status::{Desired, DesiredStatus, Summary};
 use super::state::StateDir;
-use super::{Outcome, PolicySource, SourceUpdate};
+use super::{Outcome, PolicySource, RequestFailures, SourceHealth, SourceUpdate};
 
 /// The state file of the accepted versions.
 const ACCEPTED_FILE: &str = "kubernetes-accepted.json";
@@ -74,9 +81,21 @@ pub(crate) struct Shared {
     /// Woken by the watchers on every change; the debouncer turns wake-ups into
     /// `changes()` notifications.
     wake: Notify,
-    /// Failing kinds and why; a new failure is reported once through `poll`.
-    failing: Mutex<BTreeMap<Kind, String>>,
+    /// How each kind's requests fare.
+    health: Mutex<BTreeMap<Kind, KindHealth>>,
+    /// The first failure of each run of failures, for `poll` to report once.
     problems: Mutex<Vec<String>>,
+}
+
+/// How one kind's requests fare.
+#[derive(Default)]
+struct KindHealth {
+    /// The last failure of the current run of failures, and how many there were.
+    failing: Option<(Failure, u32)>,
+    /// Failed requests so far, by request and reason.
+    failures: BTreeMap<(Request, &'static str), u64>,
+    /// The wait chosen after the last failure; zero once a request succeeds.
+    retry_in: Duration,
 }
 
 impl Shared {
@@ -84,20 +103,61 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Records a watch failure; the first of a run of failures reaches the run loop.
-    fn report_problem(&self, kind: Kind, message: String) {
-        let mut failing = self.failing.lock().expect("failing lock");
-        if !failing.contains_key(&kind) {
-            self.problems
-                .lock()
-                .expect("problems lock")
-                .push(message.clone());
+    /// Records a failed request, retried after `retry_in`; the first of a run of failures
+    /// reaches the run loop.
+    fn failed(&self, kind: Kind, failure: &Failure, attempts: u32, retry_in: Duration) {
+        let mut health = self.health.lock().expect("health lock");
+        let entry = health.entry(kind).or_default();
+        if entry.failing.is_none() {
+            self.problems.lock().expect("problems lock").push(format!(
+                "{}: {} failed: {}",
+                kind.as_str(),
+                failure.request.as_str(),
+                failure.cause
+            ));
         }
-        failing.insert(kind, message);
+        entry.failing = Some((failure.clone(), attempts));
+        *entry
+            .failures
+            .entry((failure.request, failure.reason))
+            .or_default() += 1;
+        entry.retry_in = retry_in;
     }
 
     fn recovered(&self, kind: Kind) {
-        self.failing.lock().expect("failing lock").remove(&kind);
+        if let Some(entry) = self.health.lock().expect("health lock").get_mut(&kind) {
+            entry.failing = None;
+            entry.retry_in = Duration::ZERO;
+        }
+    }
+
+    fn health(&self) -> SourceHealth {
+        let health = self.health.lock().expect("health lock");
+        let mut report = SourceHealth::default();
+        for (kind, entry) in health.iter() {
+            if let Some((failure, attempts)) = &entry.failing {
+                let times = match attempts {
+                    1 => "once".to_string(),
+                    many => format!("{many} times in a row"),
+                };
+                report.failing.push(format!(
+                    "{}: {} failed: {} (failed {times}, retrying with backoff)",
+                    kind.as_str(),
+                    failure.request.as_str(),
+                    failure.cause,
+                ));
+            }
+            for ((request, reason), total) in &entry.failures {
+                report.failures.push(RequestFailures {
+                    kind: kind.as_str(),
+                    request: request.as_str(),
+                    reason,
+                    total: *total,
+                });
+            }
+            report.retry_backoff.push((kind.as_str(), entry.retry_in));
+        }
+        report
     }
 }
 
@@ -159,7 +219,13 @@ impl KubeSource {
         let shared = Arc::new(Shared {
             cache: Mutex::new(Cache::default()),
             wake: Notify::new(),
-            failing: Mutex::new(BTreeMap::new()),
+            // Every kind from the start: each one's retry wait is exported, zero or not.
+            health: Mutex::new(
+                Kind::ALL
+                    .into_iter()
+                    .map(|kind| (kind, KindHealth::default()))
+                    .collect(),
+            ),
             problems: Mutex::new(Vec::new()),
         });
         let changes = Arc::new(Notify::new());
@@ -372,5 +438,9 @@ impl PolicySource for KubeSource {
 
     fn state_errors(&self) -> u64 {
         self.state.errors()
+    }
+
+    fn health(&self) -> SourceHealth {
+        self.shared.health()
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use super::cache::{Resource, Verdict};
+use super::lenient::Lenient;
 use crate::policy::compiled::CompiledPolicy;
 use crate::policy::crd::{
     CONDITION_ACCEPTED, REASON_ACCEPTED, REASON_INVALID, Zone, ZonePolicy, ZonePolicyStatus,
@@ -413,7 +414,9 @@ impl Writer {
                         warnings: status.warnings.clone(),
                     },
                 });
-                Api::<Zone>::all(self.client.clone())
+                // The answer is the whole object: read leniently, as the watchers do, so
+                // that an object this agent cannot read gets its status all the same.
+                Api::<Lenient<Zone>>::all(self.client.clone())
                     .patch_status(name, &params, &Patch::Apply(&body))
                     .await?;
             }
@@ -427,7 +430,7 @@ impl Writer {
                         warnings: status.warnings.clone(),
                     },
                 });
-                Api::<ZonePolicy>::all(self.client.clone())
+                Api::<Lenient<ZonePolicy>>::all(self.client.clone())
                     .patch_status(name, &params, &Patch::Apply(&body))
                     .await?;
             }

@@ -1,66 +1,60 @@
-//! One watcher per kind: kube-runtime's list-then-watch with backoff, objects trimmed to
-//! the fields zonewall reads before anything keeps them, then converted into the cache.
-//! A failed watch is relisted by the watcher itself (410 Gone included); until the relist
-//! completes the cache keeps what it had, so the last known state stays enforced.
+//! One watcher per kind: kube-runtime's watcher, objects trimmed to the fields zonewall
+//! reads before anything keeps them, then converted into the cache.
+//!
+//! - Initial lists and relists come from the API server's watch cache, never from etcd:
+//!   every node runs an agent. First as a streamed list (a watch with
+//!   `sendInitialEvents=true&resourceVersion=0`, the WatchList feature); when the server
+//!   refuses that (422, as Kubernetes 1.27 to 1.31 and 1.33 do by default) or ends the
+//!   stream without marking the end of the list, as a list with `resourceVersion=0` and
+//!   no page limit (kube-core drops `resourceVersion=0` from paged lists, which would make
+//!   every relist a consistent read from etcd).
+//! - Retries wait per [`super::retry`]; a `410 Gone` is a routine relist, not a failure.
+//! - Until a relist completes the cache keeps what it had, so the last known state stays
+//!   enforced.
 
 use std::fmt::Debug;
 use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use serde::de::DeserializeOwned;
 
 use super::Shared;
 use super::cache::{Cache, Change, Key, Kind, NewPod, PolicyEntry, ResourceEntry, ZoneEntry};
+use super::lenient::{Lenient, Unreadable};
+use super::retry::{Next, Retry, WATCH_SETTLE, streaming_refused};
 use crate::policy::crd::{Zone, ZonePolicy};
 use crate::policy::model;
 
-/// Exponential backoff with jitter between watch retries: quick after a blip, gentle on
-/// an API server that is down (every node's agent retries at once).
-pub(super) struct RetryBackoff {
-    next: Duration,
-    seed: u64,
+/// How a watcher gets its initial list and relists; both read the API server's watch
+/// cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    /// A watch that starts with every object (`sendInitialEvents`): no list response the
+    /// server must build in memory.
+    Streamed,
+    /// A list at `resourceVersion=0`, unpaged, for servers without streamed lists.
+    Cached,
 }
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(8);
-
-impl RetryBackoff {
-    pub(super) fn new(seed: u64) -> Self {
-        Self {
-            next: BACKOFF_FIRST,
-            seed: seed | 1,
+impl Listing {
+    fn config(self) -> watcher::Config {
+        match self {
+            // The initial watch goes from resourceVersion 0: the watch cache's state.
+            Listing::Streamed => watcher::Config::default().streaming_lists(),
+            Listing::Cached => {
+                let mut config = watcher::Config::default().any_semantic();
+                // kube-core sends resourceVersion=0 only without a limit.
+                config.page_size = None;
+                config
+            }
         }
-    }
-}
-
-impl Iterator for RetryBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        // xorshift: enough randomness to spread the retries of many agents.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        // Between half and all of the current step.
-        let jitter = (self.seed % 1000) as u32;
-        Some(base / 2 + base / 2 * jitter / 1000)
-    }
-}
-
-impl Backoff for RetryBackoff {
-    fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
     }
 }
 
@@ -125,12 +119,8 @@ fn trim_namespace(namespace: &mut Namespace) {
 }
 
 /// Zones and policies are few: they keep managedFields, which say who changed them.
-fn trim_zone(zone: &mut Zone) {
-    zone.metadata.annotations = None;
-}
-
-fn trim_policy(policy: &mut ZonePolicy) {
-    policy.metadata.annotations = None;
+fn trim_resource<K: kube::Resource<DynamicType = ()>>(object: &mut Lenient<K>) {
+    kube::Resource::meta_mut(object).annotations = None;
 }
 
 /// The field manager that last wrote the spec: the newest managedFields entry of the main
@@ -286,7 +276,41 @@ fn spec_value(spec: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
 }
 
-fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
+/// The entry of a Zone or ZonePolicy this agent cannot read: rejected, with the reason
+/// its status gives.
+fn unreadable_entry<M, S: DeserializeOwned>(
+    kind: &str,
+    object: &Unreadable,
+) -> (Key, ResourceEntry<M, S>) {
+    let name = name_of(&object.metadata);
+    tracing::warn!(
+        kind,
+        %name,
+        error = %object.error,
+        "object could not be read; its status says why, every other object goes on working"
+    );
+    let entry = ResourceEntry {
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        generation: object.metadata.generation.unwrap_or(0),
+        spec: serde_json::Value::Null,
+        model: Err(vec![(String::new(), unreadable_reason(&object.error))]),
+        status: S::deserialize(&object.status).ok(),
+        accepted: None,
+        changed_by: spec_author(&object.metadata),
+    };
+    (name, entry)
+}
+
+/// What the status of an object this agent cannot read says.
+fn unreadable_reason(error: &str) -> String {
+    format!("could not be read by this agent (written for a newer version of zonewall?): {error}")
+}
+
+fn zone_entry(zone: &Lenient<Zone>) -> (Key, ZoneEntry) {
+    let zone = match zone {
+        Lenient::Read(zone) => zone,
+        Lenient::Unreadable(unreadable) => return unreadable_entry("Zone", unreadable),
+    };
     let name = name_of(&zone.metadata);
     let entry = ResourceEntry {
         uid: zone.metadata.uid.clone().unwrap_or_default(),
@@ -300,7 +324,11 @@ fn zone_entry(zone: &Zone) -> (Key, ZoneEntry) {
     (name, entry)
 }
 
-fn policy_entry(policy: &ZonePolicy) -> (Key, PolicyEntry) {
+fn policy_entry(policy: &Lenient<ZonePolicy>) -> (Key, PolicyEntry) {
+    let policy = match policy {
+        Lenient::Read(policy) => policy,
+        Lenient::Unreadable(unreadable) => return unreadable_entry("ZonePolicy", unreadable),
+    };
     let name = name_of(&policy.metadata);
     let entry = ResourceEntry {
         uid: policy.metadata.uid.clone().unwrap_or_default(),
@@ -321,18 +349,18 @@ pub(super) fn spawn_all(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         spawn(
-            Api::<Zone>::all(client.clone()),
+            Api::<Lenient<Zone>>::all(client.clone()),
             Kind::Zones,
             shared,
-            trim_zone,
+            trim_resource,
             zone_entry,
             Cache::zones,
         ),
         spawn(
-            Api::<ZonePolicy>::all(client.clone()),
+            Api::<Lenient<ZonePolicy>>::all(client.clone()),
             Kind::ZonePolicies,
             shared,
-            trim_policy,
+            trim_resource,
             policy_entry,
             Cache::policies,
         ),
@@ -387,8 +415,8 @@ where
     tokio::spawn(async move { run(api, kind, shared, trim, convert, apply).await })
 }
 
-/// Follows one kind for as long as the agent runs. Never gives up: errors are logged and
-/// retried with backoff.
+/// Follows one kind for as long as the agent runs. Never gives up: failures are logged,
+/// counted, reported and retried with backoff.
 async fn run<K, T>(
     api: Api<K>,
     kind: Kind,
@@ -399,110 +427,183 @@ async fn run<K, T>(
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    // Lists come from the API server's watch cache (resourceVersion=0), as informers do:
-    // every node runs an agent, and quorum reads from all of them would load etcd.
-    let config = watcher::Config::default().any_semantic();
     let seed = std::process::id() as u64 ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let stream = watch_stream(api, config)
-        .modify(trim)
-        .backoff(RetryBackoff::new(seed));
-    let mut stream = pin!(stream);
-    let mut failures: u64 = 0;
-    let mut relisting = false;
+    let mut retry = Retry::new(seed);
+    let mut listing = Listing::Streamed;
     let mut listed_once = false;
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(event) => event,
-            Err(error) => {
-                failures += 1;
-                let message = describe_error(&error);
-                // First failure and then every tenth: an unreachable API server is retried
-                // every few seconds and must not flood the log.
-                if failures == 1 || failures.is_multiple_of(10) {
-                    tracing::warn!(
+    // An `Init` not followed by `InitDone` yet, with no error since.
+    let mut init_unfinished = false;
+    // The relist that is due was announced (a 410): its `Init` says nothing more.
+    let mut relist_announced = false;
+    'streams: loop {
+        let mut stream = pin!(watch_stream(api.clone(), listing.config()).modify(trim));
+        loop {
+            let item = if retry.awaiting_watch() {
+                match tokio::time::timeout(WATCH_SETTLE, stream.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        if retry.watch_settled() {
+                            tracing::info!(
+                                kind = kind.as_str(),
+                                "requests to the API server succeed again"
+                            );
+                            shared.recovered(kind);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                stream.next().await
+            };
+            // kube-runtime's watcher never ends; should it, it starts again.
+            let Some(item) = item else {
+                tokio::time::sleep(WATCH_SETTLE).await;
+                continue 'streams;
+            };
+            let event = match item {
+                Ok(event) => event,
+                Err(error) => {
+                    init_unfinished = false;
+                    if listing == Listing::Streamed && retry.listing() && streaming_refused(&error)
+                    {
+                        tracing::info!(
+                            kind = kind.as_str(),
+                            %error,
+                            "the API server does not stream lists; listing from its watch cache (resourceVersion=0) instead"
+                        );
+                        listing = Listing::Cached;
+                        continue 'streams;
+                    }
+                    match retry.error(&error) {
+                        Next::Relist { delay } => {
+                            tracing::info!(
+                                kind = kind.as_str(),
+                                "resource version expired, relisting"
+                            );
+                            relist_announced = true;
+                            tokio::time::sleep(delay).await;
+                        }
+                        Next::Retry {
+                            failure,
+                            delay,
+                            attempts,
+                        } => {
+                            // The first failure and then every tenth: an unreachable API
+                            // server must not flood the log.
+                            if attempts == 1 || attempts.is_multiple_of(10) {
+                                tracing::warn!(
+                                    kind = kind.as_str(),
+                                    request = failure.request.as_str(),
+                                    attempts,
+                                    retry_in_ms = delay.as_millis() as u64,
+                                    error = %failure.cause,
+                                    "request to the API server failed; retrying with backoff, the last known state stays enforced"
+                                );
+                            }
+                            shared.failed(kind, &failure, attempts, delay);
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if retry.event(&event) {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "requests to the API server succeed again"
+                );
+                shared.recovered(kind);
+            }
+            let change = match event {
+                Event::Init => {
+                    if init_unfinished && listing == Listing::Streamed {
+                        // A streamed list that ended without its end marker: the server
+                        // does not know `sendInitialEvents` and sent a plain watch.
+                        tracing::info!(
+                            kind = kind.as_str(),
+                            "the API server ended a streamed list without marking its end; listing from its watch cache (resourceVersion=0) instead"
+                        );
+                        listing = Listing::Cached;
+                        continue 'streams;
+                    }
+                    init_unfinished = true;
+                    if listed_once && !relist_announced {
+                        tracing::info!(kind = kind.as_str(), "relisting to resynchronise");
+                    }
+                    relist_announced = false;
+                    Change::Relist
+                }
+                Event::InitApply(object) => {
+                    let (key, value) = convert(&object);
+                    Change::RelistItem(key, value)
+                }
+                Event::InitDone => {
+                    init_unfinished = false;
+                    Change::RelistDone
+                }
+                Event::Apply(object) => {
+                    let (key, value) = convert(&object);
+                    Change::Applied(key, value)
+                }
+                Event::Delete(object) => Change::Deleted(convert(&object).0),
+            };
+            let done = matches!(change, Change::RelistDone);
+            let (changed, objects) = {
+                let mut cache = shared.cache.lock().expect("cache lock");
+                let changed = apply(&mut cache, change);
+                let objects = cache
+                    .counts()
+                    .iter()
+                    .find(|(counted, _)| *counted == kind)
+                    .map_or(0, |(_, count)| *count);
+                (changed, objects)
+            };
+            if done {
+                if listed_once {
+                    tracing::info!(kind = kind.as_str(), objects, changed, "resynchronised");
+                } else {
+                    tracing::info!(
                         kind = kind.as_str(),
-                        failures,
-                        error = %message,
-                        "watch failed; retrying with backoff, the last known state stays enforced"
+                        objects,
+                        streamed = listing == Listing::Streamed,
+                        "initial list complete"
                     );
                 }
-                shared.report_problem(
-                    kind,
-                    format!("watch of {} failed: {message}", kind.as_str()),
-                );
-                continue;
+                listed_once = true;
             }
-        };
-        if failures > 0 && !matches!(event, Event::Init | Event::InitApply(_)) {
-            tracing::info!(kind = kind.as_str(), failures, "watch recovered");
-            failures = 0;
-            shared.recovered(kind);
-        }
-        let change = match event {
-            Event::Init => {
-                if listed_once {
-                    tracing::info!(kind = kind.as_str(), "relisting to resynchronise");
-                }
-                relisting = true;
-                Change::Relist
+            if changed {
+                shared.wake();
             }
-            Event::InitApply(object) => {
-                let (key, value) = convert(&object);
-                Change::RelistItem(key, value)
-            }
-            Event::InitDone => Change::RelistDone,
-            Event::Apply(object) => {
-                let (key, value) = convert(&object);
-                Change::Applied(key, value)
-            }
-            Event::Delete(object) => Change::Deleted(convert(&object).0),
-        };
-        let done = matches!(change, Change::RelistDone);
-        let (changed, objects) = {
-            let mut cache = shared.cache.lock().expect("cache lock");
-            let changed = apply(&mut cache, change);
-            let objects = cache
-                .counts()
-                .iter()
-                .find(|(counted, _)| *counted == kind)
-                .map_or(0, |(_, count)| *count);
-            (changed, objects)
-        };
-        if done && relisting {
-            relisting = false;
-            if listed_once {
-                tracing::info!(kind = kind.as_str(), objects, changed, "resynchronised");
-            } else {
-                tracing::info!(kind = kind.as_str(), objects, "initial list complete");
-            }
-            listed_once = true;
-            failures = 0;
-            shared.recovered(kind);
-        }
-        if changed {
-            shared.wake();
         }
     }
-}
-
-/// The error with its causes, on one line.
-fn describe_error(error: &watcher::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_read_the_watch_cache() {
+        let streamed = Listing::Streamed.config();
+        assert_eq!(
+            streamed.initial_list_strategy,
+            watcher::InitialListStrategy::StreamingList
+        );
+        assert!(
+            streamed.bookmarks,
+            "the end of a streamed list is a bookmark"
+        );
+        let cached = Listing::Cached.config();
+        assert_eq!(
+            cached.initial_list_strategy,
+            watcher::InitialListStrategy::ListWatch
+        );
+        assert_eq!(cached.list_semantic, watcher::ListSemantic::Any);
+        assert_eq!(
+            cached.page_size, None,
+            "with a page limit kube-core leaves resourceVersion=0 out"
+        );
+    }
 
     #[test]
     fn pods_are_trimmed_to_what_is_read() {
@@ -558,15 +659,5 @@ mod tests {
         }))
         .unwrap();
         assert!(service_entry(&headless).1.cluster_ips.is_empty());
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut backoff = RetryBackoff::new(42);
-        let delays: Vec<Duration> = (0..8).map(|_| backoff.next().unwrap()).collect();
-        assert!(delays[0] <= BACKOFF_FIRST && delays[0] >= BACKOFF_FIRST / 2);
-        assert!(delays[7] <= BACKOFF_MAX && delays[7] >= BACKOFF_MAX / 2);
-        backoff.reset();
-        assert!(backoff.next().unwrap() <= BACKOFF_FIRST);
     }
 }

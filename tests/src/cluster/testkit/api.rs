@@ -1,6 +1,6 @@
 //! Objects of the test cluster addressed by kind and name, written as any user through a
-//! client kept by the test (a change can be timed from the write itself, without the
-//! start-up of a `kubectl`), read back as JSON.
+//! client the test keeps ([`Cluster::client_as`]: a change can be timed from the write
+//! itself, without the start-up of a `kubectl`), read back as JSON.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParam
 use kube::core::GroupVersionKind;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, User};
+use crate::cluster::Cluster;
 
 /// One object of the API: its resource, namespace and name.
 #[derive(Clone, Debug)]
@@ -87,20 +87,6 @@ impl Object {
 }
 
 impl Cluster {
-    /// A client of its own for `user` (its kubeconfig), to use with the `*_with` methods.
-    pub fn client_as(&self, user: User) -> Result<kube::Client> {
-        let kubeconfig = self.kubeconfig(user);
-        self.block(async move {
-            let config = kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&kubeconfig)?,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?;
-            anyhow::Ok(kube::Client::try_from(config)?)
-        })
-        .with_context(|| format!("a client for {user:?}"))
-    }
-
     /// A JSON merge patch of `object` by `client`'s user; returns once the API server
     /// has stored it.
     pub fn merge_patch_with(
