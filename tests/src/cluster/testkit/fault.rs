@@ -17,6 +17,21 @@ use serde_json::Value;
 use crate::cluster::{APISERVER_IP, APISERVER_PORT, Cluster};
 use crate::topology::Netns;
 
+/// Status writes and Lease updates, at the level that names who wrote from where.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch]
+    resources:
+      - group: zonewall.dev
+        resources: [zones/status, zonepolicies/status]
+      - group: coordination.k8s.io
+        resources: [leases]
+  - level: None
+";
+
 /// The nftables table of a partition.
 const PARTITION_TABLE: &str = "zonewall-test-partition";
 
@@ -80,53 +95,27 @@ impl Cluster {
     }
 
     /// Stops the API server (its graceful shutdown waits for open watches: it gets 2 s,
-    /// then SIGKILL), adds `flags` to its command line and starts it again; waits until
-    /// it is ready.
-    pub fn restart_apiserver_with(&mut self, flags: &[String]) -> Result<()> {
+    /// then SIGKILL), adds `args` to its command line and starts it again; waits until
+    /// it is ready. (`ClusterOptions::apiserver_args` is not passed to the API server.)
+    pub fn restart_apiserver_with(&mut self, args: &[String]) -> Result<()> {
         self.apiserver.stop(Duration::from_secs(2));
         self.apiserver
             .recipe
             .args
-            .extend(flags.iter().map(Into::into));
+            .extend(args.iter().map(Into::into));
         self.apiserver.resume()?;
         self.wait_apiserver_ready(Duration::from_secs(90))
     }
-
-    /// Restarts the API server with an audit log of what the status tests look at:
-    /// writes of Zone and ZonePolicy status and of Leases.
-    pub fn enable_audit(&mut self) -> Result<AuditLog> {
-        let policy = self.dir.join("audit-policy.yaml");
-        let log = self.dir.join("audit.log");
-        std::fs::write(
-            &policy,
-            "apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: Metadata
-    verbs: [create, update, patch]
-    resources:
-      - group: zonewall.dev
-        resources: [zones/status, zonepolicies/status]
-      - group: coordination.k8s.io
-        resources: [leases]
-  - level: None
-",
-        )
-        .context("writing the audit policy")?;
-        self.restart_apiserver_with(&[
-            format!("--audit-policy-file={}", policy.display()),
-            format!("--audit-log-path={}", log.display()),
-            "--audit-log-format=json".into(),
-            "--audit-log-mode=blocking".into(),
-        ])?;
-        Ok(AuditLog { path: log })
-    }
 }
 
-/// The API server's audit log.
+/// The API server's audit log of what the status tests look at: writes of Zone and
+/// ZonePolicy status and of Leases. Its policy and log live in a folder of its own; the
+/// API server writes it once started with [`AuditLog::apiserver_args`]
+/// ([`Cluster::restart_apiserver_with`]).
 pub struct AuditLog {
     pub path: PathBuf,
+    policy: PathBuf,
+    _folder: tempfile::TempDir,
 }
 
 /// One write the audit log recorded.
@@ -144,6 +133,31 @@ pub struct Write {
 }
 
 impl AuditLog {
+    /// Writes the audit policy; the log is written by the API server it is given to.
+    pub fn new() -> Result<Self> {
+        let folder = tempfile::Builder::new()
+            .prefix("zonewall-audit-")
+            .tempdir()
+            .context("a folder for the audit log")?;
+        let policy = folder.path().join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).context("writing the audit policy")?;
+        Ok(Self {
+            path: folder.path().join("audit.log"),
+            policy,
+            _folder: folder,
+        })
+    }
+
+    /// The kube-apiserver flags that write this log.
+    pub fn apiserver_args(&self) -> Vec<String> {
+        vec![
+            format!("--audit-policy-file={}", self.policy.display()),
+            format!("--audit-log-path={}", self.path.display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+        ]
+    }
+
     /// Every write recorded so far, oldest first.
     pub fn writes(&self) -> Vec<Write> {
         std::fs::read_to_string(&self.path)

@@ -5,11 +5,10 @@
 //! - `probe`: connection attempts between pods kept running on a thread, each recorded
 //!   with when it started, so a test can tell when a verdict switched and that it never
 //!   switched back; latency samples and their percentiles;
-//! - `fault`: a node cut off from the API server (nftables in the node's namespace),
-//!   the API server restarted with other flags, its audit log;
-//! - agents' logs read from a mark on, an agent restarted with another log filter, and a
-//!   Tokio runtime inside a node's namespace (a policy source of the test's own that
-//!   reaches the API server from that node).
+//! - `fault`: a node cut off from the API server (nftables in the node's namespace), the
+//!   API server's audit log;
+//! - agents' logs read from a mark on, and a Tokio runtime inside a node's namespace (a
+//!   policy source of the test's own that reaches the API server from that node).
 
 pub mod api;
 pub mod fault;
@@ -82,20 +81,6 @@ pub fn wait_log_line(
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Cluster {
-    /// Restarts node `node`'s agent with `RUST_LOG=filter` instead of the DaemonSet's
-    /// value (everything else stays as the DaemonSet has it); waits until it is ready.
-    pub fn restart_agent_with_log(&mut self, node: usize, filter: &str) -> Result<()> {
-        let agent = self.nodes[node].agent_mut();
-        agent.process.stop(Duration::from_secs(5));
-        let environment = &mut agent.process.recipe.env;
-        environment.retain(|(name, _)| name != "RUST_LOG");
-        environment.push(("RUST_LOG".into(), filter.into()));
-        agent.process.resume()?;
-        agent.wait_ready(Duration::from_secs(60))
     }
 }
 
