@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use firewall_agent::policy::zone_id;
 use firewall_common::{ZONE_NONE, ZONE_UNZONED};
 use serde_json::{Value, json};
+use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::testkit::api::Object;
 use zonewall_tests::cluster::testkit::probe::{Latencies, Prober, udp_flow};
 use zonewall_tests::cluster::{Cluster, ClusterOptions, User};
@@ -134,29 +135,12 @@ fn ip_of(cluster: &Cluster, namespace: &str, name: &str) -> IpAddr {
 
 /// Both agents' last log lines, for failure messages.
 fn agent_tails(cluster: &Cluster) -> String {
-    (0..cluster.nodes.len())
-        .map(|node| {
-            format!(
-                "--- node-{node} agent:\n{}",
-                cluster.nodes[node].agent().process.tail(20)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    testkit::agent_tails(cluster, 20)
 }
 
 /// Retries `probe` until it gives `expected` (within [`NEVER`]).
 fn converge(cluster: &Cluster, expected: bool, what: &str, probe: impl Fn() -> bool) {
-    let deadline = Instant::now() + NEVER;
-    while probe() != expected {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not {} within {NEVER:?}\n{}",
-            if expected { "allowed" } else { "denied" },
-            agent_tails(cluster)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    testkit::converge(cluster, expected, what, NEVER, probe);
 }
 
 /// One change and what it must do: `write` switches `prober`'s flow to `passes`, and

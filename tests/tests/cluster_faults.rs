@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use firewall_agent::policy::zone_id;
 use serde_json::json;
+use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::testkit::api::Object;
 use zonewall_tests::cluster::testkit::probe::Prober;
 use zonewall_tests::cluster::testkit::{log_mark, wait_log_line};
@@ -177,30 +178,12 @@ impl Lab {
 
 /// Both agents' last log lines, for failure messages.
 fn agent_tails(cluster: &Cluster) -> String {
-    (0..cluster.nodes.len())
-        .map(|node| {
-            format!(
-                "--- node-{node} agent:\n{}",
-                cluster.nodes[node].agent().process.tail(25)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    testkit::agent_tails(cluster, 25)
 }
 
 /// Retries `probe` until it gives `expected` (within [`NEVER`]); how long that took.
 fn converge(cluster: &Cluster, expected: bool, what: &str, probe: impl Fn() -> bool) -> Duration {
-    let started = Instant::now();
-    while probe() != expected {
-        assert!(
-            started.elapsed() < NEVER,
-            "{what}: not {} within {NEVER:?}\n{}",
-            if expected { "allowed" } else { "denied" },
-            agent_tails(cluster)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
+    testkit::converge(cluster, expected, what, NEVER, probe)
 }
 
 /// dmz may reach trusted on 8081 too: a ZonePolicy change.

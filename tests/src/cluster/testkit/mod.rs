@@ -89,3 +89,41 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The last `lines` lines of every node's agent, for failure messages.
+pub fn agent_tails(cluster: &Cluster, lines: usize) -> String {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "--- {} agent:\n{}",
+                node.name,
+                node.agent().process.tail(lines)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Retries `probe` until it gives `expected`, for at most `within` (then panics with the
+/// agents' logs); returns how long it took.
+pub fn converge(
+    cluster: &Cluster,
+    expected: bool,
+    what: &str,
+    within: Duration,
+    probe: impl Fn() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while probe() != expected {
+        assert!(
+            started.elapsed() < within,
+            "{what}: not {} within {within:?}\n{}",
+            if expected { "allowed" } else { "denied" },
+            agent_tails(cluster, 20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
