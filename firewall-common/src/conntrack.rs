@@ -3,8 +3,6 @@
 
 use core::mem::size_of;
 
-use crate::protocol::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
-
 /// `CONNTRACK` key, normalised so both directions of a flow share one entry: `lo` is the
 /// endpoint whose (addr, port) compares lower.
 #[repr(C)]
@@ -28,9 +26,8 @@ pub const CT_STATE_CLOSING: u8 = 3;
 /// TCP: FIN from both sides, or RST. End event already sent by the kernel.
 pub const CT_STATE_CLOSED: u8 = 4;
 
-/// Which configured timeout an entry lives by without traffic: one of the
-/// `Config.ct_timeout_*_ns` fields, chosen by [`CtTimeout::of`]. Kernel and user space
-/// (which ages entries and reports their end) both look it up here.
+/// The configurable conntrack timeouts, one per `Config.ct_timeout_*_ns` field
+/// (`Config::ct_timeout_of`); `Config::ct_timeout_ns` says which one an entry lives by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtTimeout {
     /// TCP before the responder answered the SYN (or any TCP state not listed below).
@@ -55,22 +52,6 @@ impl CtTimeout {
         CtTimeout::Icmp,
         CtTimeout::Other,
     ];
-
-    /// The timeout of an entry of protocol `proto` in state `state` (`CT_STATE_*`).
-    #[inline(always)]
-    pub const fn of(proto: u8, state: u8) -> Self {
-        match proto {
-            IPPROTO_TCP => match state {
-                CT_STATE_SYN_SENT => CtTimeout::TcpSyn,
-                CT_STATE_ESTABLISHED => CtTimeout::TcpEstablished,
-                CT_STATE_CLOSING | CT_STATE_CLOSED => CtTimeout::TcpClosing,
-                _ => CtTimeout::TcpSyn,
-            },
-            IPPROTO_UDP | IPPROTO_SCTP => CtTimeout::Udp,
-            IPPROTO_ICMP | IPPROTO_ICMPV6 => CtTimeout::Icmp,
-            _ => CtTimeout::Other,
-        }
-    }
 
     /// The agent's default for this timeout, in seconds.
     pub const fn default_secs(self) -> u64 {
@@ -106,6 +87,8 @@ pub const CT_FLAG_PICKED_UP: u8 = 128;
 pub const DIR_FORWARD: usize = 0;
 pub const DIR_REPLY: usize = 1;
 
+/// `CONNTRACK` value: one flow, both directions, with what the decision that admitted it
+/// recorded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
@@ -143,7 +126,6 @@ pub struct CtValue {
     pub _pad2: u32,
 }
 const _: () = assert!(size_of::<CtValue>() == 120);
-
 
 /// `FRAGMENTS` key: the datagram a fragment belongs to.
 #[repr(C)]

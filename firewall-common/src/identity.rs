@@ -16,7 +16,6 @@ pub const ZONE_HOST: u32 = 3;
 pub const ZONE_UNKNOWN: u32 = 4;
 pub const FIRST_USER_ZONE_ID: u32 = 256;
 
-
 /// `ENDPOINTS` key: one IP of a pod, node or service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -24,7 +24,6 @@ pub const RULE_SPOOFED: u32 = 6;
 /// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
 pub const FIRST_USER_RULE_ID: u32 = 16;
 
-
 /// `POLICY` LPM key data. All fields are big-endian so that bit prefixes make sense:
 /// `slot | src_zone | dst_zone | proto | pad | port`.
 ///

@@ -2,6 +2,19 @@
 
 use crate::*;
 
+/// A config whose timeouts are all different, so an answer names its field.
+fn distinct_timeouts() -> Config {
+    Config {
+        ct_timeout_tcp_syn_ns: 1,
+        ct_timeout_tcp_established_ns: 2,
+        ct_timeout_tcp_closing_ns: 3,
+        ct_timeout_udp_ns: 4,
+        ct_timeout_icmp_ns: 5,
+        ct_timeout_other_ns: 6,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn each_protocol_and_state_lives_by_its_own_timeout() {
     let cases = [
@@ -19,26 +32,21 @@ fn each_protocol_and_state_lives_by_its_own_timeout() {
         // Only TCP has states that matter.
         (IPPROTO_UDP, CT_STATE_CLOSING, CtTimeout::Udp),
     ];
+    let config = distinct_timeouts();
     for (proto, state, timeout) in cases {
-        assert_eq!(CtTimeout::of(proto, state), timeout, "proto {proto} state {state}");
+        assert_eq!(
+            config.ct_timeout_ns(proto, state),
+            config.ct_timeout_of(timeout),
+            "proto {proto} state {state}: {timeout:?}"
+        );
     }
 }
 
 #[test]
-fn the_config_answers_with_the_field_of_the_timeout() {
-    let config = Config {
-        ct_timeout_tcp_syn_ns: 1,
-        ct_timeout_tcp_established_ns: 2,
-        ct_timeout_tcp_closing_ns: 3,
-        ct_timeout_udp_ns: 4,
-        ct_timeout_icmp_ns: 5,
-        ct_timeout_other_ns: 6,
-        ..Config::default()
-    };
+fn each_timeout_names_its_own_field() {
+    let config = distinct_timeouts();
     let answers = CtTimeout::ALL.map(|timeout| config.ct_timeout_of(timeout));
     assert_eq!(answers, [1, 2, 3, 4, 5, 6]);
-    assert_eq!(config.ct_timeout_ns(IPPROTO_TCP, CT_STATE_ESTABLISHED), 2);
-    assert_eq!(config.ct_timeout_ns(IPPROTO_ICMPV6, CT_STATE_NEW), 5);
 }
 
 #[test]
@@ -75,6 +83,9 @@ fn every_tcp_flag_bit_has_one_name() {
 #[test]
 fn every_counter_has_a_name_and_a_slot() {
     assert!(COUNTER_NAMES.len() as u32 <= COUNTER_MAX);
-    assert_eq!(COUNTER_NAMES[COUNTER_UNTRACKED_TEARDOWN as usize], "untracked_teardown");
+    assert_eq!(
+        COUNTER_NAMES[COUNTER_UNTRACKED_TEARDOWN as usize],
+        "untracked_teardown"
+    );
     assert_eq!(COUNTER_NAMES.len(), COUNTER_UNTRACKED_TEARDOWN as usize + 1);
 }
