@@ -1,13 +1,20 @@
-//! Conntrack keys and timeouts. One entry serves both directions: the key is normalised so
-//! that the lower (address, port) end comes first, and the entry records which end
-//! initiated.
-use firewall_common::{
-    CT_FLAG_END_REPORTED, CT_FLAG_INITIATOR_IS_HI, CT_STATE_CLOSED, CT_STATE_CLOSING,
-    CT_STATE_ESTABLISHED, CT_STATE_SYN_SENT, Config, CtKey, CtValue, DIR_FORWARD, DIR_REPLY,
-    HOOK_FROM_POD,
-};
+//! Connection tracking. One entry serves both directions: the key is normalised so that
+//! the lower (address, port) end comes first, and the entry records which end initiated.
+//!
+//! The helpers at the top (keys, direction, counting, interfaces) are shared by the fast
+//! path and the full pipeline (the timeouts are `Config::ct_timeout_ns`, shared with user
+//! space); below them, the full pipeline's stages for a
+//! tracked flow: whether its entry can still be trusted, following TCP state, ending it,
+//! ICMP errors related to it, and the entry of a new flow.
+use firewall_common::*;
 
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::{
+    emit::{self, EventMeta},
+    identity::Endpoint,
+    maps::{CONNTRACK, count},
+    parse::{self, Frame, Packet},
+    scratch::Run,
+};
 
 #[inline(always)]
 fn halves(addr: &[u8; 16]) -> (u64, u64) {
@@ -60,22 +67,6 @@ pub fn key_into(
     key.proto = proto;
     key._pad = [0; 3];
     src_is_hi
-}
-
-/// How long an entry in `state` lives without traffic.
-#[inline(always)]
-pub fn timeout(config: &Config, proto: u8, state: u8) -> u64 {
-    match proto {
-        IPPROTO_TCP => match state {
-            CT_STATE_SYN_SENT => config.ct_timeout_tcp_syn_ns,
-            CT_STATE_ESTABLISHED => config.ct_timeout_tcp_established_ns,
-            CT_STATE_CLOSING | CT_STATE_CLOSED => config.ct_timeout_tcp_closing_ns,
-            _ => config.ct_timeout_tcp_syn_ns,
-        },
-        IPPROTO_UDP | IPPROTO_SCTP => config.ct_timeout_udp_ns,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => config.ct_timeout_icmp_ns,
-        _ => config.ct_timeout_other_ns,
-    }
 }
 
 /// Whether a packet whose source is the key's `hi` end (`src_is_hi`) goes from the flow's
@@ -155,4 +146,194 @@ pub fn interfaces_match(
         return sender == ifindex;
     }
     (sender == 0 || sender == ingress_ifindex) && (receiver == 0 || receiver == ifindex)
+}
+
+/// Whether a tracked entry still belongs to the addresses' current owners and to the
+/// interfaces this packet crosses. The owners' epochs are compared once per generation
+/// (identities only change with a generation); interfaces on every packet. A mismatch
+/// means an address changed owner (or a pod was replaced by one with the same address):
+/// the entry must not carry over, and the packet is judged as new.
+#[inline(never)]
+pub fn still_same_owners(ct: &mut CtValue, run: &Run, forward: bool) -> bool {
+    let (initiator, responder) = if forward {
+        (&run.src_endpoint, &run.dst_endpoint)
+    } else {
+        (&run.dst_endpoint, &run.src_endpoint)
+    };
+    if ct.checked_generation != run.generation {
+        if initiator.epoch != ct.epoch[0] || responder.epoch != ct.epoch[1] {
+            count(COUNTER_CT_EPOCH_MISMATCH);
+            return false;
+        }
+        ct.checked_generation = run.generation;
+    }
+    // On a pod's own hook the source passed the anti-spoofing check above: an end that
+    // was not bound when the flow began is bound to this interface now.
+    if run.hook == HOOK_FROM_POD {
+        let recorded = if forward {
+            ct.ifindex[0]
+        } else {
+            ct.ifindex[1]
+        };
+        if recorded == 0 {
+            if forward {
+                ct.ifindex[0] = run.ifindex;
+            } else {
+                ct.ifindex[1] = run.ifindex;
+            }
+            return true;
+        }
+    }
+    if !interfaces_match(ct, run.hook, forward, run.ifindex, run.ingress_ifindex) {
+        count(COUNTER_CT_EPOCH_MISMATCH);
+        return false;
+    }
+    true
+}
+
+/// Ends a stale entry (expired, or a TCP port reused after close) before its key is reused.
+#[inline(never)]
+pub fn retire(key: &CtKey, ct: &mut CtValue, run: &Run) {
+    if ct.flags & CT_FLAG_END_REPORTED == 0 {
+        ct.flags |= CT_FLAG_END_REPORTED;
+        emit::flow(key, ct, &EventMeta::of(run, EVENT_END, VERDICT_ALLOW));
+    }
+    let _ = CONNTRACK.remove(key);
+}
+
+/// Updates an entry for a packet of a known flow: counters, TCP state, end of flow.
+#[inline(always)]
+pub fn established(ct: &mut CtValue, key: &CtKey, packet: &Packet, run: &Run, forward: bool) {
+    charge(
+        ct,
+        run.now,
+        forward,
+        run.counting,
+        run.bytes,
+        packet.tcp_flags,
+    );
+    if packet.proto != IPPROTO_TCP {
+        return;
+    }
+    let flags = packet.tcp_flags;
+    let mut closed = false;
+    if flags & TCP_RST != 0 {
+        closed = true;
+    } else if flags & TCP_FIN != 0 {
+        ct.flags |= if forward {
+            CT_FLAG_FIN_INITIATOR
+        } else {
+            CT_FLAG_FIN_RESPONDER
+        };
+        let both = CT_FLAG_FIN_INITIATOR | CT_FLAG_FIN_RESPONDER;
+        if ct.flags & both == both {
+            closed = true;
+        } else {
+            ct.state = CT_STATE_CLOSING;
+        }
+    } else if ct.state == CT_STATE_SYN_SENT && !forward {
+        ct.state = CT_STATE_ESTABLISHED;
+    }
+    if closed {
+        ct.state = CT_STATE_CLOSED;
+        if ct.flags & CT_FLAG_END_REPORTED == 0 {
+            ct.flags |= CT_FLAG_END_REPORTED;
+            emit::flow(key, ct, &EventMeta::of(run, EVENT_END, VERDICT_ALLOW));
+        }
+    }
+}
+
+/// An ICMP error passes when it quotes a packet of a flow we track (in either direction)
+/// and its own addresses fit that packet: an error goes back to the quoted packet's
+/// sender, and a pod only reports errors about packets sent to it (it is no router).
+/// Otherwise a pod could pass anything to any address under a quote of a flow it has.
+#[inline(never)]
+pub fn related_to_tracked_flow(
+    ctx: &Frame<'_>,
+    packet: &Packet,
+    quoted: &mut Packet,
+    key: &mut CtKey,
+    hook: u8,
+) -> bool {
+    if !parse::quoted_flow(ctx, packet, quoted) {
+        return false;
+    }
+    if packet.dst != quoted.src || (hook == HOOK_FROM_POD && packet.src != quoted.dst) {
+        return false;
+    }
+    key_into(
+        key,
+        &quoted.src,
+        quoted.src_port,
+        &quoted.dst,
+        quoted.dst_port,
+        quoted.proto,
+    );
+    CONNTRACK.get_ptr(&*key).is_some()
+}
+
+/// What a new conntrack entry records about the decision.
+pub struct Decision {
+    pub flow_id: u64,
+    /// [initiator, responder].
+    pub zones: [u32; 2],
+    pub rule: u32,
+    pub audit_rule: u32,
+    pub flags: u8,
+}
+
+/// Builds the entry of a new flow in `ct` (scratch memory) and inserts it.
+#[inline(always)]
+pub fn track(packet: &Packet, key: &CtKey, ct: &mut CtValue, run: &Run, decision: &Decision) {
+    ct.state = if packet.proto == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        CT_STATE_SYN_SENT
+    } else {
+        // Anything else, TCP picked up mid-stream included (tracking lost): judged as new,
+        // then followed.
+        CT_STATE_ESTABLISHED
+    };
+    ct.flow_id = decision.flow_id;
+    ct.start_ns = run.now;
+    ct.last_seen_ns = run.now;
+    ct.last_report_ns = run.now;
+    ct.packets = [run.counting as u64, 0];
+    ct.bytes = [if run.counting { run.bytes } else { 0 }, 0];
+    ct.local = [
+        run.src_endpoint.is_local() as u8,
+        run.dst_endpoint.is_local() as u8,
+    ];
+    ct._pad = [0; 6];
+    ct.initiator_zone = decision.zones[0];
+    ct.responder_zone = decision.zones[1];
+    ct.rule = decision.rule;
+    ct.audit_rule = decision.audit_rule;
+    ct.generation = run.generation;
+    ct.flags = decision.flags;
+    ct.tcp_flags = [packet.tcp_flags, 0];
+    // The interfaces of the local ends: on a pod's own hook the sender is this
+    // interface's pod; on a receiving hook the receiver is, and a local sender entered
+    // on its own interface (checked in `spoofing::crosses_wrong_interface`).
+    let bound = |endpoint: &Endpoint| {
+        if endpoint.is_local() {
+            endpoint.ifindex
+        } else {
+            0
+        }
+    };
+    ct.ifindex = if run.hook == HOOK_FROM_POD {
+        [run.ifindex, bound(&run.dst_endpoint)]
+    } else {
+        let sender = if run.src_endpoint.is_local() {
+            run.ingress_ifindex
+        } else {
+            0
+        };
+        [sender, run.ifindex]
+    };
+    ct.epoch = [run.src_endpoint.epoch, run.dst_endpoint.epoch];
+    ct.checked_generation = run.generation;
+    ct._pad2 = 0;
+    if CONNTRACK.insert(key, &*ct, 0).is_err() {
+        count(COUNTER_CT_INSERT_FAILED);
+    }
 }

@@ -6,8 +6,9 @@ use firewall_common::{
 };
 
 use crate::{
-    maps::{DENY_LIMIT, FLOW_EVENTS, Run, count},
+    maps::{DENY_LIMIT, FLOW_EVENTS, count},
     parse::Packet,
+    scratch::Run,
 };
 
 /// The per-event facts that do not come from the conntrack entry.

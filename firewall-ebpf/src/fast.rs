@@ -16,8 +16,7 @@ use firewall_common::*;
 use crate::{
     conntrack,
     maps::{CLOCK, CONNTRACK, count},
-    parse::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
-    pipeline::PASS,
+    verdict::PASS,
 };
 
 /// What the fast path found.
@@ -178,7 +177,7 @@ pub fn established(ctx: &TcContext, hook: u8, config: &Config) -> Fast {
     // only blur counters and timestamps (as in the full pipeline).
     let ct = unsafe { &mut *entry };
     let now = coarse_now();
-    if now.saturating_sub(ct.last_seen_ns) > conntrack::timeout(config, shape.proto, ct.state) {
+    if now.saturating_sub(ct.last_seen_ns) > config.ct_timeout_ns(shape.proto, ct.state) {
         return Fast::Full;
     }
     if conntrack::update_due(config, ct, now) {

@@ -1,19 +1,30 @@
 //! zonewall's TC programs. Two entry points share one pipeline:
 //! parse -> conntrack hit? -> identity -> policy -> verdict, with flow events to a ring
-//! buffer and per-CPU counters for every outcome.
+//! buffer and per-CPU counters for every outcome. Tracked packets of the common shape take
+//! the fast path (`fast`) before the pipeline (`pipeline`) parses anything.
+//!
+//! One module per concern: `parse` (the library target's, shared with the host fuzz
+//! tests), `identity`, `spoofing`, `link`, `conntrack`, `fragment`, `policy`, `emit`, with
+//! the maps in `maps`, per-packet scratch memory in `scratch` and the actions in `verdict`.
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod emit;
 mod fast;
+mod fragment;
 mod identity;
+mod link;
 mod maps;
-mod parse;
 mod pipeline;
+mod policy;
+mod scratch;
+mod spoofing;
+mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use firewall_common::{HOOK_FROM_POD, HOOK_TO_POD};
+use firewall_ebpf::parse;
 
 /// TC ingress of a pod's host-side interface: what the pod sends.
 #[classifier]
@@ -31,7 +42,7 @@ pub fn zonewall_to_pod(ctx: TcContext) -> i32 {
 /// by the agent.
 #[classifier]
 pub fn zonewall_baseline(_ctx: TcContext) -> i32 {
-    pipeline::PASS
+    verdict::PASS
 }
 
 #[cfg(not(test))]

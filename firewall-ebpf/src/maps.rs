@@ -1,4 +1,5 @@
-//! The maps, named as they are pinned. Sizes are defaults; the agent sets its own at load.
+//! The maps, named as they are pinned (sizes are defaults; the agent sets its own at
+//! load), the per-CPU clock cache, and `count`, which adds to a counter.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -47,42 +48,6 @@ pub static DENY_LIMIT: LruHashMap<EndpointKey, DenyLimitValue> =
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
     LruHashMap::pinned(FRAGMENTS_MAX_ENTRIES, 0);
-
-/// Per-CPU working memory of one packet's run: the parsed packet, its conntrack key and
-/// the entry being built live here because the BPF stack (512 bytes) cannot hold them.
-pub struct Scratch {
-    pub headers: crate::parse::Headers,
-    pub packet: crate::parse::Packet,
-    /// The packet an ICMP error quotes, and its conntrack key.
-    pub quoted: crate::parse::Packet,
-    pub quoted_key: CtKey,
-    pub key: CtKey,
-    pub ct: CtValue,
-    pub run: Run,
-}
-
-/// Facts about the current packet that several stages need.
-pub struct Run {
-    pub now: u64,
-    pub bytes: u64,
-    pub ifindex: u32,
-    /// The interface the packet entered the node on (`skb->skb_iif`): for a packet from a
-    /// local pod to another, the sender's host-side interface.
-    pub ingress_ifindex: u32,
-    /// The live slot of POLICY, ENDPOINTS and NETWORKS and its generation, read once.
-    pub slot: u32,
-    pub generation: u32,
-    pub hook: u8,
-    /// This hook counts the packet (see `pipeline`).
-    pub counting: bool,
-    /// The packet's source is the `hi` end of the conntrack key.
-    pub src_is_hi: bool,
-    pub src_endpoint: crate::identity::Endpoint,
-    pub dst_endpoint: crate::identity::Endpoint,
-}
-
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The coarse clock as last read on this CPU, and the jiffy it was read in.
 pub struct Clock {

@@ -3,9 +3,14 @@
 //! (direct packet access, each read bounds-checked against the end of the linear data,
 //! which is pulled in first when the skb is not linear); a header that does not fit is
 //! `Malformed`, never guessed.
+//!
+//! Part of the library target so that it compiles for the host too: the fuzz targets
+//! drive it through [`Frame::from_bytes`]; only [`Frame::copy`] needs the kernel.
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::programs::TcContext;
-use firewall_common::ipv4_mapped;
+use firewall_common::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, ipv4_mapped,
+};
 
 /// Bytes of headers copied out of the packet for parsing: Ethernet, IPv4 with options or
 /// an IPv6 extension chain, the L4 header, and an ICMP error's quote. Headers reaching
@@ -122,12 +127,6 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_SCTP: u8 = 132;
-pub const IPPROTO_ICMPV6: u8 = 58;
-
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
@@ -136,11 +135,6 @@ const IPV6_DEST_OPTS: u8 = 60;
 const IPV6_MOBILITY: u8 = 135;
 /// Longest extension header chain we walk; longer chains are dropped (counted).
 const IPV6_MAX_EXT_HEADERS: usize = 8;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// Where a packet stands with respect to fragmentation.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -162,7 +156,7 @@ pub enum IcmpKind {
     /// to the flow whose header it quotes.
     Error,
     /// IPv6 neighbour discovery (133-137): link plumbing, passed only on the link (see
-    /// `pipeline::on_link_plumbing`), else judged by policy like any ICMPv6.
+    /// the programs' `link::on_link_plumbing`), else judged by policy like any ICMPv6.
     NeighborDiscovery,
     /// IPv6 multicast listener discovery (130-132, 143): the same.
     MulticastListener,
