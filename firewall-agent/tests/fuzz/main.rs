@@ -10,17 +10,11 @@
 //!
 //! The targets live with the agent rather than with the privileged integration tests:
 //! they need no root, no kernel and no network namespace, only the agent library and
-//! the parser's source.
+//! the parser (firewall-ebpf's library target, which compiles for the host).
 
 mod flow_events;
 mod packet;
 mod policy_yaml;
-
-// The parser the TC programs run, compiled for the host (it needs only
-// `firewall_common`); the tests drive it through `Frame::from_bytes`.
-#[allow(dead_code)]
-#[path = "../../../firewall-ebpf/src/parse.rs"]
-mod parse;
 
 // The policy files the integration tests use, as seeds for the YAML mutations.
 #[allow(dead_code)]

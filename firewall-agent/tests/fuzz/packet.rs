@@ -8,7 +8,8 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::parse::{
+use firewall_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use firewall_ebpf::parse::{
     Fragment, Frame, HEADER_BYTES, Headers, IcmpKind, Packet, ParseError, parse, quoted_flow,
 };
 
@@ -17,11 +18,6 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPES_VLAN: [u16; 2] = [0x8100, 0x88a8];
 const ETHERNET_LEN: usize = 14;
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
-const PROTO_SCTP: u8 = 132;
 /// The IPv6 extension headers the parser walks (hop-by-hop, routing, fragment, AH,
 /// destination options, mobility).
 const IPV6_EXTENSIONS: [u8; 6] = [0, 43, 44, 51, 60, 135];
@@ -213,14 +209,14 @@ impl Spec {
 
     fn proto(&self) -> u8 {
         match &self.transport {
-            Transport::Tcp { .. } => PROTO_TCP,
-            Transport::Udp { .. } => PROTO_UDP,
-            Transport::Sctp { .. } => PROTO_SCTP,
+            Transport::Tcp { .. } => IPPROTO_TCP,
+            Transport::Udp { .. } => IPPROTO_UDP,
+            Transport::Sctp { .. } => IPPROTO_SCTP,
             Transport::Icmp { .. } | Transport::IcmpError { .. } => {
                 if self.ipv6() {
-                    PROTO_ICMPV6
+                    IPPROTO_ICMPV6
                 } else {
-                    PROTO_ICMP
+                    IPPROTO_ICMP
                 }
             }
             Transport::Other { proto } => *proto,
@@ -297,8 +293,8 @@ impl Quote {
     fn proto(&self) -> u8 {
         match (&self.transport, &self.network) {
             (QuotedTransport::Ports { proto, .. }, _) => *proto,
-            (QuotedTransport::Echo { .. }, QuotedNetwork::V4 { .. }) => PROTO_ICMP,
-            (QuotedTransport::Echo { .. }, QuotedNetwork::V6 { .. }) => PROTO_ICMPV6,
+            (QuotedTransport::Echo { .. }, QuotedNetwork::V4 { .. }) => IPPROTO_ICMP,
+            (QuotedTransport::Echo { .. }, QuotedNetwork::V6 { .. }) => IPPROTO_ICMPV6,
             (QuotedTransport::Untracked { proto, .. }, _) => *proto,
         }
     }
@@ -657,8 +653,8 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
 
 fn icmp_class(proto: u8, icmp_type: u8) -> IcmpClass {
     match (proto, icmp_type) {
-        (PROTO_ICMP, 0 | 8) | (PROTO_ICMPV6, 128 | 129) => IcmpClass::Echo,
-        (PROTO_ICMP, 3 | 11 | 12) | (PROTO_ICMPV6, 1..=4) => IcmpClass::Error,
+        (IPPROTO_ICMP, 0 | 8) | (IPPROTO_ICMPV6, 128 | 129) => IcmpClass::Echo,
+        (IPPROTO_ICMP, 3 | 11 | 12) | (IPPROTO_ICMPV6, 1..=4) => IcmpClass::Error,
         _ => IcmpClass::Other,
     }
 }
@@ -808,7 +804,7 @@ fn expect(spec: &Spec) -> Expectation {
                 read(l4, 4);
                 expected.src_port = *src_port;
                 expected.dst_port = *dst_port;
-                header_end = l4 + if proto == PROTO_UDP { 8 } else { 12 };
+                header_end = l4 + if proto == IPPROTO_UDP { 8 } else { 12 };
             }
             Transport::Icmp { icmp_type, id, .. } => {
                 read(l4, 1);
@@ -1003,7 +999,7 @@ fn quote(ipv6: bool) -> impl Strategy<Value = Quote> {
     };
     let transport = prop_oneof![
         4 => (
-            prop::sample::select(vec![PROTO_TCP, PROTO_UDP, PROTO_SCTP]),
+            prop::sample::select(vec![IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP]),
             any::<(u16, u16, u32)>()
         )
             .prop_map(|(proto, (src_port, dst_port, rest))| QuotedTransport::Ports {
@@ -1035,7 +1031,14 @@ fn other_proto() -> impl Strategy<Value = u8> {
     any::<u8>().prop_filter(
         "a protocol the parser reads or an IPv6 extension",
         |proto| {
-            ![PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP].contains(proto)
+            ![
+                IPPROTO_ICMP,
+                IPPROTO_TCP,
+                IPPROTO_UDP,
+                IPPROTO_ICMPV6,
+                IPPROTO_SCTP,
+            ]
+            .contains(proto)
                 && !IPV6_EXTENSIONS.contains(proto)
         },
     )
@@ -1197,7 +1200,7 @@ fn check_invariants(bytes: &[u8], outcome: &Outcome, quoted: &Option<Parsed>) {
                     (0, 0, 0)
                 );
                 assert_eq!(packet.icmp, IcmpClass::NotIcmp);
-            } else if [PROTO_TCP, PROTO_UDP, PROTO_SCTP].contains(&packet.proto) {
+            } else if [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP].contains(&packet.proto) {
                 // Ports are read from the packet, never made up.
                 let ports = packet.l4_offset;
                 assert!(
@@ -1215,8 +1218,14 @@ fn check_invariants(bytes: &[u8], outcome: &Outcome, quoted: &Option<Parsed>) {
             if let Some(quoted) = quoted {
                 assert_eq!(packet.icmp, IcmpClass::Error);
                 assert!(
-                    [PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_SCTP]
-                        .contains(&quoted.proto),
+                    [
+                        IPPROTO_ICMP,
+                        IPPROTO_TCP,
+                        IPPROTO_UDP,
+                        IPPROTO_ICMPV6,
+                        IPPROTO_SCTP
+                    ]
+                    .contains(&quoted.proto),
                     "untracked quoted protocol: {quoted:?}"
                 );
             }
