@@ -122,11 +122,11 @@ pub struct RunArgs {
     #[arg(long, env = "ZONEWALL_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
     /// Conntrack timeouts in seconds.
-    #[arg(long, env = "ZONEWALL_CT_TCP_TIMEOUT", default_value_t = 21600)]
+    #[arg(long, env = "ZONEWALL_CT_TCP_TIMEOUT", default_value_t = firewall_common::CtTimeout::TcpEstablished.default_secs())]
     pub ct_tcp_timeout: u64,
-    #[arg(long, env = "ZONEWALL_CT_UDP_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "ZONEWALL_CT_UDP_TIMEOUT", default_value_t = firewall_common::CtTimeout::Udp.default_secs())]
     pub ct_udp_timeout: u64,
-    #[arg(long, env = "ZONEWALL_CT_ICMP_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "ZONEWALL_CT_ICMP_TIMEOUT", default_value_t = firewall_common::CtTimeout::Icmp.default_secs())]
     pub ct_icmp_timeout: u64,
     /// A long flow reports an update event this often, in seconds (0: never).
     #[arg(long, env = "ZONEWALL_FLOW_UPDATE_INTERVAL", default_value_t = 60)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::DatapathError;
+use super::error::DatapathError;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

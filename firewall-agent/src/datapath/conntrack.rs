@@ -1,31 +1,14 @@
-//! Ageing of conntrack entries from user space: expired entries are removed and, when the
-//! kernel did not already report their end (TCP close), returned so an end event can be
-//! written for them.
+//! Conntrack seen from user space: ageing, flushing and the fill level. Ageing removes
+//! expired entries by the timeouts the datapath applies (`Config::ct_timeout_ns`, one
+//! table for both) and returns those whose end the kernel did not report (it does on TCP
+//! close), so an end event can be written for them.
 
 use firewall_common::*;
 
-use super::{Datapath, DatapathError, map_error};
-
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_SCTP: u8 = 132;
-
-/// The same timeouts the datapath applies (see firewall-ebpf's conntrack).
-pub fn timeout_ns(config: &Config, proto: u8, state: u8) -> u64 {
-    match proto {
-        IPPROTO_TCP => match state {
-            CT_STATE_SYN_SENT => config.ct_timeout_tcp_syn_ns,
-            CT_STATE_ESTABLISHED => config.ct_timeout_tcp_established_ns,
-            CT_STATE_CLOSING | CT_STATE_CLOSED => config.ct_timeout_tcp_closing_ns,
-            _ => config.ct_timeout_tcp_syn_ns,
-        },
-        IPPROTO_UDP | IPPROTO_SCTP => config.ct_timeout_udp_ns,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => config.ct_timeout_icmp_ns,
-        _ => config.ct_timeout_other_ns,
-    }
-}
+use super::{
+    error::{DatapathError, map_error},
+    load::Datapath,
+};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
 pub fn monotonic_ns() -> u64 {
@@ -55,7 +38,7 @@ impl Datapath {
             };
             seen += 1;
             if now_ns.saturating_sub(value.last_seen_ns)
-                > timeout_ns(&config, key.proto, value.state)
+                > config.ct_timeout_ns(key.proto, value.state)
             {
                 expired.push((key, value));
             }
@@ -68,7 +51,7 @@ impl Datapath {
                 continue;
             };
             if now_ns.saturating_sub(current.last_seen_ns)
-                <= timeout_ns(&config, key.proto, current.state)
+                <= config.ct_timeout_ns(key.proto, current.state)
             {
                 continue;
             }

@@ -1,151 +1,32 @@
 //! Attachments: both programs on each pod interface, kept in place when the agent exits.
 //!
-//! The usual way is one TCX link per direction, pinned under `<pin_dir>/links`. Pin files
-//! are named `<ifname>@<ifindex>@<direction>@<nonce>` with dots of the interface name
-//! written as colons (bpffs refuses names with dots; interface names never contain
-//! colons): a new link is attached in front of the old one and pinned under a new nonce
-//! before the old one is removed, so replacing a program (a restarted or upgraded agent)
-//! never leaves an interface without one.
+//! The usual way is one TCX link per direction, pinned (see `pins`): a new link is
+//! attached in front of the old one and pinned under a new nonce before the old one is
+//! removed, so replacing a program (a restarted or upgraded agent) never leaves an
+//! interface without one.
 //!
 //! Kernels without TCX (before 6.6), or `--attach-mode tc`, get classic TC instead: a
 //! clsact qdisc and one cls_bpf filter per direction at a fixed priority and handle.
 //! Netlink filters belong to the interface, not to a file descriptor, so they outlive the
 //! agent by themselves; a later attach at the same priority and handle swaps the program
-//! in place (no gap, no second filter). Each is recorded as an empty folder
-//! `<pin_dir>/tc/net-<netns inode>/<ifname>@<ifindex>@<direction>` (bpffs holds folders
-//! but no plain files) so a restarted agent can prune them and `firewall-agent detach`,
-//! run in the same network namespace, can remove them.
+//! in place (no gap, no second filter). Each is recorded under bpffs (see `pins`) so a
+//! restarted agent can prune them and `firewall-agent detach`, run in the same network
+//! namespace, can remove them.
 
 use std::path::{Path, PathBuf};
 
 use aya::programs::{
     Link as _, LinkOrder, ProgramError, SchedClassifier,
-    links::{FdLink, PinnedLink},
-    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle},
+    links::FdLink,
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
 };
-use firewall_common::{PROG_FROM_POD, PROG_TO_POD};
 
-use super::{Datapath, DatapathError};
-
-/// How the agent attaches its programs (`--attach-mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// TCX links; a clsact qdisc with TC filters where the kernel has no TCX.
-    #[default]
-    Auto,
-    /// TCX links only (Linux 6.6 and later).
-    Tcx,
-    /// A clsact qdisc with TC filters, even where TCX exists.
-    Tc,
-}
-
-/// How one interface ended up attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Hook {
-    /// Pinned TCX links.
-    Tcx,
-    /// cls_bpf filters under a clsact qdisc, recorded under `<pin_dir>/tc`.
-    Tc,
-}
-
-impl Hook {
-    /// The label of metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Hook::Tcx => "tcx",
-            Hook::Tc => "tc",
-        }
-    }
-}
-
-/// What this agent attached to one interface.
-#[derive(Debug, Clone)]
-pub struct AttachedInterface {
-    pub ifindex: u32,
-    pub hook: Hook,
-    /// TCX pins or TC records.
-    pub pins: Vec<PathBuf>,
-}
-
-const DIRECTIONS: [(&str, TcAttachType, &str); 2] = [
-    (PROG_FROM_POD, TcAttachType::Ingress, "ingress"),
-    (PROG_TO_POD, TcAttachType::Egress, "egress"),
-];
-
-/// Priority of zonewall's TC filters: 1 runs before filters other tools add with the
-/// default priorities, so nothing can redirect a packet around the firewall.
-const TC_PRIORITY: u16 = 1;
-/// Handle of zonewall's TC filters ("zw"). Fixed, with the priority, so that attaching
-/// again replaces the program of the filter instead of stacking a second filter.
-const TC_HANDLE: TcHandle = TcHandle::new(0, 0x7a77);
-
-/// A parsed pin file name.
-struct PinName {
-    ifname: String,
-    ifindex: u32,
-    direction: String,
-}
-
-fn pin_name(ifname: &str, ifindex: u32, direction: &str, nonce: u128) -> String {
-    format!("{}@{ifindex}@{direction}@{nonce}", ifname.replace('.', ":"))
-}
-
-fn parse_pin_name(file_name: &str) -> Option<PinName> {
-    // An interface name may itself contain '@', so split from the right.
-    let mut parts = file_name.rsplitn(4, '@');
-    let _nonce = parts.next()?;
-    let direction = parts.next()?.to_owned();
-    let ifindex = parts.next()?.parse().ok()?;
-    let ifname = parts.next()?.replace(':', ".");
-    Some(PinName {
-        ifname,
-        ifindex,
-        direction,
-    })
-}
-
-fn record_name(ifname: &str, ifindex: u32, direction: &str) -> String {
-    format!("{}@{ifindex}@{direction}", ifname.replace('.', ":"))
-}
-
-fn parse_record_name(file_name: &str) -> Option<PinName> {
-    let mut parts = file_name.rsplitn(3, '@');
-    let direction = parts.next()?.to_owned();
-    let ifindex = parts.next()?.parse().ok()?;
-    let ifname = parts.next()?.replace(':', ".");
-    Some(PinName {
-        ifname,
-        ifindex,
-        direction,
-    })
-}
-
-/// The TC filters recorded under `tc_dir`.
-fn records(tc_dir: &Path) -> Vec<(PathBuf, PinName)> {
-    let Ok(entries) = std::fs::read_dir(tc_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            Some((entry.path(), parse_record_name(&name)?))
-        })
-        .collect()
-}
-
-fn pins_in(links_dir: &Path) -> Vec<(PathBuf, PinName)> {
-    let Ok(entries) = std::fs::read_dir(links_dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            Some((entry.path(), parse_pin_name(&name)?))
-        })
-        .collect()
-}
+use super::{
+    error::DatapathError,
+    hooks::{AttachMode, AttachedInterface, DIRECTIONS, Hook, TC_HANDLE, TC_PRIORITY},
+    load::Datapath,
+    pins::{PinName, netns_inode, pin_name, pins_in, record_name, records, tc_dir, unpin},
+};
 
 /// Interfaces of the current network namespace: (name, index).
 pub fn interfaces() -> Vec<(String, u32)> {
@@ -162,20 +43,6 @@ pub fn interfaces() -> Vec<(String, u32)> {
         Err(errno) => {
             tracing::warn!(%errno, "cannot list interfaces");
             Vec::new()
-        }
-    }
-}
-
-fn unpin(path: &Path) {
-    match PinnedLink::from_pin(path) {
-        // Dropping the unpinned link releases it: the program leaves that hook.
-        Ok(link) => match link.unpin() {
-            Ok(link) => drop(link),
-            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot unpin link"),
-        },
-        Err(_) => {
-            // A link whose interface vanished, or a stray file: just remove it.
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -211,20 +78,6 @@ fn remove_tc_filter(record: &Path, pin: &PinName) {
     if let Err(error) = std::fs::remove_dir(record) {
         tracing::warn!(path = %record.display(), %error, "cannot remove TC record");
     }
-}
-
-/// The folder of TC records of the calling thread's network namespace. Filters belong to
-/// interfaces of one namespace: only a process in that namespace can find, replace or
-/// remove them, so each namespace's records are kept apart, named by its inode.
-fn tc_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("tc").join(format!("net-{}", netns_inode()))
-}
-
-fn netns_inode() -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .map(|metadata| metadata.ino())
-        .unwrap_or(0)
 }
 
 /// Whether a program error carries the OS error `errno`.
@@ -549,33 +402,4 @@ pub fn detach_all(bpffs_root: &Path) -> std::io::Result<usize> {
         _ => {}
     }
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pin_names_round_trip_without_dots() {
-        let name = pin_name("veth.a@b", 12, "ingress", 99);
-        assert!(!name.contains('.'), "{name}");
-        let pin = parse_pin_name(&name).unwrap();
-        assert_eq!(pin.ifname, "veth.a@b");
-        assert_eq!(pin.ifindex, 12);
-        assert_eq!(pin.direction, "ingress");
-        assert!(parse_pin_name("garbage").is_none());
-        assert!(parse_pin_name("veth0@notanumber@ingress@1").is_none());
-    }
-
-    #[test]
-    fn tc_record_names_round_trip_without_dots() {
-        let name = record_name("veth.a@b", 7, "egress");
-        assert!(!name.contains('.'), "{name}");
-        let record = parse_record_name(&name).unwrap();
-        assert_eq!(record.ifname, "veth.a@b");
-        assert_eq!(record.ifindex, 7);
-        assert_eq!(record.direction, "egress");
-        assert!(parse_record_name("veth0@x@ingress").is_none());
-        assert!(parse_record_name("veth0").is_none());
-    }
 }

@@ -8,18 +8,24 @@
 //! Every map is diffed against a shadow copy of what is in the kernel (read once from the
 //! pinned maps at start), so a sync costs one map update per change, not per entry: the
 //! inactive slot keeps the generation before the live one, and the next generation is
-//! written over it as a diff. Writes go to the kernel in batches
-//! (`BPF_MAP_UPDATE_BATCH`, one syscall for many entries) where the map type has them.
+//! written over it as a diff (the copy is `shadow`). Writes go to the kernel in batches
+//! (`BPF_MAP_UPDATE_BATCH`, one syscall for many entries) where the map type has them
+//! (`batch`).
 
 use std::collections::{HashMap as StdHashMap, HashSet};
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use std::time::{Duration, Instant};
 
 use aya::maps::IterableMap as _;
 use aya::maps::lpm_trie::Key;
 use firewall_common::*;
 
-use super::{Datapath, DatapathError, binding::Bindings, map_error};
+use super::{
+    batch::{raw_fd, write_all},
+    binding::Bindings,
+    error::{DatapathError, full_or, map_error, removed},
+    load::Datapath,
+    shadow::{BATCH_ENDPOINTS, BATCH_NETWORKS, BATCH_POLICY, PolicySlotKey, Shadow, slot_key},
+};
 use crate::identity;
 use crate::policy::compiled::{CompiledPolicy, Endpoint, EndpointKind};
 
@@ -29,6 +35,8 @@ pub struct Tuning {
     pub unknown_source_allow: bool,
     pub deny_events_per_window: u32,
     pub deny_event_window: Duration,
+    /// Conntrack timeouts: `CtTimeout::of` (firewall-common) says which one an entry lives
+    /// by, for the datapath and for ageing alike; the defaults are `CtTimeout`'s.
     pub tcp_syn_timeout: Duration,
     pub tcp_established_timeout: Duration,
     pub tcp_closing_timeout: Duration,
@@ -41,16 +49,17 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
+        let default = |timeout: CtTimeout| Duration::from_secs(timeout.default_secs());
         Self {
             unknown_source_allow: false,
             deny_events_per_window: 10,
             deny_event_window: Duration::from_secs(1),
-            tcp_syn_timeout: Duration::from_secs(60),
-            tcp_established_timeout: Duration::from_secs(6 * 3600),
-            tcp_closing_timeout: Duration::from_secs(10),
-            udp_timeout: Duration::from_secs(60),
-            icmp_timeout: Duration::from_secs(30),
-            other_timeout: Duration::from_secs(60),
+            tcp_syn_timeout: default(CtTimeout::TcpSyn),
+            tcp_established_timeout: default(CtTimeout::TcpEstablished),
+            tcp_closing_timeout: default(CtTimeout::TcpClosing),
+            udp_timeout: default(CtTimeout::Udp),
+            icmp_timeout: default(CtTimeout::Icmp),
+            other_timeout: default(CtTimeout::Other),
             update_interval: Duration::from_secs(60),
         }
     }
@@ -73,171 +82,6 @@ pub struct SyncReport {
     /// Tracked connections removed because an address left or changed owner.
     pub connections_flushed: usize,
     pub duration: Duration,
-}
-
-/// A POLICY entry as the shadow keeps it: prefix length and key with the slot zeroed.
-type PolicySlotKey = (u32, PolicyKey);
-
-/// What user space believes is in the kernel maps.
-#[derive(Default)]
-pub(crate) struct Shadow {
-    loaded: bool,
-    endpoints: StdHashMap<EndpointKey, EndpointValue>,
-    networks: StdHashMap<(u32, NetworkKey), NetworkValue>,
-    interfaces: StdHashMap<u32, InterfaceValue>,
-    /// The entries of each POLICY slot.
-    policy: [StdHashMap<PolicySlotKey, PolicyValue>; 2],
-    /// Per map: whether the kernel refused a batched update (then entries go one by one).
-    no_batch: [bool; 3],
-}
-
-const BATCH_ENDPOINTS: usize = 0;
-const BATCH_NETWORKS: usize = 1;
-const BATCH_POLICY: usize = 2;
-
-/// `bpf_attr` as BPF_MAP_*_BATCH reads it.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// One `BPF_MAP_UPDATE_BATCH`: writes `keys[i] -> values[i]`. Returns how many entries
-/// the kernel wrote, and the error that stopped it, if any.
-fn update_batch<K: Copy, V: Copy>(
-    fd: RawFd,
-    keys: &[K],
-    values: &[V],
-) -> (usize, Option<std::io::Error>) {
-    debug_assert_eq!(keys.len(), values.len());
-    if keys.is_empty() {
-        return (0, None);
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: fd as u32,
-        ..Default::default()
-    };
-    // SAFETY: `attr` points at `count` keys and values that stay alive and unchanged for
-    // the call; the kernel reads them and writes only `attr.count`.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as u32,
-        )
-    };
-    if result == 0 {
-        (keys.len(), None)
-    } else {
-        let error = std::io::Error::last_os_error();
-        ((attr.count as usize).min(keys.len()), Some(error))
-    }
-}
-
-/// Errors that mean "this map type has no batch operations" rather than a failed write.
-fn batch_unsupported(error: &std::io::Error) -> bool {
-    // ENOTSUPP (524) is the kernel-internal code the bpf() syscall returns for missing ops.
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524)
-    )
-}
-
-fn map_full(error: &std::io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)
-    )
-}
-
-/// Writes every `(key, value)` of `writes`: in one batch when the map takes it, else one
-/// by one through `insert`. `wrote(i)` is called for every entry the kernel took, before
-/// any error is returned, so the caller's shadow stays true to the kernel.
-#[allow(clippy::too_many_arguments)]
-fn write_all<K: Copy, V: Copy>(
-    fd: RawFd,
-    no_batch: &mut bool,
-    name: &'static str,
-    capacity: usize,
-    keys: &[K],
-    values: &[V],
-    mut insert: impl FnMut(&K, &V) -> Result<(), aya::maps::MapError>,
-    mut wrote: impl FnMut(usize),
-) -> Result<(), DatapathError> {
-    let mut done = 0;
-    if !*no_batch && keys.len() > 1 {
-        let (written, error) = update_batch(fd, keys, values);
-        (0..written).for_each(&mut wrote);
-        done = written;
-        match error {
-            None => return Ok(()),
-            Some(error) if map_full(&error) => {
-                return Err(DatapathError::MapFull {
-                    name,
-                    entries: capacity,
-                });
-            }
-            Some(error) if written == 0 && batch_unsupported(&error) => {
-                tracing::debug!(map = name, %error, "no batched updates; writing one by one");
-                *no_batch = true;
-            }
-            // Anything else: the one-by-one path below reports it for the entry at fault.
-            Some(_) => {}
-        }
-    }
-    for index in done..keys.len() {
-        insert(&keys[index], &values[index]).map_err(full_or(name, capacity))?;
-        wrote(index);
-    }
-    Ok(())
-}
-
-/// The outcome of removing a map entry: one that is not there is removed already.
-fn removed(
-    result: Result<(), aya::maps::MapError>,
-    name: &'static str,
-) -> Result<(), DatapathError> {
-    match result {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(error) => Err(map_error(name)(error)),
-    }
-}
-
-fn full_or(
-    name: &'static str,
-    entries: usize,
-) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |error| match &error {
-        aya::maps::MapError::SyscallError(syscall)
-            if matches!(
-                syscall.io_error.raw_os_error(),
-                Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)
-            ) =>
-        {
-            DatapathError::MapFull { name, entries }
-        }
-        _ => DatapathError::Map {
-            name,
-            source: error,
-        },
-    }
-}
-
-fn slot_of(key: &PolicyKey) -> u32 {
-    u32::from_be_bytes(key.slot)
 }
 
 fn network_key(network: &ipnet::IpNet) -> (u32, NetworkKey) {
@@ -283,47 +127,17 @@ fn longest_cover(
     ZONE_WORLD
 }
 
-fn slot_key(key: &PolicyKey) -> PolicyKey {
-    PolicyKey {
-        slot: [0; 4],
-        ..*key
-    }
-}
-
-fn raw_fd(map: &aya::maps::MapData) -> RawFd {
-    map.fd().as_fd().as_raw_fd()
-}
-
 impl Datapath {
+    /// Reads the shadow from the pinned maps, once.
     fn load_shadow(&mut self) -> Result<(), DatapathError> {
-        if self.shadow.loaded {
-            return Ok(());
+        if !self.shadow.loaded {
+            self.shadow = Shadow::read(
+                &self.endpoints,
+                &self.networks,
+                &self.interfaces_map,
+                &self.policy,
+            )?;
         }
-        let mut shadow = Shadow {
-            loaded: true,
-            ..Default::default()
-        };
-        for entry in self.endpoints.iter() {
-            let (key, value) = entry.map_err(map_error(MAP_ENDPOINTS))?;
-            shadow.endpoints.insert(key, value);
-        }
-        for entry in self.networks.iter() {
-            let (key, value) = entry.map_err(map_error(MAP_NETWORKS))?;
-            shadow
-                .networks
-                .insert((key.prefix_len(), key.data()), value);
-        }
-        for entry in self.interfaces_map.iter() {
-            let (key, value) = entry.map_err(map_error(MAP_INTERFACES))?;
-            shadow.interfaces.insert(key, value);
-        }
-        for entry in self.policy.iter() {
-            let (key, value) = entry.map_err(map_error(MAP_POLICY))?;
-            let data = key.data();
-            let slot = (slot_of(&data) & 1) as usize;
-            shadow.policy[slot].insert((key.prefix_len(), slot_key(&data)), value);
-        }
-        self.shadow = shadow;
         Ok(())
     }
 
