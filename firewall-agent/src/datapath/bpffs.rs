@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::DatapathError;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 fn is_bpffs(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
-        Ok(stat) => stat.filesystem_type().0 as i64 == BPF_FS_MAGIC,
+        Ok(stat) => stat.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC,
         Err(_) => false,
     }
 }
