@@ -20,29 +20,23 @@ pub(super) struct PinName {
     pub(super) direction: String,
 }
 
+/// A TCX link's pin: its record name and the nonce that tells two pins of one hook apart.
 pub(super) fn pin_name(ifname: &str, ifindex: u32, direction: &str, nonce: u128) -> String {
-    format!("{}@{ifindex}@{direction}@{nonce}", ifname.replace('.', ":"))
+    format!("{}@{nonce}", record_name(ifname, ifindex, direction))
 }
 
 pub(super) fn parse_pin_name(file_name: &str) -> Option<PinName> {
-    // An interface name may itself contain '@', so split from the right.
-    let mut parts = file_name.rsplitn(4, '@');
-    let _nonce = parts.next()?;
-    let direction = parts.next()?.to_owned();
-    let ifindex = parts.next()?.parse().ok()?;
-    let ifname = parts.next()?.replace(':', ".");
-    Some(PinName {
-        ifname,
-        ifindex,
-        direction,
-    })
+    let (record, _nonce) = file_name.rsplit_once('@')?;
+    parse_record_name(record)
 }
 
+/// A TC filter's record: `<ifname>@<ifindex>@<direction>`, dots written as colons.
 pub(super) fn record_name(ifname: &str, ifindex: u32, direction: &str) -> String {
     format!("{}@{ifindex}@{direction}", ifname.replace('.', ":"))
 }
 
 pub(super) fn parse_record_name(file_name: &str) -> Option<PinName> {
+    // An interface name may itself contain '@', so split from the right.
     let mut parts = file_name.rsplitn(3, '@');
     let direction = parts.next()?.to_owned();
     let ifindex = parts.next()?.parse().ok()?;
