@@ -1,6 +1,7 @@
 //! The per-packet pipeline: parse -> identities and anti-spoofing -> conntrack hit? ->
 //! policy -> verdict. (Tracked packets of the common shape never get here: see `fast`.)
-//! This file only orders the stages; each lives in the module of its concern.
+//! This file reads the packet's facts once and orders the stages; each stage lives in the
+//! module of its concern.
 //!
 //! Cost per packet is bounded and independent of the number of rules, zones or pods: two
 //! endpoint lookups, one conntrack lookup and, for the first packet of a flow, up to two
