@@ -27,6 +27,8 @@ mod issue;
 mod load;
 mod messages;
 pub mod model;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 
 pub use check::render_check;

@@ -41,7 +41,8 @@ impl Validated {
 /// caller can leave out what is at fault and try again without rebuilding it.
 #[derive(Debug)]
 pub struct Rejected {
-    pub set: PolicySet,
+    /// Boxed: a `Result` carrying it stays small.
+    pub set: Box<PolicySet>,
     pub error: PolicyError,
 }
 
@@ -76,7 +77,7 @@ pub(super) fn validate_with(
         Ok(Validated(set))
     } else {
         Err(Rejected {
-            set,
+            set: Box::new(set),
             error: PolicyError::Invalid(earlier),
         })
     }

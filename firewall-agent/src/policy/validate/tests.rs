@@ -1,35 +1,8 @@
 //! Validator tests: every rule, each problem with its object, field and reason.
 
 use super::*;
-use crate::policy::load::parse;
 use crate::policy::model::{Action, Mode, PortRule, Protocol};
-
-/// Parses `yaml`, expecting failure, and returns the issues.
-fn issues_of(yaml: &str) -> Vec<Issue> {
-    match parse(yaml) {
-        Ok(set) => panic!("expected errors, parsed {set:?}"),
-        Err(error) => error.issues().to_vec(),
-    }
-}
-
-/// Asserts that exactly one issue has this object and field, and that its reason
-/// contains `reason`.
-fn assert_issue(issues: &[Issue], object: &str, field: &str, reason: &str) {
-    let found: Vec<&Issue> = issues
-        .iter()
-        .filter(|issue| issue.object() == object && issue.field == field)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one issue for {object} {field} in {issues:#?}"
-    );
-    assert!(
-        found[0].reason.contains(reason),
-        "reason {:?} should contain {reason:?}",
-        found[0].reason
-    );
-}
+use crate::policy::testing::{assert_issue, issues_of};
 
 const HEADER: &str = "apiVersion: zonewall.dev/v1alpha1\n";
 
@@ -423,4 +396,33 @@ fn valid_names() {
     assert!(!is_valid_name("A"));
     assert!(!is_valid_name("a_b"));
     assert!(!is_valid_name(&"a".repeat(254)));
+}
+
+#[test]
+fn issues_name_their_object_in_fields() {
+    let yaml = base_zones()
+        + &policy("p", "  from: [dmz]\n  to: [dbz]\n  action: Allow")
+        + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n"
+        + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n";
+    let issues = issues_of(&yaml);
+    let reference = assert_issue(&issues, "ZonePolicy/p", "spec.to[0]", "does not exist");
+    assert_eq!(
+        (
+            reference.kind.as_str(),
+            reference.name.as_str(),
+            reference.namespace.as_deref()
+        ),
+        ("ZonePolicy", "p", None)
+    );
+    assert_eq!(reference.missing_zone.as_deref(), Some("dbz"));
+    let duplicate = assert_issue(&issues, "Pod/x/a", "metadata.name", "defined 2 times");
+    assert_eq!(
+        (
+            duplicate.kind.as_str(),
+            duplicate.name.as_str(),
+            duplicate.namespace.as_deref()
+        ),
+        ("Pod", "a", Some("x"))
+    );
+    assert_eq!(duplicate.missing_zone, None);
 }

@@ -4,7 +4,7 @@
 use firewall_common::{ZONE_HOST, ZONE_UNZONED};
 
 use super::*;
-use crate::policy::compiled::EndpointKind;
+use crate::policy::compiled::{EndpointKind, Subject};
 use crate::policy::ids::zone_id;
 use crate::policy::load::load_str;
 
@@ -238,4 +238,52 @@ fn networks_are_normalised_and_sorted() {
             "Zone/corp: spec.networks[2] 10.0.0.0/8 is listed more than once",
         ]
     );
+}
+
+#[test]
+fn warnings_say_what_they_are_about() {
+    let yaml = "---\napiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: corp}\nspec: {networks: [10.1.2.3/8]}\n";
+    let networks = load_str(yaml).unwrap();
+    let [network] = networks.warnings.as_slice() else {
+        panic!("one warning: {:?}", networks.warnings);
+    };
+    assert_eq!(
+        (network.kind, network.name.as_str(), network.field.as_str()),
+        (Subject::Zone, "corp", "spec.networks[0]")
+    );
+    assert_eq!(
+        network.reason,
+        "10.1.2.3/8 has host bits set; using 10.0.0.0/8"
+    );
+    assert!(network.zones.is_empty());
+
+    let set = PolicySet {
+        zones: vec![
+            selector_zone("web", "app", "web"),
+            selector_zone("zz-web", "tier", "front"),
+        ],
+        pods: vec![pod(
+            "a",
+            "w",
+            &[("app", "web"), ("tier", "front")],
+            &["10.0.0.1"],
+        )],
+        ..PolicySet::default()
+    };
+    let overlapping = compiled(&set);
+    // The pod goes to web, so zz-web selects none.
+    let [warning, empty] = overlapping.warnings.as_slice() else {
+        panic!("two warnings: {:?}", overlapping.warnings);
+    };
+    assert_eq!(
+        (empty.kind, empty.name.as_str(), empty.field.as_str()),
+        (Subject::Zone, "zz-web", "")
+    );
+    assert_eq!(warning.kind, Subject::Pod);
+    assert_eq!(
+        (warning.namespace.as_deref(), warning.name.as_str()),
+        (Some("a"), "w")
+    );
+    assert_eq!(warning.field, "");
+    assert_eq!(warning.zones, ["web", "zz-web"]);
 }

@@ -5,34 +5,8 @@ mod core_kinds;
 mod stream;
 mod zonewall_kinds;
 
-use crate::policy::issue::Issue;
 use crate::policy::load::parse;
-
-fn issues_of(yaml: &str) -> Vec<Issue> {
-    match parse(yaml) {
-        Ok(set) => panic!("expected errors, parsed {set:?}"),
-        Err(error) => error.issues().to_vec(),
-    }
-}
-
-/// Exactly one issue for this object and field, whose reason contains `reason`.
-fn assert_issue(issues: &[Issue], object: &str, field: &str, reason: &str) -> Issue {
-    let found: Vec<&Issue> = issues
-        .iter()
-        .filter(|issue| issue.object() == object && issue.field == field)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one issue for {object} {field} in {issues:#?}"
-    );
-    assert!(
-        found[0].reason.contains(reason),
-        "reason {:?} should contain {reason:?}",
-        found[0].reason
-    );
-    found[0].clone()
-}
+use crate::policy::testing::{assert_issue, issues_of};
 
 const ZONES: &str = "
 apiVersion: zonewall.dev/v1alpha1

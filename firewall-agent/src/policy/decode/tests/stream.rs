@@ -369,3 +369,22 @@ fn every_error_of_the_input_is_reported() {
         "{text}"
     );
 }
+
+#[test]
+fn an_object_without_a_name_is_named_by_its_document() {
+    let issues = issues_of(
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {}\nspec: {podSelector: {}}\n",
+    );
+    let issue = assert_issue(
+        &issues,
+        "document 1",
+        "metadata.name",
+        "missing; every Zone needs a name",
+    );
+    assert_eq!((issue.kind.as_str(), issue.name.as_str()), ("Zone", ""));
+    assert_eq!(issue.location.as_deref(), Some("document 1"));
+    assert_eq!(
+        issue.to_string(),
+        "document 1: metadata.name: missing; every Zone needs a name"
+    );
+}

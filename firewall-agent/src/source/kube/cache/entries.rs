@@ -178,7 +178,10 @@ impl Interner {
         shared
     }
 
-    pub(super) fn labels(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+    pub(super) fn labels(
+        &mut self,
+        labels: BTreeMap<String, String>,
+    ) -> Arc<BTreeMap<String, String>> {
         if let Some(shared) = self.labels.get(&labels) {
             return Arc::clone(shared);
         }

@@ -62,7 +62,7 @@ pub(super) fn build(
         let error = match validate(set) {
             Ok(validated) => break Ok(validated),
             Err(rejected) => {
-                set = rejected.set;
+                set = *rejected.set;
                 rejected.error
             }
         };

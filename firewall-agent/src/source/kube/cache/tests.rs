@@ -114,11 +114,11 @@ fn the_newest_claim_of_an_ip_wins() {
     // The old pod is still listed (terminating) when a new pod gets its IP.
     let (key, new) = pod("new", "2", "10.0.0.5", "Running", 1060);
     cache.pods(Change::Applied(key, new));
-    assert_eq!(owners(&cache.snapshot().valid(), "10.0.0.5"), ["new"]);
+    assert_eq!(owners(cache.snapshot().valid(), "10.0.0.5"), ["new"]);
     // A status update of the old pod does not make it the newest claimant.
     let (key, old) = pod("old", "1", "10.0.0.5", "Running", 1000);
     assert!(!cache.pods(Change::Applied(key, old)));
-    assert_eq!(owners(&cache.snapshot().valid(), "10.0.0.5"), ["new"]);
+    assert_eq!(owners(cache.snapshot().valid(), "10.0.0.5"), ["new"]);
     // After a relist the claims stay as they were.
     cache.pods(Change::Relist);
     for (name, uid, created) in [("old", "1", 1000), ("new", "2", 1060)] {
@@ -126,10 +126,10 @@ fn the_newest_claim_of_an_ip_wins() {
         cache.pods(Change::RelistItem(key, entry));
     }
     cache.pods(Change::RelistDone);
-    assert_eq!(owners(&cache.snapshot().valid(), "10.0.0.5"), ["new"]);
+    assert_eq!(owners(cache.snapshot().valid(), "10.0.0.5"), ["new"]);
     // Deleted, the IP goes back to nobody else but the remaining pod.
     assert!(cache.pods(Change::Deleted("ns/new".into())));
-    assert_eq!(owners(&cache.snapshot().valid(), "10.0.0.5"), ["old"]);
+    assert_eq!(owners(cache.snapshot().valid(), "10.0.0.5"), ["old"]);
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn a_relist_orders_new_claims_by_creation() {
         cache.pods(Change::RelistItem(key, entry));
     }
     cache.pods(Change::RelistDone);
-    assert_eq!(owners(&cache.snapshot().valid(), "10.0.0.7"), ["a-newer"]);
+    assert_eq!(owners(cache.snapshot().valid(), "10.0.0.7"), ["a-newer"]);
 }
 
 #[test]
@@ -439,4 +439,33 @@ fn a_relist_does_not_pass_an_accepted_version_to_a_re_created_object() {
     let snapshot = cache.snapshot();
     assert!(snapshot.valid().policies.is_empty());
     assert_eq!(verdict_of(&snapshot, "a-to-b").enforced_instead, None);
+}
+
+#[test]
+fn a_reference_to_a_rejected_zone_says_so() {
+    let mut cache = synced_cache();
+    for (key, entry) in [zone("a", 1, "a"), broken_zone("b", 1)] {
+        cache.zones(Change::Applied(key, entry));
+    }
+    for (key, entry) in [policy("a-to-b", 1, "b"), policy("a-to-c", 1, "c")] {
+        cache.policies(Change::Applied(key, entry));
+    }
+    let snapshot = cache.snapshot();
+    assert!(snapshot.valid().policies.is_empty(), "both left out");
+    let [rejected_zone] = verdict_of(&snapshot, "a-to-b").problems.as_slice() else {
+        panic!("{:?}", verdict_of(&snapshot, "a-to-b"));
+    };
+    assert!(
+        rejected_zone.starts_with("spec.to[0]: zone \"b\" does not exist;")
+            && rejected_zone.ends_with(" (Zone/b exists but is rejected; see its status)"),
+        "{rejected_zone}"
+    );
+    let [missing_zone] = verdict_of(&snapshot, "a-to-c").problems.as_slice() else {
+        panic!("{:?}", verdict_of(&snapshot, "a-to-c"));
+    };
+    assert!(
+        missing_zone.starts_with("spec.to[0]: zone \"c\" does not exist;")
+            && !missing_zone.contains("exists but is rejected"),
+        "{missing_zone}"
+    );
 }

@@ -134,3 +134,44 @@ fn conditions_keep_their_transition_time() {
     assert_ne!(condition.last_transition_time, old.last_transition_time);
     assert_eq!(condition.reason, REASON_INVALID);
 }
+
+#[test]
+fn warnings_are_listed_on_what_they_are_about() {
+    let warning = |kind: Subject, name: &str, field: &str, zones: &[&str]| Warning {
+        kind,
+        name: name.into(),
+        namespace: matches!(kind, Subject::Pod | Subject::Service).then(|| "ns".to_string()),
+        field: field.into(),
+        reason: "reason".into(),
+        zones: zones.iter().map(|zone| zone.to_string()).collect(),
+    };
+    let compiled = CompiledPolicy {
+        warnings: vec![
+            warning(Subject::Zone, "empty", "", &[]),
+            warning(Subject::ZonePolicy, "shadowed", "", &[]),
+            warning(Subject::Pod, "p", "", &["first", "second"]),
+            warning(Subject::Zone, "networks", "spec.networks[0]", &[]),
+            warning(Subject::Service, "s", "", &[]),
+            warning(Subject::Address, "10.0.0.1", "", &[]),
+        ],
+        ..CompiledPolicy::default()
+    };
+    let summary = Summary::of(&compiled);
+    let listed = |resource: Resource, name: &str| {
+        summary
+            .warnings
+            .get(&(resource, name.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(listed(Resource::Zone, "empty"), ["Zone/empty reason"]);
+    assert_eq!(
+        listed(Resource::ZonePolicy, "shadowed"),
+        ["ZonePolicy/shadowed reason"]
+    );
+    assert_eq!(listed(Resource::Zone, "first"), ["Pod ns/p reason"]);
+    assert_eq!(listed(Resource::Zone, "second"), ["Pod ns/p reason"]);
+    // A warning about a field (host bits) is left to `check` and the log.
+    assert!(listed(Resource::Zone, "networks").is_empty());
+    assert_eq!(summary.warnings.len(), 4, "{:?}", summary.warnings);
+}
