@@ -1,6 +1,6 @@
 //! zonewall's node agent as a library: the pure policy compiler, identity bookkeeping, the
-//! eBPF datapath, flow records, and the sources of truth (a standalone file; Kubernetes
-//! later). The binary (`firewall-agent`) is a thin wrapper around it.
+//! eBPF datapath, flow records, and the sources of truth (a standalone file, or the
+//! Kubernetes API). The binary (`firewall-agent`) is a thin wrapper around it.
 
 pub mod agent;
 pub mod config;

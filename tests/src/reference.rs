@@ -266,7 +266,7 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn set(extra: &str) -> PolicySet {
+    fn set(extra: &str) -> firewall_agent::policy::Validated {
         firewall_agent::policy::parse(&format!("{THREE_ZONES}---\n{extra}")).unwrap()
     }
 
@@ -485,7 +485,7 @@ mod tests {
             let (yaml, addresses) = random_input(&mut rng);
             let set = firewall_agent::policy::parse(&yaml)
                 .unwrap_or_else(|error| panic!("{error}\n{yaml}"));
-            let compiled = firewall_agent::policy::compile(&set).unwrap();
+            let compiled = firewall_agent::policy::compile(&set);
             for _ in 0..200 {
                 let src = *addresses.choose(&mut rng).unwrap();
                 let dst = *addresses.choose(&mut rng).unwrap();

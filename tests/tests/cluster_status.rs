@@ -176,7 +176,7 @@ fn start_source(cluster: &Cluster, node: usize, identity: &str, folder: &Path) -
 
 /// Polls until the source hands over a snapshot (within [`WITHIN`]), collecting what it
 /// reports as unavailable meanwhile.
-fn next_snapshot(source: &mut KubeSource, unavailable: &mut Vec<String>) -> policy::PolicySet {
+fn next_snapshot(source: &mut KubeSource, unavailable: &mut Vec<String>) -> policy::Validated {
     let deadline = Instant::now() + WITHIN;
     loop {
         match source.poll() {
@@ -195,10 +195,10 @@ fn next_snapshot(source: &mut KubeSource, unavailable: &mut Vec<String>) -> poli
 /// Compiles `set` and reports it applied, as the agent's run loop does.
 fn apply(
     source: &mut KubeSource,
-    set: &policy::PolicySet,
+    set: &policy::Validated,
     generation: u32,
 ) -> policy::CompiledPolicy {
-    let compiled = policy::compile(set).expect("the source hands over valid sets");
+    let compiled = policy::compile(set);
     source.outcome(Outcome::Applied {
         generation,
         compiled: &compiled,

@@ -109,7 +109,7 @@ fn base_objects(server: &ApiServer) {
 async fn next_snapshot(
     source: &mut KubeSource,
     unavailable: &mut Vec<String>,
-) -> policy::PolicySet {
+) -> policy::Validated {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match source.poll() {
@@ -128,10 +128,10 @@ async fn next_snapshot(
 /// Compiles and reports `set` as applied, as the run loop does.
 fn apply(
     source: &mut KubeSource,
-    set: &policy::PolicySet,
+    set: &policy::Validated,
     generation: u32,
 ) -> policy::CompiledPolicy {
-    let compiled = policy::compile(set).expect("the source hands over valid sets");
+    let compiled = policy::compile(set);
     source.outcome(Outcome::Applied {
         generation,
         compiled: &compiled,

@@ -3,6 +3,7 @@
 //! `flows`. Pure data.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 
 use firewall_common::PolicyValue;
@@ -24,7 +25,85 @@ pub struct CompiledPolicy {
     /// Rule id -> what a flow record says about it. Includes the reserved ids.
     pub rules: BTreeMap<u32, RuleInfo>,
     /// Non-fatal findings (a pod in two zones, a policy that matches nothing...).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// A finding of the compiler that does not stop enforcement. `Display` is the sentence
+/// `check`, the logs and the objects' status show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// What the warning is about.
+    pub kind: Subject,
+    /// The object's name, or the address for [`Subject::Address`].
+    pub name: String,
+    /// The namespace of a pod or service; None otherwise.
+    pub namespace: Option<String>,
+    /// Field path such as `spec.networks[1]`; empty for the object as a whole.
+    pub field: String,
+    /// What was found and what the compiler made of it.
+    pub reason: String,
+    /// For a pod that several zones select: those zones, the one it is placed in first.
+    pub zones: Vec<String>,
+}
+
+/// The kind of thing a [`Warning`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Zone,
+    ZonePolicy,
+    Pod,
+    Service,
+    /// An IP address that more than one object claims.
+    Address,
+}
+
+impl Warning {
+    /// A warning about the Zone or ZonePolicy `name`.
+    pub(super) fn object(
+        kind: Subject,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Warning {
+            kind,
+            name: name.to_string(),
+            namespace: None,
+            field: field.into(),
+            reason: reason.into(),
+            zones: Vec::new(),
+        }
+    }
+
+    /// A warning about the pod or service `namespace`/`name`.
+    pub(super) fn namespaced(
+        kind: Subject,
+        namespace: &str,
+        name: &str,
+        reason: impl Into<String>,
+    ) -> Self {
+        Warning {
+            namespace: Some(namespace.to_string()),
+            ..Warning::object(kind, name, "", reason)
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let namespace = self.namespace.as_deref().unwrap_or_default();
+        match self.kind {
+            Subject::Zone => write!(formatter, "Zone/{}", self.name)?,
+            Subject::ZonePolicy => write!(formatter, "ZonePolicy/{}", self.name)?,
+            Subject::Pod => write!(formatter, "Pod {namespace}/{}", self.name)?,
+            Subject::Service => write!(formatter, "Service {namespace}/{}", self.name)?,
+            Subject::Address => write!(formatter, "IP {}", self.name)?,
+        }
+        if !self.field.is_empty() {
+            write!(formatter, ": {}", self.field)?;
+        }
+        write!(formatter, " {}", self.reason)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

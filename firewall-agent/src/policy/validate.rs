@@ -2,35 +2,89 @@
 //! duplicates, the shape of a zone, selector expressions, port ranges, references to
 //! zones, network prefixes claimed twice and zone-id collisions. Every problem is
 //! reported, each with its object, field path and what to do.
+//!
+//! A set that passes becomes a [`Validated`], which nothing else can make: whatever takes
+//! one (the compiler) knows the rules hold and checks none of them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
 
-use super::compile::zone_id;
-use super::decode::edit_distance;
+use super::ids::zone_id;
+use super::issue::{Issue, PolicyError};
+use super::messages::{edit_distance, port_out_of_range};
 use super::model::{
     ANY_ZONE, LabelSelector, PolicySet, RESERVED_ZONES, SelectorOperator, Zone, ZonePolicy,
     is_reserved_zone,
 };
-use super::{Issue, PolicyError};
 
-/// Checks `set`; on failure the error lists every problem found.
-pub fn validate(set: &PolicySet) -> Result<(), PolicyError> {
-    let mut issues = Vec::new();
-    validate_into(set, &BTreeSet::new(), &mut issues);
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(PolicyError::Invalid(issues))
+/// A [`PolicySet`] that passed validation; only [`validate`] makes one. Reads as the set
+/// it wraps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated(PolicySet);
+
+impl Deref for Validated {
+    type Target = PolicySet;
+
+    fn deref(&self) -> &PolicySet {
+        &self.0
     }
 }
 
-/// Appends the problems of `set` to `issues`. `broken_zones` are zones that exist in the
-/// input but failed to decode: references to them are not reported again.
-pub(super) fn validate_into(
-    set: &PolicySet,
+impl Validated {
+    /// The set, to change it (and validate it again).
+    pub fn into_inner(self) -> PolicySet {
+        self.0
+    }
+}
+
+/// A set that failed validation: every problem found, and the set handed back so that a
+/// caller can leave out what is at fault and try again without rebuilding it.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Boxed: a `Result` carrying it stays small.
+    pub set: Box<PolicySet>,
+    pub error: PolicyError,
+}
+
+impl Rejected {
+    /// The problems found.
+    pub fn issues(&self) -> &[Issue] {
+        self.error.issues()
+    }
+}
+
+impl From<Rejected> for PolicyError {
+    fn from(rejected: Rejected) -> Self {
+        rejected.error
+    }
+}
+
+/// Checks `set`; on failure every problem found is listed.
+pub fn validate(set: PolicySet) -> Result<Validated, Rejected> {
+    validate_with(set, Vec::new(), &BTreeSet::new())
+}
+
+/// [`validate`] for a set fresh from the decoder: `earlier` are the problems decoding
+/// found (the set is valid only without any), `broken_zones` the zones that exist in the
+/// input but failed to decode, so that references to them are not reported again.
+pub(super) fn validate_with(
+    set: PolicySet,
+    mut earlier: Vec<Issue>,
     broken_zones: &BTreeSet<String>,
-    issues: &mut Vec<Issue>,
-) {
+) -> Result<Validated, Rejected> {
+    check(&set, broken_zones, &mut earlier);
+    if earlier.is_empty() {
+        Ok(Validated(set))
+    } else {
+        Err(Rejected {
+            set: Box::new(set),
+            error: PolicyError::Invalid(earlier),
+        })
+    }
+}
+
+/// Appends the problems of `set` to `issues`.
+fn check(set: &PolicySet, broken_zones: &BTreeSet<String>, issues: &mut Vec<Issue>) {
     for zone in &set.zones {
         check_zone(zone, issues);
     }
@@ -85,19 +139,9 @@ pub(super) fn validate_into(
     );
 }
 
-/// The reason for a port number outside 1..=65535 (shared with the decoder, which sees
-/// numbers too large for the model).
-pub(super) fn port_out_of_range(number: i64) -> String {
-    format!("port {number} is out of range; ports are 1..=65535")
-}
-
-fn issue(object: String, field: impl Into<String>, reason: impl Into<String>) -> Issue {
-    Issue {
-        object,
-        location: None,
-        field: field.into(),
-        reason: reason.into(),
-    }
+/// An issue about the cluster-scoped object `kind`/`name`.
+fn issue(kind: &str, name: &str, field: impl Into<String>, reason: impl Into<String>) -> Issue {
+    Issue::new(kind, None, name, field, reason)
 }
 
 /// Kubernetes object names of cluster-scoped custom resources: a DNS-1123 subdomain.
@@ -116,7 +160,8 @@ fn is_valid_name(name: &str) -> bool {
 fn check_name(kind: &str, name: &str, issues: &mut Vec<Issue>) {
     if !is_valid_name(name) {
         issues.push(issue(
-            format!("{kind}/{name}"),
+            kind,
+            name,
             "metadata.name",
             format!(
                 "\"{name}\" is not a valid name; use lowercase letters, digits, '-' and '.', \
@@ -127,12 +172,11 @@ fn check_name(kind: &str, name: &str, issues: &mut Vec<Issue>) {
 }
 
 fn check_zone(zone: &Zone, issues: &mut Vec<Issue>) {
-    let object = format!("Zone/{}", zone.name);
+    let zone_issue = |field: &str, reason: String| issue("Zone", &zone.name, field, reason);
     check_name("Zone", &zone.name, issues);
     if is_reserved_zone(&zone.name) {
         let reserved = RESERVED_ZONES.map(|(name, _)| name).join(", ");
-        issues.push(issue(
-            object.clone(),
+        issues.push(zone_issue(
             "metadata.name",
             format!(
                 "\"{}\" is a reserved zone ({reserved}) that zonewall defines itself; choose \
@@ -142,17 +186,17 @@ fn check_zone(zone: &Zone, issues: &mut Vec<Issue>) {
         ));
     }
     match (zone.has_selectors(), zone.networks.is_empty()) {
-        (true, false) => issues.push(issue(
-            object.clone(),
+        (true, false) => issues.push(zone_issue(
             "spec",
             "a Zone has either selectors (namespaceSelector/podSelector, for pods) or networks \
-             (CIDRs outside the cluster), not both; split it into two zones",
+             (CIDRs outside the cluster), not both; split it into two zones"
+                .to_string(),
         )),
-        (false, true) => issues.push(issue(
-            object.clone(),
+        (false, true) => issues.push(zone_issue(
             "spec",
             "a Zone needs namespaceSelector and/or podSelector (for pods), or networks (CIDRs \
-             outside the cluster); an empty selector {} selects every pod",
+             outside the cluster); an empty selector {} selects every pod"
+                .to_string(),
         )),
         _ => {}
     }
@@ -161,16 +205,18 @@ fn check_zone(zone: &Zone, issues: &mut Vec<Issue>) {
         ("spec.podSelector", &zone.pod_selector),
     ] {
         if let Some(selector) = selector {
-            check_selector(&object, field, selector, issues);
+            check_selector(&zone.name, field, selector, issues);
         }
     }
 }
 
-fn check_selector(object: &str, field: &str, selector: &LabelSelector, issues: &mut Vec<Issue>) {
+/// The selector at `field` of Zone `zone`.
+fn check_selector(zone: &str, field: &str, selector: &LabelSelector, issues: &mut Vec<Issue>) {
     for key in selector.match_labels.keys() {
         if key.is_empty() {
             issues.push(issue(
-                object.to_string(),
+                "Zone",
+                zone,
                 format!("{field}.matchLabels"),
                 "a label key must not be empty",
             ));
@@ -180,7 +226,8 @@ fn check_selector(object: &str, field: &str, selector: &LabelSelector, issues: &
         let path = format!("{field}.matchExpressions[{index}]");
         if requirement.key.is_empty() {
             issues.push(issue(
-                object.to_string(),
+                "Zone",
+                zone,
                 format!("{path}.key"),
                 "must not be empty; name the label to test",
             ));
@@ -189,7 +236,8 @@ fn check_selector(object: &str, field: &str, selector: &LabelSelector, issues: &
         match requirement.operator {
             SelectorOperator::In | SelectorOperator::NotIn if requirement.values.is_empty() => {
                 issues.push(issue(
-                    object.to_string(),
+                    "Zone",
+                    zone,
                     format!("{path}.values"),
                     format!("operator {operator} needs at least one value"),
                 ));
@@ -198,7 +246,8 @@ fn check_selector(object: &str, field: &str, selector: &LabelSelector, issues: &
                 if !requirement.values.is_empty() =>
             {
                 issues.push(issue(
-                    object.to_string(),
+                    "Zone",
+                    zone,
                     format!("{path}.values"),
                     format!("operator {operator} takes no values; remove values"),
                 ));
@@ -209,16 +258,16 @@ fn check_selector(object: &str, field: &str, selector: &LabelSelector, issues: &
 }
 
 fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut Vec<Issue>) {
-    let object = format!("ZonePolicy/{}", policy.name);
+    let policy_issue =
+        |field: String, reason: String| issue("ZonePolicy", &policy.name, field, reason);
     check_name("ZonePolicy", &policy.name, issues);
     for (field, zones, side) in [
         ("spec.from", &policy.from, "source"),
         ("spec.to", &policy.to, "destination"),
     ] {
         if zones.is_empty() {
-            issues.push(issue(
-                object.clone(),
-                field,
+            issues.push(policy_issue(
+                field.to_string(),
                 format!(
                     "is empty, so the policy would match nothing; list the {side} zones, or \
                      \"*\" for every zone"
@@ -238,14 +287,16 @@ fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut V
                 .filter(|(distance, _)| *distance <= 2)
                 .map(|(_, candidate)| format!("did you mean \"{candidate}\"? "))
                 .unwrap_or_default();
-            issues.push(issue(
-                object.clone(),
-                format!("{field}[{index}]"),
-                format!(
-                    "zone \"{zone}\" does not exist; {closest}define a Zone named \"{zone}\", or \
-                     use a reserved zone (world, unzoned, host) or \"*\" for every zone"
-                ),
-            ));
+            issues.push(Issue {
+                missing_zone: Some(zone.clone()),
+                ..policy_issue(
+                    format!("{field}[{index}]"),
+                    format!(
+                        "zone \"{zone}\" does not exist; {closest}define a Zone named \"{zone}\", \
+                         or use a reserved zone (world, unzoned, host) or \"*\" for every zone"
+                    ),
+                )
+            });
         }
     }
     for (index, rule) in policy.ports.iter().enumerate() {
@@ -253,8 +304,7 @@ fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut V
         if !rule.protocol.has_ports() {
             for (field, value) in [("port", rule.port), ("endPort", rule.end_port)] {
                 if value.is_some() {
-                    issues.push(issue(
-                        object.clone(),
+                    issues.push(policy_issue(
                         format!("{path}.{field}"),
                         format!(
                             "{} has no ports; remove {field} (an {} entry matches all {} \
@@ -270,26 +320,23 @@ fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut V
         if let Some(port) = rule.port
             && !port_valid
         {
-            issues.push(issue(
-                object.clone(),
+            issues.push(policy_issue(
                 format!("{path}.port"),
-                port_out_of_range(i64::from(port)),
+                port_out_of_range(port),
             ));
         }
         let Some(end_port) = rule.end_port else {
             continue;
         };
         if !(1..=65535).contains(&end_port) {
-            issues.push(issue(
-                object.clone(),
+            issues.push(policy_issue(
                 format!("{path}.endPort"),
                 format!("endPort {end_port} is out of range; ports are 1..=65535"),
             ));
             continue;
         }
         match rule.port {
-            None => issues.push(issue(
-                object.clone(),
+            None => issues.push(policy_issue(
                 format!("{path}.endPort"),
                 format!(
                     "endPort {end_port} needs port, the start of the range; add port (or remove \
@@ -297,8 +344,7 @@ fn check_policy(policy: &ZonePolicy, zone_names: &BTreeSet<&str>, issues: &mut V
                     rule.protocol
                 ),
             )),
-            Some(port) if port_valid && end_port < port => issues.push(issue(
-                object.clone(),
+            Some(port) if port_valid && end_port < port => issues.push(policy_issue(
                 format!("{path}.endPort"),
                 format!("endPort {end_port} is lower than port {port}; endPort must be >= port"),
             )),
@@ -322,13 +368,11 @@ fn check_unique<'a>(
         counts.into_iter().filter(|(_, count)| *count > 1).collect();
     repeated.sort_unstable();
     for ((namespace, name), count) in repeated {
-        let object = if namespace.is_empty() {
-            format!("{kind}/{name}")
-        } else {
-            format!("{kind}/{namespace}/{name}")
-        };
-        issues.push(issue(
-            object,
+        let namespace = Some(namespace).filter(|namespace| !namespace.is_empty());
+        issues.push(Issue::new(
+            kind,
+            namespace,
+            name,
             "metadata.name",
             format!(
                 "defined {count} times; each {kind} must appear once (remove or rename the \
@@ -348,7 +392,8 @@ fn check_networks_unique(set: &PolicySet, issues: &mut Vec<Issue>) {
             let normalised = network.trunc();
             match owners.get(&normalised) {
                 Some(owner) if *owner != zone.name => issues.push(issue(
-                    format!("Zone/{}", zone.name),
+                    "Zone",
+                    &zone.name,
                     format!("spec.networks[{index}]"),
                     format!(
                         "{normalised} is already in Zone/{owner}; a prefix can belong to one \
@@ -386,7 +431,8 @@ pub(super) fn check_ids<'a>(
         let id = id_of(name);
         match owners.get(&id) {
             Some(owner) => issues.push(issue(
-                format!("Zone/{name}"),
+                "Zone",
+                name,
                 "metadata.name",
                 format!(
                     "its zone id {id} (a hash of the name) is the same as the id of Zone/{owner}; \
@@ -401,431 +447,4 @@ pub(super) fn check_ids<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::model::{Mode, PortRule, Protocol};
-    use super::super::parse;
-    use super::*;
-
-    /// Parses `yaml`, expecting failure, and returns the issues.
-    fn issues_of(yaml: &str) -> Vec<Issue> {
-        match parse(yaml) {
-            Ok(set) => panic!("expected errors, parsed {set:?}"),
-            Err(error) => error.issues().to_vec(),
-        }
-    }
-
-    /// Asserts that exactly one issue has this object and field, and that its reason
-    /// contains `reason`.
-    fn assert_issue(issues: &[Issue], object: &str, field: &str, reason: &str) {
-        let found: Vec<&Issue> = issues
-            .iter()
-            .filter(|issue| issue.object == object && issue.field == field)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "one issue for {object} {field} in {issues:#?}"
-        );
-        assert!(
-            found[0].reason.contains(reason),
-            "reason {:?} should contain {reason:?}",
-            found[0].reason
-        );
-    }
-
-    const HEADER: &str = "apiVersion: zonewall.dev/v1alpha1\n";
-
-    fn zone(name: &str, spec: &str) -> String {
-        format!("---\n{HEADER}kind: Zone\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
-    }
-
-    fn policy(name: &str, spec: &str) -> String {
-        format!("---\n{HEADER}kind: ZonePolicy\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
-    }
-
-    fn base_zones() -> String {
-        zone("dmz", "  podSelector: {matchLabels: {zone: dmz}}")
-            + &zone("db", "  podSelector: {matchLabels: {zone: db}}")
-    }
-
-    #[test]
-    fn invalid_name() {
-        let issues = issues_of(&zone("Bad_Name", "  podSelector: {}"));
-        assert_issue(
-            &issues,
-            "Zone/Bad_Name",
-            "metadata.name",
-            "is not a valid name",
-        );
-        let issues = issues_of(
-            &(base_zones() + &policy("-x", "  from: [dmz]\n  to: [db]\n  action: Allow")),
-        );
-        assert_issue(
-            &issues,
-            "ZonePolicy/-x",
-            "metadata.name",
-            "is not a valid name",
-        );
-    }
-
-    #[test]
-    fn reserved_zone_name() {
-        for name in ["world", "unzoned", "host"] {
-            let issues = issues_of(&zone(name, "  podSelector: {}"));
-            assert_issue(
-                &issues,
-                &format!("Zone/{name}"),
-                "metadata.name",
-                "is a reserved zone",
-            );
-        }
-    }
-
-    #[test]
-    fn zone_with_selectors_and_networks() {
-        let issues = issues_of(&zone(
-            "mixed",
-            "  podSelector: {}\n  networks: [10.0.0.0/8]",
-        ));
-        assert_issue(&issues, "Zone/mixed", "spec", "not both");
-    }
-
-    #[test]
-    fn zone_with_nothing() {
-        let issues = issues_of(&zone("empty", "  networks: []"));
-        assert_issue(
-            &issues,
-            "Zone/empty",
-            "spec",
-            "needs namespaceSelector and/or podSelector",
-        );
-        let issues = issues_of(&zone("null-selector", "  podSelector:"));
-        assert_issue(
-            &issues,
-            "Zone/null-selector",
-            "spec",
-            "needs namespaceSelector",
-        );
-    }
-
-    #[test]
-    fn selector_values_rules() {
-        let spec = "  podSelector:\n    matchExpressions:\n      - {key: app, operator: In}\n      \
-                    - {key: app, operator: NotIn, values: []}\n      - {key: app, operator: \
-                    Exists, values: [x]}\n      - {key: app, operator: DoesNotExist, values: \
-                    [y]}\n      - {key: '', operator: Exists}\n  namespaceSelector:\n    \
-                    matchLabels: {'': x}";
-        let issues = issues_of(&zone("sel", spec));
-        let base = "spec.podSelector.matchExpressions";
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            &format!("{base}[0].values"),
-            "operator In needs at least one value",
-        );
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            &format!("{base}[1].values"),
-            "operator NotIn needs at least one value",
-        );
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            &format!("{base}[2].values"),
-            "operator Exists takes no values",
-        );
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            &format!("{base}[3].values"),
-            "operator DoesNotExist takes no values",
-        );
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            &format!("{base}[4].key"),
-            "must not be empty",
-        );
-        assert_issue(
-            &issues,
-            "Zone/sel",
-            "spec.namespaceSelector.matchLabels",
-            "label key must not be empty",
-        );
-        assert_eq!(issues.len(), 6, "{issues:#?}");
-    }
-
-    #[test]
-    fn empty_from_and_to() {
-        let issues =
-            issues_of(&(base_zones() + &policy("p", "  from: []\n  to: []\n  action: Deny")));
-        assert_issue(
-            &issues,
-            "ZonePolicy/p",
-            "spec.from",
-            "is empty, so the policy would match nothing",
-        );
-        assert_issue(
-            &issues,
-            "ZonePolicy/p",
-            "spec.to",
-            "list the destination zones",
-        );
-    }
-
-    #[test]
-    fn unknown_zone_reference_with_hint() {
-        let issues = issues_of(
-            &(base_zones()
-                + &policy(
-                    "p",
-                    "  from: [dmz, \"*\", world]\n  to: [db, dbz, nowhere-at-all]\n  action: Allow",
-                )),
-        );
-        assert_issue(
-            &issues,
-            "ZonePolicy/p",
-            "spec.to[1]",
-            "zone \"dbz\" does not exist; did you mean \"db\"?",
-        );
-        assert_issue(
-            &issues,
-            "ZonePolicy/p",
-            "spec.to[2]",
-            "zone \"nowhere-at-all\" does not exist; define a Zone",
-        );
-        assert_eq!(issues.len(), 2);
-    }
-
-    #[test]
-    fn reference_to_a_broken_zone_is_not_repeated() {
-        let yaml = zone("dmz", "  podSelectr: {}")
-            + &zone("db", "  podSelector: {}")
-            + &policy("p", "  from: [dmz]\n  to: [db]\n  action: Allow");
-        let issues = issues_of(&yaml);
-        assert_eq!(issues.len(), 1, "{issues:#?}");
-        assert_issue(
-            &issues,
-            "Zone/dmz",
-            "spec.podSelectr",
-            "did you mean `podSelector`?",
-        );
-    }
-
-    #[test]
-    fn port_rules() {
-        let spec = "  from: [dmz]\n  to: [db]\n  action: Allow\n  ports:\n    - {protocol: TCP, port: 443, endPort: 80}\n    - {protocol: TCP, port: 0}\n    - {protocol: UDP, port: 70000}\n    - {protocol: TCP, port: 80, endPort: 65536}\n    - {protocol: SCTP, endPort: 90}\n    - {protocol: ICMP, port: 8}\n    - {protocol: ICMPv6, endPort: 9}\n    - {protocol: TCP, port: -1, endPort: 5}\n    - {protocol: UDP, port: 53, endPort: 53}\n    - {protocol: TCP, port: 1, endPort: 65535}";
-        let issues = issues_of(&(base_zones() + &policy("p", spec)));
-        let object = "ZonePolicy/p";
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[0].endPort",
-            "endPort 80 is lower than port 443; endPort must be >= port",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[1].port",
-            "port 0 is out of range; ports are 1..=65535",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[2].port",
-            "port 70000 is out of range",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[3].endPort",
-            "endPort 65536 is out of range; ports are 1..=65535",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[4].endPort",
-            "endPort 90 needs port",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[5].port",
-            "ICMP has no ports; remove port",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[6].endPort",
-            "ICMPv6 has no ports; remove endPort",
-        );
-        assert_issue(
-            &issues,
-            object,
-            "spec.ports[7].port",
-            "port -1 is out of range",
-        );
-        assert_eq!(
-            issues.len(),
-            8,
-            "only the port of entry 7 is reported: {issues:#?}"
-        );
-    }
-
-    #[test]
-    fn duplicate_names() {
-        let yaml = base_zones()
-            + &zone("dmz", "  podSelector: {}")
-            + &policy("p", "  from: [dmz]\n  to: [db]\n  action: Allow")
-            + &policy("p", "  from: [db]\n  to: [dmz]\n  action: Allow")
-            + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n"
-            + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n"
-            + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: y}\n"
-            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
-            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: default}\n"
-            + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"
-            + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"
-            + "---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n"
-            + "---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n";
-        let issues = issues_of(&yaml);
-        assert_issue(
-            &issues,
-            "Zone/dmz",
-            "metadata.name",
-            "defined 2 times; each Zone must appear once",
-        );
-        assert_issue(&issues, "ZonePolicy/p", "metadata.name", "defined 2 times");
-        assert_issue(
-            &issues,
-            "Pod/x/a",
-            "metadata.name",
-            "defined 2 times; each Pod must appear once",
-        );
-        assert_issue(
-            &issues,
-            "Service/default/s",
-            "metadata.name",
-            "defined 2 times",
-        );
-        assert_issue(&issues, "Namespace/x", "metadata.name", "defined 2 times");
-        assert_issue(&issues, "Node/n", "metadata.name", "defined 2 times");
-        assert_eq!(issues.len(), 6, "{issues:#?}");
-    }
-
-    #[test]
-    fn prefix_in_two_zones() {
-        let yaml = zone("corp", "  networks: [10.0.0.0/8, 192.168.0.0/16]")
-            + &zone("alpha", "  networks: [10.1.2.3/8]")
-            + &zone(
-                "beta",
-                "  networks: [10.0.0.0/8, 172.16.0.0/12, 172.16.0.0/12]",
-            );
-        let issues = issues_of(&yaml);
-        // alpha sorts first and keeps the prefix; host bits do not hide the duplicate.
-        assert_issue(
-            &issues,
-            "Zone/beta",
-            "spec.networks[0]",
-            "10.0.0.0/8 is already in Zone/alpha",
-        );
-        assert_issue(
-            &issues,
-            "Zone/corp",
-            "spec.networks[0]",
-            "10.0.0.0/8 is already in Zone/alpha; a prefix can belong to one zone only",
-        );
-        assert_eq!(
-            issues.len(),
-            2,
-            "a repeat inside one zone is not an error: {issues:#?}"
-        );
-    }
-
-    #[test]
-    fn zone_id_collision_found_by_brute_force() {
-        // Birthday search over generated names: a 32-bit collision shows up after ~2^16.
-        let mut seen: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
-        let mut pair = None;
-        for index in 0..2_000_000u32 {
-            let name = format!("z{index}");
-            if let Some(previous) = seen.insert(zone_id(&name), name.clone()) {
-                pair = Some((previous, name));
-                break;
-            }
-        }
-        let (first, second) = pair.expect("a collision within two million names");
-        let yaml = zone(&first, "  podSelector: {}") + &zone(&second, "  podSelector: {}");
-        let issues = issues_of(&yaml);
-        assert_eq!(issues.len(), 1, "{issues:#?}");
-        let (early, late) = if first < second {
-            (&first, &second)
-        } else {
-            (&second, &first)
-        };
-        assert_issue(
-            &issues,
-            &format!("Zone/{late}"),
-            "metadata.name",
-            &format!("is the same as the id of Zone/{early}; rename one of the two zones"),
-        );
-    }
-
-    #[test]
-    fn zone_id_collision_with_injected_hash() {
-        let mut issues = Vec::new();
-        check_ids(
-            ["a", "b", "c"],
-            |name| if name == "c" { 7 } else { 300 },
-            &mut issues,
-        );
-        assert_eq!(issues.len(), 1);
-        assert_issue(&issues, "Zone/b", "metadata.name", "zone id 300");
-    }
-
-    #[test]
-    fn validate_accepts_a_hand_built_set() {
-        let set = PolicySet {
-            zones: vec![Zone {
-                name: "dmz".into(),
-                pod_selector: Some(LabelSelector::default()),
-                ..Zone::default()
-            }],
-            policies: vec![ZonePolicy {
-                name: "p".into(),
-                from: vec!["dmz".into()],
-                to: vec!["world".into()],
-                ports: vec![PortRule {
-                    protocol: Protocol::Tcp,
-                    port: Some(443),
-                    end_port: None,
-                }],
-                action: super::super::model::Action::Allow,
-                priority: 5,
-                mode: Mode::Enforce,
-            }],
-            ..PolicySet::default()
-        };
-        validate(&set).unwrap();
-        let mut broken = set.clone();
-        broken.policies[0].to = vec!["nowhere".into()];
-        let error = validate(&broken).unwrap_err();
-        assert_issue(
-            error.issues(),
-            "ZonePolicy/p",
-            "spec.to[0]",
-            "zone \"nowhere\" does not exist",
-        );
-    }
-
-    #[test]
-    fn valid_names() {
-        assert!(is_valid_name("a"));
-        assert!(is_valid_name("dmz-1.corp"));
-        assert!(!is_valid_name(""));
-        assert!(!is_valid_name("a-"));
-        assert!(!is_valid_name("A"));
-        assert!(!is_valid_name("a_b"));
-        assert!(!is_valid_name(&"a".repeat(254)));
-    }
-}
+mod tests;

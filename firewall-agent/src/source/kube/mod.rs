@@ -1,5 +1,5 @@
 //! The Kubernetes source: Zones, ZonePolicies, Namespaces, Nodes, Services and Pods of the
-//! whole cluster, watched through the API server, turned into a `PolicySet` snapshot
+//! whole cluster, watched through the API server, turned into a validated snapshot
 //! whenever they change, and the status of every Zone and ZonePolicy written back.
 //!
 //! - `watch`: one watcher per kind, lists from the API server's watch cache, objects
@@ -7,8 +7,9 @@
 //! - `retry`: the backoff between attempts, and what each failure was.
 //! - `lenient`: Zones and ZonePolicies decoded one by one, so that one this agent cannot
 //!   read is reported on itself instead of failing its whole list.
-//! - `cache`: what the watchers keep and the snapshot built from it.
+//! - `cache`: what the watchers keep and the validated snapshot built from it.
 //! - `status`: the Lease that elects one writer, and the conditions it writes.
+//! - `shared`: what the watchers, the status writer and the source share.
 //!
 //! The last accepted version of every Zone and ZonePolicy is kept in the node's state
 //! folder ([`KubeSource::remember_in`]), so that a restarted agent enforces what it did
@@ -22,12 +23,13 @@
 mod cache;
 mod lenient;
 mod retry;
+mod shared;
 mod status;
 mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -35,11 +37,11 @@ use tokio::sync::Notify;
 
 pub use status::StatusOptions;
 
-use self::cache::{Cache, Kind, Resource, SavedObject, Verdict};
-use self::retry::{Failure, Request};
+use self::cache::{Resource, SavedObject, Verdict};
+use self::shared::Shared;
 use self::status::{Desired, DesiredStatus, Summary};
+use super::policy_source::{Outcome, PolicySource, SourceHealth, SourceUpdate};
 use super::state::StateDir;
-use super::{Outcome, PolicySource, RequestFailures, SourceHealth, SourceUpdate};
 
 /// The state file of the accepted versions.
 const ACCEPTED_FILE: &str = "kubernetes-accepted.json";
@@ -73,92 +75,6 @@ pub struct KubeOptions {
     /// kubeconfig.
     pub kubeconfig: Vec<PathBuf>,
     pub status: StatusOptions,
-}
-
-/// State shared by the watchers, the status writer and the source.
-pub(crate) struct Shared {
-    pub(crate) cache: Mutex<Cache>,
-    /// Woken by the watchers on every change; the debouncer turns wake-ups into
-    /// `changes()` notifications.
-    wake: Notify,
-    /// How each kind's requests fare.
-    health: Mutex<BTreeMap<Kind, KindHealth>>,
-    /// The first failure of each run of failures, for `poll` to report once.
-    problems: Mutex<Vec<String>>,
-}
-
-/// How one kind's requests fare.
-#[derive(Default)]
-struct KindHealth {
-    /// The last failure of the current run of failures, and how many there were.
-    failing: Option<(Failure, u32)>,
-    /// Failed requests so far, by request and reason.
-    failures: BTreeMap<(Request, &'static str), u64>,
-    /// The wait chosen after the last failure; zero once a request succeeds.
-    retry_in: Duration,
-}
-
-impl Shared {
-    fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Records a failed request, retried after `retry_in`; the first of a run of failures
-    /// reaches the run loop.
-    fn failed(&self, kind: Kind, failure: &Failure, attempts: u32, retry_in: Duration) {
-        let mut health = self.health.lock().expect("health lock");
-        let entry = health.entry(kind).or_default();
-        if entry.failing.is_none() {
-            self.problems.lock().expect("problems lock").push(format!(
-                "{}: {} failed: {}",
-                kind.as_str(),
-                failure.request.as_str(),
-                failure.cause
-            ));
-        }
-        entry.failing = Some((failure.clone(), attempts));
-        *entry
-            .failures
-            .entry((failure.request, failure.reason))
-            .or_default() += 1;
-        entry.retry_in = retry_in;
-    }
-
-    fn recovered(&self, kind: Kind) {
-        if let Some(entry) = self.health.lock().expect("health lock").get_mut(&kind) {
-            entry.failing = None;
-            entry.retry_in = Duration::ZERO;
-        }
-    }
-
-    fn health(&self) -> SourceHealth {
-        let health = self.health.lock().expect("health lock");
-        let mut report = SourceHealth::default();
-        for (kind, entry) in health.iter() {
-            if let Some((failure, attempts)) = &entry.failing {
-                let times = match attempts {
-                    1 => "once".to_string(),
-                    many => format!("{many} times in a row"),
-                };
-                report.failing.push(format!(
-                    "{}: {} failed: {} (failed {times}, retrying with backoff)",
-                    kind.as_str(),
-                    failure.request.as_str(),
-                    failure.cause,
-                ));
-            }
-            for ((request, reason), total) in &entry.failures {
-                report.failures.push(RequestFailures {
-                    kind: kind.as_str(),
-                    request: request.as_str(),
-                    reason,
-                    total: *total,
-                });
-            }
-            report.retry_backoff.push((kind.as_str(), entry.retry_in));
-        }
-        report
-    }
 }
 
 /// The Kubernetes [`PolicySource`].
@@ -216,18 +132,7 @@ impl KubeSource {
         };
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config)?;
-        let shared = Arc::new(Shared {
-            cache: Mutex::new(Cache::default()),
-            wake: Notify::new(),
-            // Every kind from the start: each one's retry wait is exported, zero or not.
-            health: Mutex::new(
-                Kind::ALL
-                    .into_iter()
-                    .map(|kind| (kind, KindHealth::default()))
-                    .collect(),
-            ),
-            problems: Mutex::new(Vec::new()),
-        });
+        let shared = Arc::new(Shared::new());
         let changes = Arc::new(Notify::new());
         let (statuses, desired) = tokio::sync::watch::channel(Arc::new(Desired::new()));
         let mut tasks = watch::spawn_all(&client, &shared);
@@ -335,7 +240,7 @@ impl PolicySource for KubeSource {
     }
 
     fn poll(&mut self) -> SourceUpdate {
-        let problems = std::mem::take(&mut *self.shared.problems.lock().expect("problems lock"));
+        let problems = self.shared.take_problems();
         let snapshot = {
             let mut cache = self.shared.cache.lock().expect("cache lock");
             if cache.all_synced() && cache.dirty {
@@ -351,7 +256,7 @@ impl PolicySource for KubeSource {
                 let started = std::time::Instant::now();
                 let snapshot = cache.snapshot();
                 tracing::debug!(
-                    pods = snapshot.set.pods.len(),
+                    pods = snapshot.set.as_ref().map_or(0, |set| set.pods.len()),
                     took_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "snapshot built"
                 );
@@ -362,7 +267,11 @@ impl PolicySource for KubeSource {
         };
         if let Some(snapshot) = snapshot {
             self.pending = Some(snapshot.verdicts);
-            return SourceUpdate::Changed(snapshot.set);
+            return match snapshot.set {
+                Ok(set) => SourceUpdate::Changed(set),
+                // The run loop reports it, and tells `outcome` it was rejected.
+                Err(error) => SourceUpdate::Invalid(error),
+            };
         }
         if !problems.is_empty() {
             return SourceUpdate::Unavailable(problems.join("; "));
@@ -392,15 +301,11 @@ impl PolicySource for KubeSource {
                 self.pending = None;
                 let mut named: BTreeMap<(Resource, String), Vec<String>> = BTreeMap::new();
                 for issue in error.issues() {
-                    let target = if let Some(name) = issue.object.strip_prefix("Zone/") {
-                        (Resource::Zone, name.to_string())
-                    } else if let Some(name) = issue.object.strip_prefix("ZonePolicy/") {
-                        (Resource::ZonePolicy, name.to_string())
-                    } else {
+                    let Some(resource) = Resource::of_issue(issue) else {
                         continue;
                     };
                     named
-                        .entry(target)
+                        .entry((resource, issue.name.clone()))
                         .or_default()
                         .push(format!("{}: {}", issue.field, issue.reason));
                 }

@@ -16,10 +16,10 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
-use super::Shared;
 use super::cache::{Resource, Verdict};
 use super::lenient::Lenient;
-use crate::policy::compiled::CompiledPolicy;
+use super::shared::Shared;
+use crate::policy::compiled::{CompiledPolicy, Subject, Warning};
 use crate::policy::crd::{
     CONDITION_ACCEPTED, REASON_ACCEPTED, REASON_INVALID, Zone, ZonePolicy, ZonePolicyStatus,
     ZoneStatus,
@@ -82,8 +82,11 @@ impl Summary {
             .collect();
         let mut warnings: HashMap<(Resource, String), Vec<String>> = HashMap::new();
         for warning in &compiled.warnings {
-            for target in warning_targets(warning, compiled) {
-                warnings.entry(target).or_default().push(warning.clone());
+            for target in warning_targets(warning) {
+                warnings
+                    .entry(target)
+                    .or_default()
+                    .push(warning.to_string());
             }
         }
         Self {
@@ -94,29 +97,26 @@ impl Summary {
     }
 }
 
-/// The zones and policies a compiler warning is about.
-fn warning_targets(warning: &str, compiled: &CompiledPolicy) -> Vec<(Resource, String)> {
+/// The zones and policies whose status lists a compiler warning: the Zone or ZonePolicy
+/// it is about when it is about the object as a whole (a zone that selects no pod, a
+/// policy that never decides anything), and the zones that select a pod several zones
+/// select. Warnings about a field (a network written with host bits) and about pods,
+/// services or addresses alone are left to `check` and the agent's log.
+fn warning_targets(warning: &Warning) -> Vec<(Resource, String)> {
     let mut targets = Vec::new();
-    for name in compiled.zones.keys() {
-        if warning.starts_with(&format!("Zone/{name} ")) {
-            targets.push((Resource::Zone, name.clone()));
+    if warning.field.is_empty() {
+        match warning.kind {
+            Subject::Zone => targets.push((Resource::Zone, warning.name.clone())),
+            Subject::ZonePolicy => targets.push((Resource::ZonePolicy, warning.name.clone())),
+            Subject::Pod | Subject::Service | Subject::Address => {}
         }
     }
-    // "Pod ns/name matches zones a, b; it is placed in zone a (...)"
-    if let Some(rest) = warning.split_once(" matches zones ").map(|(_, rest)| rest)
-        && let Some((list, _)) = rest.split_once(';')
-    {
-        for name in list.split(", ") {
-            if compiled.zones.contains_key(name) {
-                targets.push((Resource::Zone, name.to_string()));
-            }
-        }
-    }
-    if let Some(rest) = warning.strip_prefix("ZonePolicy/")
-        && let Some((name, _)) = rest.split_once(' ')
-    {
-        targets.push((Resource::ZonePolicy, name.to_string()));
-    }
+    targets.extend(
+        warning
+            .zones
+            .iter()
+            .map(|zone| (Resource::Zone, zone.clone())),
+    );
     targets
 }
 
@@ -522,138 +522,4 @@ impl Elector {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::load_str;
-
-    const POLICY: &str = "
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec: {namespaceSelector: {matchLabels: {zone: dmz}}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: edge}
-spec: {podSelector: {matchLabels: {app: web}}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: partners}
-spec: {networks: [203.0.113.0/24]}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: staged}
-spec: {from: [dmz], to: [partners], action: Deny, mode: Audit}
----
-kind: Namespace
-metadata: {name: dmz, labels: {zone: dmz}}
----
-kind: Pod
-metadata: {name: web, namespace: dmz, labels: {app: web}}
-status: {podIP: 198.18.0.10}
----
-kind: Pod
-metadata: {name: db, namespace: dmz}
-status: {podIP: 198.18.0.11}
-";
-
-    fn verdict(resource: Resource, name: &str, problems: &[&str], instead: Option<i64>) -> Verdict {
-        Verdict {
-            resource,
-            name: name.into(),
-            generation: 2,
-            problems: problems.iter().map(|problem| problem.to_string()).collect(),
-            enforced_instead: instead,
-        }
-    }
-
-    #[test]
-    fn statuses_count_members_and_explain_rejections() {
-        let compiled = load_str(POLICY).unwrap();
-        let summary = Summary::of(&compiled);
-        let verdicts = [
-            verdict(Resource::Zone, "dmz", &[], None),
-            verdict(Resource::Zone, "partners", &[], None),
-            verdict(Resource::ZonePolicy, "staged", &[], None),
-            verdict(
-                Resource::ZonePolicy,
-                "broken",
-                &["spec.to[0]: zone \"x\" does not exist"],
-                Some(1),
-            ),
-        ];
-        let desired = desired(&verdicts, &summary);
-        let dmz = &desired[&(Resource::Zone, "dmz".into())];
-        assert_eq!(dmz.members, Some(2));
-        assert_eq!(dmz.message, "enforced: 2 pods");
-        assert!(
-            dmz.warnings
-                .iter()
-                .any(|warning| warning.contains("matches zones dmz, edge")),
-            "{dmz:?}"
-        );
-        let partners = &desired[&(Resource::Zone, "partners".into())];
-        assert_eq!(partners.members, None);
-        assert_eq!(partners.message, "enforced: 1 network");
-        assert!(
-            desired[&(Resource::ZonePolicy, "staged".into())]
-                .message
-                .starts_with("audited")
-        );
-        let broken = &desired[&(Resource::ZonePolicy, "broken".into())];
-        assert!(!broken.accepted);
-        assert_eq!(
-            broken.message,
-            "spec.to[0]: zone \"x\" does not exist; generation 1 of this ZonePolicy stays enforced until this is fixed"
-        );
-    }
-
-    #[test]
-    fn conditions_keep_their_transition_time() {
-        let status = DesiredStatus {
-            generation: 3,
-            accepted: true,
-            message: "enforced".into(),
-            members: None,
-            warnings: vec![],
-        };
-        let old = Condition {
-            type_: CONDITION_ACCEPTED.into(),
-            status: "True".into(),
-            reason: REASON_ACCEPTED.into(),
-            message: "enforced: 1 pod".into(),
-            observed_generation: Some(2),
-            last_transition_time: Time("2024-01-01T00:00:00Z".parse().unwrap()),
-        };
-        let condition = accepted_condition(std::slice::from_ref(&old), &status);
-        assert_eq!(condition.last_transition_time, old.last_transition_time);
-        let observed = |conditions: Vec<Condition>, generation: i64| Observed {
-            conditions,
-            observed_generation: Some(generation),
-            members: None,
-            warnings: vec![],
-        };
-        assert!(!already_written(&observed(vec![old.clone()], 2), &status));
-        assert!(already_written(
-            &observed(vec![condition.clone()], 3),
-            &status
-        ));
-        let with_members = DesiredStatus {
-            members: Some(1),
-            ..status.clone()
-        };
-        assert!(!already_written(
-            &observed(vec![condition], 3),
-            &with_members
-        ));
-        let rejected = DesiredStatus {
-            accepted: false,
-            ..status
-        };
-        let condition = accepted_condition(std::slice::from_ref(&old), &rejected);
-        assert_ne!(condition.last_transition_time, old.last_transition_time);
-        assert_eq!(condition.reason, REASON_INVALID);
-    }
-}
+mod tests;

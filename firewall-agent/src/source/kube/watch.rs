@@ -25,10 +25,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use serde::de::DeserializeOwned;
 
-use super::Shared;
 use super::cache::{Cache, Change, Key, Kind, NewPod, PolicyEntry, ResourceEntry, ZoneEntry};
 use super::lenient::{Lenient, Unreadable};
 use super::retry::{Next, Retry, WATCH_SETTLE, streaming_refused};
+use super::shared::Shared;
 use crate::policy::crd::{Zone, ZonePolicy};
 use crate::policy::model;
 

@@ -1,487 +1,52 @@
-//! [`PolicySet`] -> [`CompiledPolicy`]: zone ids, pod membership, the IP -> identity
-//! table, CIDR zones and the POLICY LPM partition.
+//! What each zone pair gets: rule ids, the policies ranked, and the POLICY LPM
+//! partition.
 //!
-//! The partition: for every zone pair some policy covers, one entry at
-//! `POLICY_PREFIX_PAIR` holds the decision for protocols no policy names; for every
-//! protocol a policy names whose decision differs from that, port blocks (aligned powers
-//! of two, `POLICY_PREFIX_PROTO + k` bits) cover all of 0..=65535, so a longest-prefix
-//! lookup of (src zone, dst zone, protocol, port) returns exactly what ranking the
-//! policies would.
+//! For every zone pair some policy covers, one entry at `POLICY_PREFIX_PAIR` holds the
+//! decision for protocols no policy names; for every protocol a policy names whose
+//! decision differs from that, port blocks (aligned powers of two, `POLICY_PREFIX_PROTO +
+//! k` bits) cover all of 0..=65535, so a longest-prefix lookup of (src zone, dst zone,
+//! protocol, port) returns exactly what ranking the policies would.
 //!
 //! Policies are grouped by zone pair first (exact pairs, `*` on one side, `*` on both) so
 //! the work per pair is the policies that cover it, not all of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 
 use firewall_common::{
-    FIRST_USER_RULE_ID, FIRST_USER_ZONE_ID, POLICY_PREFIX_PAIR, POLICY_PREFIX_PROTO, PolicyValue,
-    RULE_DEFAULT_INTER_DENY, RULE_DEFAULT_INTRA_ALLOW, RULE_FRAGMENT, RULE_NONE,
-    RULE_UNKNOWN_SOURCE, VERDICT_ALLOW, VERDICT_DENY, ZONE_HOST, ZONE_UNZONED,
+    FIRST_USER_RULE_ID, POLICY_PREFIX_PAIR, POLICY_PREFIX_PROTO, PolicyValue,
+    RULE_DEFAULT_INTER_DENY, RULE_DEFAULT_INTRA_ALLOW, RULE_FRAGMENT, RULE_NONE, RULE_SPOOFED,
+    RULE_UNKNOWN_SOURCE, VERDICT_ALLOW, VERDICT_DENY,
 };
 
-use super::compiled::{CompiledPolicy, Endpoint, EndpointKind, PolicyEntry, RuleInfo, ZoneInfo};
-use super::model::{
-    ANY_ZONE, Action, Mode, NAMESPACE_NAME_LABEL, PolicySet, Protocol, RESERVED_ZONES, Zone,
-    ZonePolicy,
-};
-use super::{PolicyError, validate};
+use crate::policy::compiled::{PolicyEntry, RuleInfo, Subject, Warning, ZoneInfo};
+use crate::policy::model::{ANY_ZONE, Action, Mode, PolicySet, Protocol, ZonePolicy};
 
 /// Port space of TCP, UDP and SCTP: 0..=65535 (port 0 included, as any port).
 const PORT_SPACE_END: u32 = 65_535;
 
-/// Stable id of a user zone: FNV-1a (32 bits) of its name, moved above the reserved ids.
-/// Stable across restarts, so kernel state survives an agent restart.
-pub fn zone_id(name: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in name.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    above_reserved(hash)
-}
-
-/// Moves a hash out of the reserved id range.
-fn above_reserved(hash: u32) -> u32 {
-    if hash < FIRST_USER_ZONE_ID {
-        hash + FIRST_USER_ZONE_ID
-    } else {
-        hash
-    }
-}
-
-/// Validates `input` and compiles it. Pure.
-pub fn compile(input: &PolicySet) -> Result<CompiledPolicy, PolicyError> {
-    validate(input)?;
-    let mut compiled = CompiledPolicy::default();
-    let mut warnings = Vec::new();
-
-    let mut user_zones: Vec<&Zone> = input.zones.iter().collect();
-    user_zones.sort_by(|left, right| left.name.cmp(&right.name));
-    for (name, id) in RESERVED_ZONES {
-        compiled
-            .zones
-            .insert(name.to_string(), zone_info(name, id, true));
-    }
-    for zone in &user_zones {
-        compiled.zones.insert(
-            zone.name.clone(),
-            zone_info(&zone.name, zone_id(&zone.name), false),
-        );
-    }
-    let zone_names: HashMap<u32, String> = compiled
-        .zones
-        .values()
-        .map(|zone| (zone.id, zone.name.clone()))
-        .collect();
-
-    let pod_zones = resolve_pods(input, &user_zones, &mut warnings);
-    for (pod, zone) in input.pods.iter().zip(&pod_zones) {
-        if let Some(zone) = zone
-            && let Some(info) = compiled.zones.get_mut(&zone_names[zone])
-        {
-            info.members.push(format!("{}/{}", pod.namespace, pod.name));
-        }
-    }
-    for info in compiled.zones.values_mut() {
-        info.members.sort();
-    }
-    if !input.pods.is_empty() {
-        for zone in user_zones.iter().filter(|zone| zone.has_selectors()) {
-            if compiled.zones[&zone.name].members.is_empty() {
-                warnings.push(format!("Zone/{} selects no pod", zone.name));
-            }
-        }
-    }
-
-    compiled.endpoints = resolve_endpoints(input, &pod_zones, &zone_names, &mut warnings);
-    compiled.networks = resolve_networks(&user_zones, &mut compiled.zones, &mut warnings);
-
-    let prepared = prepare_policies(input, &compiled.zones, &mut compiled.rules);
+/// The POLICY entries of `input` over `zones`; fills `rules`, and warns about every
+/// policy that never decides anything.
+pub(super) fn entries(
+    input: &PolicySet,
+    zones: &BTreeMap<String, ZoneInfo>,
+    rules: &mut BTreeMap<u32, RuleInfo>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<PolicyEntry> {
+    let prepared = prepare_policies(input, zones, rules);
     let mut decided = vec![false; prepared.len()];
-    compiled.entries = compile_entries(&prepared, &compiled.zones, &mut decided);
+    let entries = compile_entries(&prepared, zones, &mut decided);
     for (policy, decided) in prepared.iter().zip(decided) {
         if !decided {
-            warnings.push(format!(
-                "ZonePolicy/{} never decides any traffic: policies ranked before it (lower \
-                 priority, or equal priority and a smaller name) cover everything it matches",
-                policy.name
+            warnings.push(Warning::object(
+                Subject::ZonePolicy,
+                &policy.name,
+                "",
+                "never decides any traffic: policies ranked before it (lower priority, or \
+                 equal priority and a smaller name) cover everything it matches",
             ));
         }
     }
-
-    compiled.warnings = warnings;
-    Ok(compiled)
-}
-
-fn zone_info(name: &str, id: u32, reserved: bool) -> ZoneInfo {
-    ZoneInfo {
-        id,
-        name: name.to_string(),
-        members: Vec::new(),
-        networks: Vec::new(),
-        reserved,
-    }
-}
-
-/// The zone whose traffic each pod sends (indexed like `input.pods`): its selector zone
-/// (the first by name when several match), `host` for host-network pods, `unzoned` when
-/// no zone selects it, `None` for finished pods.
-fn resolve_pods(
-    input: &PolicySet,
-    user_zones: &[&Zone],
-    warnings: &mut Vec<String>,
-) -> Vec<Option<u32>> {
-    let selector_zones: Vec<&Zone> = user_zones
-        .iter()
-        .copied()
-        .filter(|zone| zone.has_selectors())
-        .collect();
-    let mut namespace_labels: HashMap<&str, BTreeMap<String, String>> = input
-        .namespaces
-        .iter()
-        .map(|namespace| (namespace.name.as_str(), namespace.labels.clone()))
-        .collect();
-    for pod in &input.pods {
-        namespace_labels.entry(pod.namespace.as_str()).or_default();
-    }
-    for (name, labels) in namespace_labels.iter_mut() {
-        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
-    }
-    // Which zones' namespaceSelector each namespace passes, computed once per namespace.
-    let namespace_passes: HashMap<&str, Vec<bool>> = namespace_labels
-        .iter()
-        .map(|(name, labels)| {
-            let passes = selector_zones
-                .iter()
-                .map(|zone| {
-                    zone.namespace_selector
-                        .as_ref()
-                        .is_none_or(|selector| selector.matches(labels))
-                })
-                .collect();
-            (*name, passes)
-        })
-        .collect();
-
-    // A zone whose podSelector has matchLabels can only select pods carrying its first
-    // pair: index zones by that pair so a pod is tested against few zones, not all.
-    let mut anchored: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-    let mut unanchored: Vec<usize> = Vec::new();
-    for (index, zone) in selector_zones.iter().enumerate() {
-        let anchor = zone
-            .pod_selector
-            .as_ref()
-            .and_then(|selector| selector.match_labels.iter().next());
-        match anchor {
-            Some((key, value)) => anchored
-                .entry((key.as_str(), value.as_str()))
-                .or_default()
-                .push(index),
-            None => unanchored.push(index),
-        }
-    }
-
-    // Per namespace: the zones without an anchor whose namespaceSelector it passes, so a
-    // pod without anchored candidates needs no allocation at all.
-    let unanchored_passing: HashMap<&str, Vec<usize>> = namespace_passes
-        .iter()
-        .map(|(name, passes)| {
-            let zones = unanchored
-                .iter()
-                .copied()
-                .filter(|index| passes[*index])
-                .collect();
-            (*name, zones)
-        })
-        .collect();
-    // Warnings come out in pod name order whatever the input order: (pod, text).
-    let mut pod_warnings: Vec<((&str, &str), String)> = Vec::new();
-    let mut zones = vec![None; input.pods.len()];
-    let mut candidates: Vec<usize> = Vec::new();
-    let mut matching: Vec<&str> = Vec::new();
-    for (index, pod) in input.pods.iter().enumerate() {
-        if pod.is_terminated() {
-            continue;
-        }
-        let namespace = pod.namespace.as_str();
-        let passes = &namespace_passes[namespace];
-        candidates.clear();
-        candidates.extend_from_slice(&unanchored_passing[namespace]);
-        let plain = candidates.len();
-        for (key, value) in &pod.labels {
-            if let Some(zones) = anchored.get(&(key.as_str(), value.as_str())) {
-                candidates.extend(zones.iter().filter(|index| passes[**index]));
-            }
-        }
-        // Zone indices follow name order, so the first match is the name that sorts first.
-        if candidates.len() > plain {
-            candidates.sort_unstable();
-            candidates.dedup();
-        }
-        matching.clear();
-        matching.extend(
-            candidates
-                .iter()
-                .filter(|index| {
-                    selector_zones[**index]
-                        .pod_selector
-                        .as_ref()
-                        .is_none_or(|selector| selector.matches(&pod.labels))
-                })
-                .map(|index| selector_zones[*index].name.as_str()),
-        );
-        let key = (namespace, pod.name.as_str());
-        if matching.len() > 1 {
-            pod_warnings.push((
-                key,
-                format!(
-                    "Pod {}/{} matches zones {}; it is placed in zone {} (the name that sorts first)",
-                    pod.namespace,
-                    pod.name,
-                    matching.join(", "),
-                    matching[0]
-                ),
-            ));
-        }
-        zones[index] = Some(if pod.host_network {
-            if let Some(zone) = matching.first() {
-                pod_warnings.push((
-                    key,
-                    format!(
-                        "Pod {}/{} uses the host network: its traffic leaves from the node's \
-                         address and is identified as zone host, not zone {zone}",
-                        pod.namespace, pod.name
-                    ),
-                ));
-            }
-            ZONE_HOST
-        } else {
-            matching.first().map_or(ZONE_UNZONED, |name| zone_id(name))
-        });
-    }
-    // Stable: a pod's own warnings keep their order.
-    pod_warnings.sort_by(|left, right| left.0.cmp(&right.0));
-    warnings.extend(pod_warnings.into_iter().map(|(_, warning)| warning));
-    zones
-}
-
-/// Who wins an IP claimed twice: nodes, then pods, then services; then the owner name.
-fn claim_rank(endpoint: &Endpoint) -> (u8, String) {
-    match &endpoint.kind {
-        EndpointKind::Node { name } => (0, format!("Node/{name}")),
-        EndpointKind::Pod {
-            namespace, name, ..
-        } => (1, format!("Pod/{namespace}/{name}")),
-        EndpointKind::Service { namespace, name } => (2, format!("Service/{namespace}/{name}")),
-    }
-}
-
-fn resolve_endpoints(
-    input: &PolicySet,
-    pod_zones: &[Option<u32>],
-    zone_names: &HashMap<u32, String>,
-    warnings: &mut Vec<String>,
-) -> BTreeMap<IpAddr, Endpoint> {
-    let mut endpoints: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
-    // IPs claimed more than once -> every claimant, resolved once all are known so the
-    // result does not depend on input order.
-    let mut contested: BTreeMap<IpAddr, Vec<Endpoint>> = BTreeMap::new();
-    let mut claim = |ip: IpAddr, endpoint: Endpoint| {
-        if let Some(existing) = endpoints.get(&ip) {
-            if existing.kind.owner_key() != endpoint.kind.owner_key() {
-                contested
-                    .entry(ip)
-                    .or_insert_with(|| vec![existing.clone()])
-                    .push(endpoint);
-            }
-        } else {
-            endpoints.insert(ip, endpoint);
-        }
-    };
-    for node in &input.nodes {
-        for ip in &node.addresses {
-            claim(
-                *ip,
-                Endpoint {
-                    zone: ZONE_HOST,
-                    kind: EndpointKind::Node {
-                        name: node.name.clone(),
-                    },
-                },
-            );
-        }
-    }
-    for (pod, zone) in input.pods.iter().zip(pod_zones) {
-        // Host-network pods share the node's address; finished pods own no address.
-        let Some(zone) = zone.filter(|_| !pod.host_network) else {
-            continue;
-        };
-        for ip in &pod.ips {
-            claim(
-                *ip,
-                Endpoint {
-                    zone,
-                    kind: EndpointKind::Pod {
-                        namespace: pod.namespace.clone(),
-                        name: pod.name.clone(),
-                        uid: pod.uid.clone(),
-                        labels: pod.labels.clone(),
-                        node: pod.node_name.clone(),
-                        workload: pod.workload.clone(),
-                    },
-                },
-            );
-        }
-    }
-    for (ip, endpoint) in service_endpoints(input, pod_zones, zone_names, warnings) {
-        claim(ip, endpoint);
-    }
-
-    for (ip, mut claimants) in contested {
-        claimants.sort_by_cached_key(claim_rank);
-        let (_, winner) = claim_rank(&claimants[0]);
-        for loser in &claimants[1..] {
-            let (_, loser) = claim_rank(loser);
-            warnings.push(format!(
-                "IP {ip} is claimed by {winner} and {loser}; {winner} keeps it (nodes win over \
-                 pods, pods over services, then the name that sorts first)"
-            ));
-        }
-        endpoints.insert(ip, claimants.swap_remove(0));
-    }
-    endpoints
-}
-
-/// A Service's cluster IPs, marked for deferral to the destination pod (see below).
-fn service_endpoints(
-    input: &PolicySet,
-    pod_zones: &[Option<u32>],
-    zone_names: &HashMap<u32, String>,
-    warnings: &mut Vec<String>,
-) -> Vec<(IpAddr, Endpoint)> {
-    let mut claims = Vec::new();
-    if input.services.is_empty() {
-        return claims;
-    }
-    // (namespace, label key, label value) -> pods, to find a selector's pods without
-    // scanning every pod for every service.
-    let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
-    for (index, pod) in input.pods.iter().enumerate() {
-        if pod_zones[index].is_none() {
-            continue;
-        }
-        for (key, value) in &pod.labels {
-            by_label
-                .entry((pod.namespace.as_str(), key.as_str(), value.as_str()))
-                .or_default()
-                .push(index);
-        }
-    }
-    let mut services: Vec<_> = input.services.iter().collect();
-    services
-        .sort_by(|left, right| (&left.namespace, &left.name).cmp(&(&right.namespace, &right.name)));
-    for service in services {
-        if service.cluster_ips.is_empty() {
-            continue;
-        }
-        let label = format!("Service {}/{}", service.namespace, service.name);
-        if service.selector.is_empty() {
-            warnings.push(format!(
-                "{label} has no selector; its cluster IPs get no zone"
-            ));
-            continue;
-        }
-        let smallest = service
-            .selector
-            .iter()
-            .map(|(key, value)| {
-                by_label
-                    .get(&(service.namespace.as_str(), key.as_str(), value.as_str()))
-                    .map_or(&[][..], Vec::as_slice)
-            })
-            .min_by_key(|pods| pods.len())
-            .unwrap_or(&[]);
-        let zones: BTreeSet<u32> = smallest
-            .iter()
-            .filter(|index| {
-                let labels = &input.pods[**index].labels;
-                service
-                    .selector
-                    .iter()
-                    .all(|(key, value)| labels.get(key) == Some(value))
-            })
-            .filter_map(|index| pod_zones[*index])
-            .collect();
-        // A Service address is never judged by itself: the decision waits for kube-proxy's
-        // DNAT to pick a pod, and the destination pod's hook judges the connection by that
-        // pod's zone and port (the target port, as NetworkPolicy does). Zone NONE tells the
-        // datapath to defer.
-        if zones.is_empty() {
-            warnings.push(format!(
-                "{label} selects no pod; its cluster IPs get no zone"
-            ));
-            continue;
-        }
-        if zones.len() > 1 {
-            let mut names: Vec<&str> = zones.iter().map(|zone| zone_names[zone].as_str()).collect();
-            names.sort_unstable();
-            warnings.push(format!(
-                "{label} selects pods of several zones ({}); each connection is judged by the zone of the pod it reaches",
-                names.join(", ")
-            ));
-        }
-        for ip in &service.cluster_ips {
-            claims.push((
-                *ip,
-                Endpoint {
-                    zone: firewall_common::ZONE_NONE,
-                    kind: EndpointKind::Service {
-                        namespace: service.namespace.clone(),
-                        name: service.name.clone(),
-                    },
-                },
-            ));
-        }
-    }
-    claims
-}
-
-fn resolve_networks(
-    user_zones: &[&Zone],
-    zones: &mut BTreeMap<String, ZoneInfo>,
-    warnings: &mut Vec<String>,
-) -> Vec<(ipnet::IpNet, u32)> {
-    let mut networks = Vec::new();
-    for zone in user_zones {
-        let id = zone_id(&zone.name);
-        let mut own: Vec<ipnet::IpNet> = Vec::new();
-        for (index, network) in zone.networks.iter().enumerate() {
-            let normalised = network.trunc();
-            if normalised != *network {
-                warnings.push(format!(
-                    "Zone/{}: spec.networks[{index}] {network} has host bits set; using \
-                     {normalised}",
-                    zone.name
-                ));
-            }
-            if own.contains(&normalised) {
-                warnings.push(format!(
-                    "Zone/{}: spec.networks[{index}] {normalised} is listed more than once",
-                    zone.name
-                ));
-                continue;
-            }
-            own.push(normalised);
-            networks.push((normalised, id));
-        }
-        own.sort();
-        if let Some(info) = zones.get_mut(&zone.name) {
-            info.networks = own;
-        }
-    }
-    networks.sort();
-    networks
+    entries
 }
 
 /// One policy, ready for evaluation. Ranked: index 0 is evaluated first.
@@ -525,7 +90,7 @@ fn prepare_policies(
         (RULE_DEFAULT_INTER_DENY, "default-deny-inter-zone", "Deny"),
         (RULE_UNKNOWN_SOURCE, "unknown-source", "Configured"),
         (RULE_FRAGMENT, "fragment", "Deny"),
-        (firewall_common::RULE_SPOOFED, "spoofed-source", "Deny"),
+        (RULE_SPOOFED, "spoofed-source", "Deny"),
     ] {
         rules.insert(
             id,
@@ -766,7 +331,7 @@ fn compile_pair(
 
 /// First-come painting of the port space: each port goes to the first (best ranked)
 /// policy that covers it.
-struct Painter {
+pub(super) struct Painter {
     /// Unclaimed ranges, start -> end (inclusive).
     free: BTreeMap<u32, u32>,
     /// Claimed ranges: (start, end, rank).
@@ -774,7 +339,7 @@ struct Painter {
 }
 
 impl Painter {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Painter {
             free: BTreeMap::from([(0, PORT_SPACE_END)]),
             claimed: Vec::new(),
@@ -782,7 +347,7 @@ impl Painter {
     }
 
     /// Claims the unclaimed part of `low..=high` for `rank`; whether it claimed anything.
-    fn paint(&mut self, low: u32, high: u32, rank: usize) -> bool {
+    pub(super) fn paint(&mut self, low: u32, high: u32, rank: usize) -> bool {
         let mut painted = false;
         // The free range containing `low`, if any, then every one starting inside.
         let first = self
@@ -811,12 +376,12 @@ impl Painter {
         painted
     }
 
-    fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.free.is_empty()
     }
 
     /// The whole port space as sorted (start, end, winner) segments.
-    fn finish(self) -> Vec<(u32, u32, Option<usize>)> {
+    pub(super) fn finish(self) -> Vec<(u32, u32, Option<usize>)> {
         let mut segments: Vec<(u32, u32, Option<usize>)> = self
             .claimed
             .into_iter()
@@ -1019,7 +584,7 @@ fn overlay(
 /// their union otherwise); top down, a block gets an entry only when the value it
 /// inherits is not in its set. Only blocks whose ports do not all share one value are
 /// split, so the work grows with the number of segments, not with the port space.
-fn fewest_blocks(
+pub(super) fn fewest_blocks(
     segments: &[(u32, u32, PolicyValue)],
     inherited: PolicyValue,
 ) -> Vec<(u32, u32, PolicyValue)> {
@@ -1121,6 +686,3 @@ fn fewest_blocks(
         .map(|(start, bits, value)| (start, bits, values[value as usize]))
         .collect()
 }
-
-#[cfg(test)]
-mod tests;
