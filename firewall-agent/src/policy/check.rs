@@ -251,10 +251,8 @@ fn segments(entries: &[&PolicyEntry], other: PolicyValue) -> Vec<Segment> {
 }
 
 fn protocol_name(number: u8) -> String {
-    Protocol::from_number(number).map_or_else(
-        || format!("proto {number}"),
-        |protocol| protocol.as_str().to_ascii_lowercase(),
-    )
+    firewall_common::protocol_name(number)
+        .map_or_else(|| format!("proto {number}"), str::to_string)
 }
 
 fn port_range(start: u32, end: u32) -> String {

@@ -239,6 +239,18 @@ pub enum Protocol {
     Icmpv6,
 }
 
+// `Protocol` indexes firewall-common's table: its variants are in the table's order.
+const _: () = {
+    assert!(firewall_common::PROTOCOLS[Protocol::Tcp as usize].0 == firewall_common::IPPROTO_TCP);
+    assert!(firewall_common::PROTOCOLS[Protocol::Udp as usize].0 == firewall_common::IPPROTO_UDP);
+    assert!(firewall_common::PROTOCOLS[Protocol::Sctp as usize].0 == firewall_common::IPPROTO_SCTP);
+    assert!(firewall_common::PROTOCOLS[Protocol::Icmp as usize].0 == firewall_common::IPPROTO_ICMP);
+    assert!(
+        firewall_common::PROTOCOLS[Protocol::Icmpv6 as usize].0 == firewall_common::IPPROTO_ICMPV6
+    );
+    assert!(firewall_common::PROTOCOLS.len() == Protocol::ALL.len());
+};
+
 impl Protocol {
     pub const ALL: [Protocol; 5] = [
         Protocol::Tcp,
@@ -248,26 +260,14 @@ impl Protocol {
         Protocol::Icmpv6,
     ];
 
-    /// The spelling in `spec.ports[].protocol`.
+    /// The spelling in `spec.ports[].protocol` (firewall-common's vocabulary).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-            Protocol::Icmp => "ICMP",
-            Protocol::Icmpv6 => "ICMPv6",
-        }
+        firewall_common::PROTOCOLS[self as usize].2
     }
 
-    /// IP protocol number.
+    /// IP protocol number (firewall-common's vocabulary).
     pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-            Protocol::Icmp => 1,
-            Protocol::Icmpv6 => 58,
-        }
+        firewall_common::PROTOCOLS[self as usize].0
     }
 
     pub fn from_number(number: u8) -> Option<Protocol> {
@@ -278,7 +278,7 @@ impl Protocol {
 
     /// Whether the protocol has ports (ICMP has types, which policies do not select).
     pub fn has_ports(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::Udp | Protocol::Sctp)
+        firewall_common::protocol_has_ports(self.number())
     }
 }
 

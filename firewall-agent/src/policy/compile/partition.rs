@@ -69,10 +69,8 @@ enum Side {
 }
 
 fn protocol_index(protocol: Protocol) -> usize {
-    Protocol::ALL
-        .iter()
-        .position(|candidate| *candidate == protocol)
-        .unwrap_or(0)
+    // The variants follow firewall-common's PROTOCOLS table (asserted in `model`).
+    protocol as usize
 }
 
 /// Rule ids (by name) and the ranked list of policies; fills `rules`.
