@@ -1,0 +1,48 @@
+//! zonewall's test bed: what the integration tests, the benchmarks and `cargo xtask` (the
+//! demo, the benchmark report) all need to put the agent on a simulated node.
+//!
+//! - [`netns`]: named network namespaces behind RAII guards;
+//! - [`topology`]: a node namespace with veth pods (routed or bridged) and internet hosts;
+//! - [`traffic`]: echo servers and the probes that ask whether a flow passes;
+//! - [`preflight`]: root, tools on `PATH`, CI;
+//! - [`bpffs`]: bpffs mounts for an agent's pins, unmounted when dropped;
+//! - [`agent`]: `firewall-agent` processes in a node, their logs and ready files;
+//! - [`prometheus`]: reading values out of the agent's metrics text;
+//! - [`report`]: the result file of a benchmark, written by the benchmarks, read by xtask;
+//! - [`fixtures`]: policy files the tests and the fuzz targets start from.
+//!
+//! It runs the agent's binary but never links the agent: xtask depends on it and must
+//! build on a machine without the eBPF toolchain (xtask is what installs it).
+
+pub mod agent;
+pub mod bpffs;
+pub mod fixtures;
+pub mod netns;
+pub mod preflight;
+pub mod prometheus;
+pub mod report;
+pub mod topology;
+pub mod traffic;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+
+/// Fails unless `condition` becomes true before `timeout`, checking every 20 ms.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
