@@ -230,7 +230,7 @@ where
 }
 
 /// Whether `fd` becomes readable within `timeout`.
-fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+pub fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
     let mut poll_fd = libc::pollfd {
         fd,
         events: libc::POLLIN,

@@ -31,6 +31,7 @@ use firewall_agent::policy;
 use rand::Rng;
 use zonewall_tests::agent::Agent;
 use zonewall_tests::topology::{Netns, Topology};
+use zonewall_tests::testbed::traffic::Acceptor;
 
 const BENCHMARK: &str = "control-plane";
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -89,7 +90,8 @@ fn main() {
             "2001:db8:1::11".parse().expect("literal"),
         )
         .expect("server pod");
-    let _listener = Listener::start(&topology.pod("server").netns, TOGGLED_PORT);
+    let _listener = Acceptor::start(&topology.pod("server").netns, TOGGLED_PORT)
+        .expect("the listener started");
     let fixed = [
         FixedPod {
             name: "client".into(),
@@ -238,53 +240,6 @@ fn compile_and_sync(report: &mut Report, sizes: &[Scale], rounds: usize) -> Vec<
 // ---------------------------------------------------------------------------------------
 // 2. Change to enforcement.
 // ---------------------------------------------------------------------------------------
-
-/// Accepts connections on a port of the server pod and closes them, until dropped.
-struct Listener {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start(netns: &Netns, port: u16) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let namespace = std::fs::File::open(netns.path()).expect("the server's namespace");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns into the server");
-                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("listening");
-                listener
-                    .set_nonblocking(true)
-                    .expect("non-blocking listener");
-                let _ = ready_tx.send(());
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => drop(stream),
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            }
-        });
-        ready_rx.recv().expect("the listener started");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 #[derive(Default)]
 struct Latency {
