@@ -9,7 +9,8 @@
 //! - [`agent`]: `firewall-agent` processes in a node, their logs and ready files;
 //! - [`prometheus`]: reading values out of the agent's metrics text;
 //! - [`report`]: the result file of a benchmark, written by the benchmarks, read by xtask;
-//! - [`fixtures`]: policy files the tests and the fuzz targets start from.
+//! - [`fixtures`]: policy files the tests and the fuzz targets start from;
+//! - [`lab`]: the three-pod lab most standalone tests start from.
 //!
 //! It runs the agent's binary but never links the agent: xtask depends on it and must
 //! build on a machine without the eBPF toolchain (xtask is what installs it).
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod fixtures;
+pub mod lab;
 pub mod netns;
 pub mod preflight;
 pub mod prometheus;

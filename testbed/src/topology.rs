@@ -76,6 +76,11 @@ impl Pod {
             self.ipv4.into()
         }
     }
+
+    /// Both addresses, IPv4 first (as a pod's `status.podIPs` lists them).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        vec![self.ipv4.into(), self.ipv6.into()]
+    }
 }
 
 /// A host outside the cluster ("the internet"), reached through the node over an uplink

@@ -382,3 +382,11 @@ pub fn send_raw_frame(interface: &str, frame: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// One GET of `path` on an agent's metrics endpoint at `127.0.0.1:port` inside `node`:
+/// the status line and the body, both empty when nothing answers.
+pub fn metrics_get(node: &Netns, port: u16, path: &str) -> (String, String) {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    zonewall_testbed::traffic::http_get(node, address, path, Duration::from_secs(2))
+        .unwrap_or_default()
+}

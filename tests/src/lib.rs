@@ -15,4 +15,4 @@ pub mod reference;
 pub mod rsyslog;
 
 pub use zonewall_testbed as testbed;
-pub use zonewall_testbed::{fixtures, topology};
+pub use zonewall_testbed::{fixtures, lab, topology};

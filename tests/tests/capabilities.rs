@@ -119,14 +119,10 @@ fn the_agent_enforces_with_the_daemonsets_capabilities_and_needs_each_of_them() 
     for pod in ["web", "app", "db"] {
         topology.add_pod(pod).unwrap();
     }
-    let ips = |name: &str| {
-        let pod = topology.pod(name);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
-    };
     let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips("web"))
-        .pod("app", "trusted", &ips("app"))
-        .pod("db", "restricted", &ips("db"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
+        .pod("db", "restricted", &topology.pod("db").ips())
         .extra(&zone_policy(
             "dmz-to-trusted",
             "dmz",

@@ -30,92 +30,50 @@ use serde_json::{Value, json};
 use zonewall_tests::cluster::testkit::api::{Object, accepted_condition, accepted_is, generation};
 use zonewall_tests::cluster::testkit::fault::AuditLog;
 use zonewall_tests::cluster::testkit::probe::Prober;
-use zonewall_tests::cluster::testkit::runtime_in;
+use zonewall_tests::cluster::testkit::{self, runtime_in};
 use zonewall_tests::cluster::{AGENT_NAMESPACE, Cluster, ClusterOptions, User, pki};
-use zonewall_tests::topology::{TcpServer, can_run, tcp_connect};
+use zonewall_tests::fixtures::zone_policy;
+use zonewall_tests::topology::{TcpServer, tcp_connect};
 
 /// One connection attempt.
 const T: Duration = Duration::from_millis(700);
 /// How long a status or a snapshot may take (generous: it catches "never").
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// dmz (namespaces `tier: dmz`, except quarantined pods), trusted and restricted (by
-/// namespace), quarantine (pods `quarantine: "true"`), partners (203.0.113.0/24);
-/// dmz -> trusted TCP 8080, trusted -> restricted TCP 5432.
-const POLICY: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {tier: dmz}}
-  podSelector: {matchExpressions: [{key: quarantine, operator: DoesNotExist}]}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {tier: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: restricted}
-spec:
-  namespaceSelector: {matchLabels: {tier: restricted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: quarantine}
-spec:
-  podSelector: {matchLabels: {quarantine: "true"}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: partners}
-spec:
-  networks: [203.0.113.0/24]
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: trusted-to-restricted}
-spec:
-  from: [trusted]
-  to: [restricted]
-  ports: [{protocol: TCP, port: 5432}]
-  action: Allow
-"#;
+/// The tier zones with a quarantine (see `testkit::quarantine_zones`), partners
+/// (203.0.113.0/24), and trusted -> restricted TCP 5432.
+fn policy() -> String {
+    testkit::documents(&[
+        testkit::quarantine_zones(),
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: partners}\nspec:\n  networks: [203.0.113.0/24]\n".to_string(),
+        zone_policy(
+            "trusted-to-restricted",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 5432}]",
+            "Allow",
+            "",
+        ),
+    ])
+}
 
 /// A cluster with an audit log, zonewall installed, the zones above, namespaces `web`
 /// (dmz), `app` (trusted), `db` (restricted), pods web/web-1 on node 0 and app/app-1 on
 /// node 1; no agent yet.
 fn cluster() -> Option<(Cluster, AuditLog)> {
-    if !can_run(&["openssl", "curl", "nft"]) {
-        return None;
-    }
+    let mut cluster = testkit::start(ClusterOptions::default())?;
     let audit = AuditLog::new().unwrap();
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("the test cluster");
     cluster
         .restart_apiserver_with(&audit.apiserver_args())
         .unwrap();
     cluster.install_zonewall().unwrap();
-    cluster.namespace("web", &[("tier", "dmz")]).unwrap();
-    cluster.namespace("app", &[("tier", "trusted")]).unwrap();
-    cluster.namespace("db", &[("tier", "restricted")]).unwrap();
-    cluster.apply_ok(User::SecurityAdmin, POLICY).unwrap();
-    cluster
-        .add_pod(0, "web", "web-1", &[("app", "web")], None)
-        .unwrap();
-    cluster
-        .add_pod(1, "app", "app-1", &[("app", "app")], None)
-        .unwrap();
+    testkit::tier_namespaces(&cluster).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &policy()).unwrap();
+    testkit::add_pods(
+        &mut cluster,
+        &[(0, "web", "web-1", "web"), (1, "app", "app-1", "app")],
+    )
+    .unwrap();
     Some((cluster, audit))
 }
 

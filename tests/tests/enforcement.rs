@@ -13,10 +13,6 @@ use zonewall_tests::topology::{
 
 const T: Duration = Duration::from_millis(700);
 
-fn ips(topology: &Topology, pod: &str) -> Vec<IpAddr> {
-    let pod = topology.pod(pod);
-    vec![pod.ipv4.into(), pod.ipv6.into()]
-}
 
 struct Lab {
     topology: Topology,
@@ -53,10 +49,10 @@ fn lab(layout: Layout) -> Lab {
 
 fn base_policy(topology: &Topology) -> PolicyFile {
     PolicyFile::new()
-        .pod("web", "dmz", &ips(topology, "web"))
-        .pod("web2", "dmz", &ips(topology, "web2"))
-        .pod("app", "trusted", &ips(topology, "app"))
-        .pod("db", "restricted", &ips(topology, "db"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("web2", "dmz", &topology.pod("web2").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
+        .pod("db", "restricted", &topology.pod("db").ips())
         .extra(&zone_policy(
             "dmz-to-trusted",
             "dmz",

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
 /// The name the manifests give the agent image; the kustomization maps it to a registry.
 const IMAGE_PLACEHOLDER: &str = "zonewall.invalid/firewall-agent";
 /// Where the agent image lives by default, written in `deploy/base/kustomization.yaml` only.

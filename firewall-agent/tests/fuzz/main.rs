@@ -23,9 +23,7 @@ mod policy_yaml;
 mod parse;
 
 // The policy files the integration tests use, as seeds for the YAML mutations.
-#[allow(dead_code)]
-#[path = "../../../tests/src/fixtures.rs"]
-mod fixtures;
+use zonewall_testbed::fixtures;
 
 use proptest::test_runner::Config;
 
