@@ -85,27 +85,11 @@ impl Drop for Bpffs {
 /// exists, calling `before_unmount` on each first (to detach what was attached from its
 /// pins). Folders of live processes are never touched. Returns how many it removed.
 pub fn cleanup_stale(prefix: &str, mut before_unmount: impl FnMut(&Path)) -> usize {
-    let Ok(entries) = std::fs::read_dir("/run") else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let path = entry.path();
-        before_unmount(&path);
-        unmount(&path);
-        let _ = std::fs::remove_dir_all(&path);
-        removed += 1;
+    let stale = crate::left_by_dead_processes(Path::new("/run"), prefix);
+    for (_, path) in &stale {
+        before_unmount(path);
+        unmount(path);
+        let _ = std::fs::remove_dir_all(path);
     }
-    removed
+    stale.len()
 }

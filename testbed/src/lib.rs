@@ -26,6 +26,7 @@ pub mod report;
 pub mod topology;
 pub mod traffic;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -48,3 +49,23 @@ pub fn wait_until(
     }
 }
 
+/// The entries of `dir` named `<prefix><pid>-…` whose process `<pid>` no longer exists:
+/// what a killed run left behind. Entries of live processes are never returned.
+pub(crate) fn left_by_dead_processes(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(prefix)?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            (!Path::new(&format!("/proc/{pid}")).exists()).then(|| (name, entry.path()))
+        })
+        .collect()
+}

@@ -48,27 +48,10 @@ pub fn unique_prefix() -> String {
 /// behind by a killed test run). Namespaces of live processes are never touched. Returns
 /// how many were deleted.
 pub fn cleanup_stale() -> usize {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-        return 0;
-    };
-    let mut deleted = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(NAME_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if run_checked(Command::new("ip").args(["netns", "delete", &name])).is_ok() {
-            deleted += 1;
-        }
-    }
-    deleted
+    crate::left_by_dead_processes(Path::new(NETNS_DIR), NAME_PREFIX)
+        .into_iter()
+        .filter(|(name, _)| run_checked(Command::new("ip").args(["netns", "delete", name])).is_ok())
+        .count()
 }
 
 /// A named network namespace (`ip netns add`), deleted when dropped.

@@ -370,11 +370,29 @@ pub fn wire_routed_pod(
     pod.ip(&["link", "set", "eth0", "up"])?;
     add_address(pod, &format!("{ipv4}/32"), "eth0")?;
     let gateway_v4 = ROUTED_GATEWAY_V4.to_string();
-    pod.ip(&["route", "add", "default", "via", &gateway_v4, "dev", "eth0", "onlink"])?;
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &gateway_v4,
+        "dev",
+        "eth0",
+        "onlink",
+    ])?;
     if let Some(ipv6) = ipv6 {
         add_address(pod, &format!("{ipv6}/128"), "eth0")?;
         let gateway_v6 = ROUTED_GATEWAY_V6.to_string();
-        pod.ip(&["-6", "route", "add", "default", "via", &gateway_v6, "dev", "eth0"])?;
+        pod.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway_v6,
+            "dev",
+            "eth0",
+        ])?;
     }
     node.sysctl(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
     // As Calico does: answer at once, not after a random delay of up to 0.8 s.
@@ -385,7 +403,14 @@ pub fn wire_routed_pod(
     node.ip(&["link", "set", host_veth, "up"])?;
     node.ip(&["route", "add", &format!("{ipv4}/32"), "dev", host_veth])?;
     if let Some(ipv6) = ipv6 {
-        node.ip(&["-6", "route", "add", &format!("{ipv6}/128"), "dev", host_veth])?;
+        node.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{ipv6}/128"),
+            "dev",
+            host_veth,
+        ])?;
     }
     Ok(())
 }
@@ -393,7 +418,16 @@ pub fn wire_routed_pod(
 /// A veth pair: `host_end` in `node`, its peer `eth0` in `peer`.
 fn add_veth(node: &Netns, host_end: &str, peer: &Netns) -> Result<()> {
     node.ip(&[
-        "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", peer.name(),
+        "link",
+        "add",
+        host_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        peer.name(),
     ])
     .map(drop)
 }

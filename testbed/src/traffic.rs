@@ -340,8 +340,7 @@ pub fn http_get(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<(String, String)> {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     from.enter(move || {
         let mut stream = TcpStream::connect_timeout(&address, timeout)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -350,7 +349,10 @@ pub fn http_get(
         let _ = stream.read_to_end(&mut response);
         let response = String::from_utf8_lossy(&response);
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        Ok((head.lines().next().unwrap_or("").to_owned(), body.to_owned()))
+        Ok((
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        ))
     })
     .unwrap_or_else(|error| panic!("http_get from {}: {error:#}", from.name()))
 }

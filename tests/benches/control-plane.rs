@@ -30,8 +30,8 @@ use firewall_agent::datapath::{MapSizes, SyncReport};
 use firewall_agent::policy;
 use rand::Rng;
 use zonewall_tests::agent::Agent;
-use zonewall_tests::topology::{Netns, Topology};
 use zonewall_tests::testbed::traffic::Acceptor;
+use zonewall_tests::topology::{Netns, Topology};
 
 const BENCHMARK: &str = "control-plane";
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -90,8 +90,8 @@ fn main() {
             "2001:db8:1::11".parse().expect("literal"),
         )
         .expect("server pod");
-    let _listener = Acceptor::start(&topology.pod("server").netns, TOGGLED_PORT)
-        .expect("the listener started");
+    let _listener =
+        Acceptor::start(&topology.pod("server").netns, TOGGLED_PORT).expect("the listener started");
     let fixed = [
         FixedPod {
             name: "client".into(),

@@ -51,8 +51,8 @@ use firewall_common::{
     COUNTER_RINGBUF_FULL, PROG_FROM_POD,
 };
 use zonewall_tests::kernel::PASS;
-use zonewall_tests::testbed::traffic::readable;
 use zonewall_tests::packet::{SYN, Spec};
+use zonewall_tests::testbed::traffic::readable;
 
 const BENCHMARK: &str = "flow-log";
 /// Events per fill of the ring (it holds about 61 000 of 128 + 8 bytes).

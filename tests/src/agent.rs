@@ -155,7 +155,9 @@ impl AgentProcess {
 
     /// The generation in the ready file, if any.
     pub fn generation(&self) -> Option<u64> {
-        read_ready(&self.ready_file).as_ref().and_then(ready_generation)
+        read_ready(&self.ready_file)
+            .as_ref()
+            .and_then(ready_generation)
     }
 
     /// Waits until the ready file reports at least `generation`.
@@ -176,9 +178,11 @@ impl AgentProcess {
 
     /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
     pub fn wait_attached(&mut self, interface: &str) {
-        match self.wait_ready(Duration::from_secs(10), Duration::from_millis(20), |ready| {
-            ready_lists(ready, interface)
-        }) {
+        match self.wait_ready(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            |ready| ready_lists(ready, interface),
+        ) {
             Ok(_) => {}
             Err(NotReady::TimedOut) => {
                 panic!("{interface} not attached within 10 s:\n{}", self.logs())

@@ -27,7 +27,6 @@ use zonewall_tests::topology::{Netns, TcpServer, Topology, UdpEchoServer, can_ru
 
 const T: Duration = Duration::from_millis(800);
 
-
 /// Lets the node (zone `host`) reach `zone` on every port, as kubelet probes need: the
 /// direction a spoofed "reply from the node" would claim.
 fn host_may_reach(zone: &str) -> String {

@@ -17,10 +17,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::{
     AGENT_NAMESPACE, Cluster, ClusterOptions, KUBERNETES_VERSION, NEWEST_KUBERNETES_VERSION, User,
 };
-use zonewall_tests::cluster::testkit;
 
 fn start(options: ClusterOptions) -> Option<Cluster> {
     testkit::start(options)

@@ -13,7 +13,6 @@ use zonewall_tests::topology::{
 
 const T: Duration = Duration::from_millis(700);
 
-
 struct Lab {
     topology: Topology,
     _servers: (Vec<TcpServer>, Vec<UdpEchoServer>),

@@ -14,19 +14,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use zonewall_tests::agent::{Agent, agent_binary};
-use zonewall_tests::lab::ThreeTiers;
-use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
-use zonewall_tests::probes::with_continuous_traffic;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 use zonewall_tests::agent::metrics_get as http_get;
+use zonewall_tests::agent::{Agent, agent_binary};
+use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
+use zonewall_tests::lab::ThreeTiers;
+use zonewall_tests::probes::with_continuous_traffic;
 use zonewall_tests::testbed::prometheus::metric;
+use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 /// Long enough for a few retries at the agent's 30 s backoff cap to be unnecessary, but
 /// for any retry the tests trigger to come around.
 const PATIENCE: Duration = Duration::from_secs(40);
-
 
 /// Polls `condition` every 20 ms until it holds; fails with `context()` after `within`.
 fn wait_for(

@@ -27,14 +27,14 @@ use serde_json::{Value, json};
 use firewall_agent::policy;
 use firewall_agent::source::kube::{KubeOptions, KubeSource, StatusOptions};
 use firewall_agent::source::{Outcome, PolicySource, SourceUpdate};
+use zonewall_tests::agent::metrics_get;
 use zonewall_tests::apiserver::objects::{
     accepted_condition, namespace, network_zone, node, pod, selector_zone, zone_policy,
 };
 use zonewall_tests::apiserver::{ApiError, ApiServer, RequestRecord};
 use zonewall_tests::kube_agent::KubeAgent;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
-use zonewall_tests::agent::metrics_get;
 use zonewall_tests::testbed::prometheus::series as metric;
+use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(600);
 const LEASE_NAMESPACE: &str = "zonewall-system";

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use zonewall_tests::agent::metrics_get;
 use zonewall_tests::agent::{Agent, AgentProcess, agent_binary};
 use zonewall_tests::apiserver::ApiServer;
 use zonewall_tests::apiserver::objects::{
@@ -21,9 +22,8 @@ use zonewall_tests::apiserver::objects::{
 };
 use zonewall_tests::fixtures::{PolicyFile, zone_policy as policy_document};
 use zonewall_tests::kube_agent::KubeAgent;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect, wait_until};
-use zonewall_tests::agent::metrics_get;
 use zonewall_tests::testbed::prometheus::series as metric;
+use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect, wait_until};
 
 const T: Duration = Duration::from_millis(600);
 /// Allowed from dmz to trusted.

@@ -137,11 +137,19 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["setup", "build", "test", "fuzz", "demo", "bench", "codegen", "cluster"]
+            [
+                "setup", "build", "test", "fuzz", "demo", "bench", "codegen", "cluster"
+            ]
         );
         for name in names {
-            assert!(help.contains(&format!("  {name} ")), "--help lacks {name}:\n{help}");
-            assert!(doc.contains(&format!("`{name}")), "the module doc lacks `{name}`");
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "--help lacks {name}:\n{help}"
+            );
+            assert!(
+                doc.contains(&format!("`{name}")),
+                "the module doc lacks `{name}`"
+            );
             assert!(description.contains(name), "the description lacks {name}");
         }
     }

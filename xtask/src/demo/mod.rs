@@ -20,10 +20,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 use agent::{Agent, Files};
-use zonewall_testbed::bpffs::Bpffs;
-use zonewall_testbed::topology::{self, Netns, TcpServer, Topology, UdpEchoServer};
 use report::Outcome;
 use scenario::{EXPECTATIONS, INTERNET_HOSTS, PODS, Traffic};
+use zonewall_testbed::bpffs::Bpffs;
+use zonewall_testbed::topology::{self, Netns, TcpServer, Topology, UdpEchoServer};
 
 /// How long a probe waits for an answer; a denied probe takes this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
