@@ -16,12 +16,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::kernel::BenchDatapath;
-use common::scale::{self, FixedPod, Generated, Scale};
+use common::scale::{self, Generated, Scale};
 use common::{
     Options, Panel, Plot, PlotKind, Point, Report, Series, Summary, Table, number, quantile,
     require_root, resident_memory, summarize,
@@ -34,8 +34,7 @@ use zonewall_tests::testbed::traffic::Acceptor;
 use zonewall_tests::topology::{Netns, Topology};
 
 const BENCHMARK: &str = "control-plane";
-const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+use common::scale::SERVER_V4;
 /// The port the change opens.
 const TOGGLED_PORT: u16 = 7000;
 /// The agent's file polling period as the test helper starts it (`--poll-ms`).
@@ -76,36 +75,9 @@ fn main() {
 
     eprintln!("{BENCHMARK}: change to enforcement, {latency_samples} samples per file");
     let mut topology = Topology::routed().expect("a routed node");
-    topology
-        .add_pod_at(
-            "client",
-            CLIENT_V4,
-            "2001:db8:1::10".parse().expect("literal"),
-        )
-        .expect("client pod");
-    topology
-        .add_pod_at(
-            "server",
-            SERVER_V4,
-            "2001:db8:1::11".parse().expect("literal"),
-        )
-        .expect("server pod");
+    let (fixed, _) = scale::client_and_server(&mut topology);
     let _listener =
         Acceptor::start(&topology.pod("server").netns, TOGGLED_PORT).expect("the listener started");
-    let fixed = [
-        FixedPod {
-            name: "client".into(),
-            zone: 0,
-            v4: CLIENT_V4,
-            v6: "2001:db8:1::10".parse().expect("literal"),
-        },
-        FixedPod {
-            name: "server".into(),
-            zone: 1,
-            v4: SERVER_V4,
-            v6: "2001:db8:1::11".parse().expect("literal"),
-        },
-    ];
     let latency_files = [
         Scale {
             pods: 2,

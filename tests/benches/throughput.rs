@@ -23,14 +23,14 @@
 mod common;
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::scale::{self, Action, FixedPod, Generated, Scale};
+use common::scale::{self, Action, Generated, Scale};
 use common::{
     Options, Panel, Plot, PlotKind, Point, Report, Series, Table, number, paired_ratios,
     require_root, round_order, summarize,
@@ -44,8 +44,7 @@ const IPERF_PORT: u16 = scale::ALLOWED_TCP[0];
 const CONNECT_PORT: u16 = scale::ALLOWED_TCP[1];
 /// A port the policy does not open between the two pods (enforcement check).
 const CLOSED_PORT: u16 = 5433;
-const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+use common::scale::SERVER_V4;
 const PODS: usize = 10_000;
 const POLICIES: usize = 1_000;
 
@@ -194,38 +193,7 @@ fn main() {
     }
 
     let mut topology = Topology::routed().expect("a routed node");
-    let client_veth = topology
-        .add_pod_at(
-            "client",
-            CLIENT_V4,
-            "2001:db8:1::10".parse().expect("literal"),
-        )
-        .expect("client pod")
-        .host_veth
-        .clone();
-    let server_veth = topology
-        .add_pod_at(
-            "server",
-            SERVER_V4,
-            "2001:db8:1::11".parse().expect("literal"),
-        )
-        .expect("server pod")
-        .host_veth
-        .clone();
-    let fixed = [
-        FixedPod {
-            name: "client".into(),
-            zone: 0,
-            v4: CLIENT_V4,
-            v6: "2001:db8:1::10".parse().expect("literal"),
-        },
-        FixedPod {
-            name: "server".into(),
-            zone: 1,
-            v4: SERVER_V4,
-            v6: "2001:db8:1::11".parse().expect("literal"),
-        },
-    ];
+    let (fixed, [client_veth, server_veth]) = scale::client_and_server(&mut topology);
     let generated = scale::generate(
         Scale {
             pods: PODS,

@@ -12,7 +12,7 @@
 //! - the flow records name both ends' zones and the deciding policy.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use zonewall_tests::cluster::testkit;

@@ -2,7 +2,6 @@
 //! and ICMP over IPv4 and IPv6, routed and bridged nodes, policy edits, audit mode,
 //! invalid edits, IP reuse, and a SIGKILLed agent. Flow records are checked field by field.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use zonewall_tests::agent::Agent;

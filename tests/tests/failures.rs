@@ -7,8 +7,7 @@
 //! kernel refuses a TCX link gets a clsact filter in `auto` mode and is reported in `tcx`
 //! mode.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -17,8 +17,7 @@
 //! the source's snapshots, status, the Lease and invalid objects in `cluster_status.rs`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

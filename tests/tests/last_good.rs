@@ -6,7 +6,6 @@
 //! and the flow records, after a restart that keeps the pins and after one that lost
 //! them (a reboot), and for a deleted and re-created object, which inherits nothing.
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -23,7 +22,7 @@ use zonewall_tests::apiserver::objects::{
 use zonewall_tests::fixtures::{PolicyFile, zone_policy as policy_document};
 use zonewall_tests::kube_agent::KubeAgent;
 use zonewall_tests::testbed::prometheus::series as metric;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect, wait_until};
+use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect, wait_until};
 
 const T: Duration = Duration::from_millis(600);
 /// Allowed from dmz to trusted.

@@ -4,7 +4,7 @@
 //! a SIGKILLed agent leaves enforcement in place and is replaced without a gap.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;

@@ -3,16 +3,14 @@
 //! rsyslog losing only what the counters say, and the metrics endpoint after traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
 use zonewall_tests::agent::metrics_get as http_get;
-use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
 use zonewall_tests::lab::ThreeTiers;
 use zonewall_tests::rsyslog::{Certificates, Rsyslog, validate_ocsf};
 use zonewall_tests::testbed::prometheus::metric;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
+use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(500);
 

@@ -6,9 +6,8 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
 use zonewall_tests::lab::ThreeTiers;
-use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
+use zonewall_tests::topology::{can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(500);
 

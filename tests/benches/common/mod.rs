@@ -14,7 +14,8 @@ pub mod scale;
 use std::time::Duration;
 
 // The command line, the statistics every figure carries and the result file, shared with
-// `cargo xtask bench`, which reads the file back.
+// `cargo xtask bench`, which reads the file back (each benchmark uses some of them).
+#[allow(unused_imports)]
 pub use zonewall_testbed::report::{
     Check, Options, Panel, Plot, PlotKind, Point, Report, Series, Summary, Table, quantile,
     summarize,
