@@ -69,3 +69,20 @@ pub(crate) fn left_by_dead_processes(dir: &Path, prefix: &str) -> Vec<(String, P
         })
         .collect()
 }
+
+/// Polls `probe` (every 20 ms) until it returns `expected`, for at most `within`; how long
+/// that took, or `None` when it never did.
+pub fn until(
+    expected: bool,
+    within: Duration,
+    mut probe: impl FnMut() -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if probe() == expected {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}

@@ -394,3 +394,16 @@ pub fn metrics_get(node: &Netns, port: u16, path: &str) -> (String, String) {
     zonewall_testbed::traffic::http_get(node, address, path, Duration::from_secs(2))
         .unwrap_or_default()
 }
+
+/// Asserts that a probe saw the verdict the policy gives (`true`: allowed), showing the
+/// agent's log when it did not.
+pub fn check_verdict(expected: bool, observed: bool, what: &str, agent: &AgentProcess) {
+    assert_eq!(
+        observed,
+        expected,
+        "{what}: expected {}, observed {}\nagent log:\n{}",
+        if expected { "allowed" } else { "denied" },
+        if observed { "allowed" } else { "denied" },
+        agent.logs()
+    );
+}

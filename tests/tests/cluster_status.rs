@@ -164,6 +164,23 @@ fn apply(
     compiled
 }
 
+/// Waits until `object`'s `Accepted` condition has `status`; the object.
+fn wait_accepted(cluster: &Cluster, object: &Object, what: &str, status: &str) -> Value {
+    cluster
+        .wait_object(object, WITHIN, what, |found| accepted_is(found, status))
+        .unwrap()
+}
+
+/// The source's next snapshot, compiled and reported applied as `generation`.
+fn apply_next(
+    source: &mut KubeSource,
+    unavailable: &mut Vec<String>,
+    generation: u32,
+) -> policy::CompiledPolicy {
+    let set = next_snapshot(source, unavailable);
+    apply(source, &set, generation)
+}
+
 /// A host-network pod on node 0: its address is the node's.
 fn host_network_pod(cluster: &Cluster) {
     let admin = cluster.client();
@@ -272,11 +289,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
     ));
 
     // Status, by the Lease holder, server-side applied to /status.
-    let dmz = cluster
-        .wait_object(&Object::zone("dmz"), WITHIN, "Accepted=True", |zone| {
-            accepted_is(zone, "True")
-        })
-        .unwrap();
+    let dmz = wait_accepted(&cluster, &Object::zone("dmz"), "Accepted=True", "True");
     assert_eq!(dmz["status"]["members"], 1, "{dmz:#}");
     assert_eq!(dmz["status"]["observedGeneration"], 1, "{dmz:#}");
     let condition = accepted_condition(&dmz).unwrap();
@@ -296,8 +309,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 
     // A second source, from the other node: it follows the same objects, writes nothing.
     let mut second = start_source(&cluster, 1, "agent-two", folder.path());
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 1);
+    apply_next(&mut second.source, &mut unavailable, 1);
 
     // An edit naming a zone that does not exist (the schema cannot know): rejected with
     // a message naming the field; generation 1 stays in the snapshot.
@@ -314,16 +326,13 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         "the accepted generation stays in the snapshot"
     );
     apply(&mut first.source, &set, 2);
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 2);
-    let rejected = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=False for the new generation",
-            |policy| accepted_is(policy, "False"),
-        )
-        .unwrap();
+    apply_next(&mut second.source, &mut unavailable, 2);
+    let rejected = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=False for the new generation",
+        "False",
+    );
     let condition = accepted_condition(&rejected).unwrap();
     assert_eq!(condition["reason"], "Invalid");
     let message = condition["message"].as_str().unwrap();
@@ -336,18 +345,14 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 
     // Fixed: accepted again.
     edit_policy(&cluster, "dmz-to-trusted", json!({"to": ["trusted"]}));
-    let set = next_snapshot(&mut first.source, &mut unavailable);
-    apply(&mut first.source, &set, 3);
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 3);
-    cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "accepted again",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    apply_next(&mut first.source, &mut unavailable, 3);
+    apply_next(&mut second.source, &mut unavailable, 3);
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "accepted again",
+        "True",
+    );
     assert_eq!(
         status_writers(&audit),
         [node0].into(),
@@ -361,16 +366,13 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
     cluster
         .merge_patch_with(&security, &Object::zone("trusted"), patch)
         .unwrap();
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 4);
-    let trusted = cluster
-        .wait_object(
-            &Object::zone("trusted"),
-            WITHIN,
-            "status from the new writer",
-            |zone| accepted_is(zone, "True"),
-        )
-        .unwrap();
+    apply_next(&mut second.source, &mut unavailable, 4);
+    let trusted = wait_accepted(
+        &cluster,
+        &Object::zone("trusted"),
+        "status from the new writer",
+        "True",
+    );
     assert_eq!(trusted["status"]["members"], 0, "{trusted:#}");
     assert_eq!(lease_holder(&cluster).as_deref(), Some("agent-two"));
     assert!(
@@ -406,8 +408,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         .unwrap();
     cluster.compact_etcd().unwrap();
     partition.heal().unwrap();
-    let set = next_snapshot(&mut second.source, &mut unavailable);
-    let compiled = apply(&mut second.source, &set, 5);
+    let compiled = apply_next(&mut second.source, &mut unavailable, 5);
     assert_eq!(compiled.zones["quarantine"].members, ["web/web-1"]);
     assert!(compiled.zones["dmz"].members.is_empty());
 }
@@ -435,14 +436,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
             "dmz -> trusted:8080 never allowed"
         );
     }
-    let accepted = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=True",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    let accepted = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=True",
+        "True",
+    );
     assert_eq!(
         accepted_condition(&accepted).unwrap()["message"],
         "enforced"
@@ -462,14 +461,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
         "dmz-to-trusted",
         json!({"to": ["trusted", "trustd"]}),
     );
-    let rejected = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=False for the new generation",
-            |policy| accepted_is(policy, "False"),
-        )
-        .unwrap();
+    let rejected = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=False for the new generation",
+        "False",
+    );
     let message = accepted_condition(&rejected).unwrap()["message"]
         .as_str()
         .unwrap()
@@ -506,14 +503,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "accepted again",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "accepted again",
+        "True",
+    );
     for node in &mut cluster.nodes {
         assert!(node.agent_mut().process.running(), "{} exited", node.name);
     }
@@ -530,14 +525,12 @@ fn only_the_lease_holder_writes_status() {
             zone["status"]["members"] == 1
         })
         .unwrap();
-    cluster
-        .wait_object(
-            &Object::zone_policy("trusted-to-restricted"),
-            WITHIN,
-            "status",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("trusted-to-restricted"),
+        "status",
+        "True",
+    );
     // Both agents have enforced the same policy by now; give the other one time to
     // write if it wrongly would.
     std::thread::sleep(Duration::from_secs(2));

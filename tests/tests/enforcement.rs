@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use zonewall_tests::agent::Agent;
+use zonewall_tests::agent::check_verdict as check;
 use zonewall_tests::fixtures::{PolicyFile, zone_policy};
 use zonewall_tests::topology::{
     Layout, TcpServer, Topology, UdpEchoServer, can_run, ping, tcp_connect, udp_echo,
@@ -67,17 +68,6 @@ fn base_policy(topology: &Topology) -> PolicyFile {
             "Allow",
             "",
         ))
-}
-
-fn check(expected: bool, observed: bool, what: &str, agent: &Agent) {
-    assert_eq!(
-        observed,
-        expected,
-        "{what}: expected {}, observed {}\nagent log:\n{}",
-        if expected { "allowed" } else { "denied" },
-        if observed { "allowed" } else { "denied" },
-        agent.logs()
-    );
 }
 
 fn zone_matrix(layout: Layout) {

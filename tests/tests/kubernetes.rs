@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use firewall_agent::policy;
 use firewall_agent::source::kube::{KubeOptions, KubeSource, StatusOptions};
 use firewall_agent::source::{Outcome, PolicySource, SourceUpdate};
+use zonewall_tests::agent::check_verdict as check;
 use zonewall_tests::agent::metrics_get;
 use zonewall_tests::apiserver::objects::{
     accepted_condition, namespace, network_zone, node, pod, selector_zone, zone_policy,
@@ -33,22 +34,11 @@ use zonewall_tests::apiserver::objects::{
 use zonewall_tests::apiserver::{ApiError, ApiServer, RequestRecord};
 use zonewall_tests::kube_agent::KubeAgent;
 use zonewall_tests::testbed::prometheus::series as metric;
+use zonewall_tests::testbed::until;
 use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(600);
 const LEASE_NAMESPACE: &str = "zonewall-system";
-
-/// Polls `probe` until it returns `expected` (deadline `within`); how long it took.
-fn until(expected: bool, within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if probe() == expected {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn accepted_status(object: &Value) -> Option<(String, String, i64)> {
     let condition = accepted_condition(object)?;
@@ -585,17 +575,6 @@ fn start_agent(lab: &Lab, extra: &[&str]) -> KubeAgent {
         agent.wait_attached(&pod.host_veth);
     }
     agent
-}
-
-fn check(expected: bool, observed: bool, what: &str, agent: &KubeAgent) {
-    assert_eq!(
-        observed,
-        expected,
-        "{what}: expected {}, observed {}\nagent log:\n{}",
-        if expected { "allowed" } else { "denied" },
-        if observed { "allowed" } else { "denied" },
-        agent.logs()
-    );
 }
 
 /// Waits until `probe` gives `expected`; a verdict change must arrive within 3 s.

@@ -11,24 +11,13 @@ use zonewall_tests::agent::Agent;
 use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
 use zonewall_tests::lab::ThreeTiers;
 use zonewall_tests::probes::with_continuous_traffic;
+use zonewall_tests::testbed::until;
 use zonewall_tests::topology::{TcpServer, Topology, can_run, ping, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 
 fn partners_zone() -> &'static str {
     "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: partners\nspec:\n  networks: [203.0.113.0/24, \"2001:db8:ffff::/64\"]\n"
-}
-
-/// Polls `probe` until it returns `expected` (deadline `within`); returns how long it took.
-fn until(expected: bool, within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if probe() == expected {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]
