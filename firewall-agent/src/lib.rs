@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod crds;
 pub mod datapath;
 pub mod flows;
 pub mod identity;

@@ -16,12 +16,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::kernel::BenchDatapath;
-use common::scale::{self, FixedPod, Generated, Scale};
+use common::scale::{self, Generated, Scale};
 use common::{
     Options, Panel, Plot, PlotKind, Point, Report, Series, Summary, Table, number, quantile,
     require_root, resident_memory, summarize,
@@ -30,11 +30,11 @@ use firewall_agent::datapath::{MapSizes, SyncReport};
 use firewall_agent::policy;
 use rand::Rng;
 use zonewall_tests::agent::Agent;
+use zonewall_tests::testbed::traffic::Acceptor;
 use zonewall_tests::topology::{Netns, Topology};
 
 const BENCHMARK: &str = "control-plane";
-const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+use common::scale::SERVER_V4;
 /// The port the change opens.
 const TOGGLED_PORT: u16 = 7000;
 /// The agent's file polling period as the test helper starts it (`--poll-ms`).
@@ -75,35 +75,9 @@ fn main() {
 
     eprintln!("{BENCHMARK}: change to enforcement, {latency_samples} samples per file");
     let mut topology = Topology::routed().expect("a routed node");
-    topology
-        .add_pod_at(
-            "client",
-            CLIENT_V4,
-            "2001:db8:1::10".parse().expect("literal"),
-        )
-        .expect("client pod");
-    topology
-        .add_pod_at(
-            "server",
-            SERVER_V4,
-            "2001:db8:1::11".parse().expect("literal"),
-        )
-        .expect("server pod");
-    let _listener = Listener::start(&topology.pod("server").netns, TOGGLED_PORT);
-    let fixed = [
-        FixedPod {
-            name: "client".into(),
-            zone: 0,
-            v4: CLIENT_V4,
-            v6: "2001:db8:1::10".parse().expect("literal"),
-        },
-        FixedPod {
-            name: "server".into(),
-            zone: 1,
-            v4: SERVER_V4,
-            v6: "2001:db8:1::11".parse().expect("literal"),
-        },
-    ];
+    let (fixed, _) = scale::client_and_server(&mut topology);
+    let _listener =
+        Acceptor::start(&topology.pod("server").netns, TOGGLED_PORT).expect("the listener started");
     let latency_files = [
         Scale {
             pods: 2,
@@ -238,53 +212,6 @@ fn compile_and_sync(report: &mut Report, sizes: &[Scale], rounds: usize) -> Vec<
 // ---------------------------------------------------------------------------------------
 // 2. Change to enforcement.
 // ---------------------------------------------------------------------------------------
-
-/// Accepts connections on a port of the server pod and closes them, until dropped.
-struct Listener {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start(netns: &Netns, port: u16) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let namespace = std::fs::File::open(netns.path()).expect("the server's namespace");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns into the server");
-                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("listening");
-                listener
-                    .set_nonblocking(true)
-                    .expect("non-blocking listener");
-                let _ = ready_tx.send(());
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => drop(stream),
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            }
-        });
-        ready_rx.recv().expect("the listener started");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 #[derive(Default)]
 struct Latency {

@@ -52,6 +52,7 @@ use firewall_common::{
 };
 use zonewall_tests::kernel::PASS;
 use zonewall_tests::packet::{SYN, Spec};
+use zonewall_tests::testbed::traffic::readable;
 
 const BENCHMARK: &str = "flow-log";
 /// Events per fill of the ring (it holds about 61 000 of 128 + 8 bytes).
@@ -484,7 +485,7 @@ fn sustained(
         loop {
             // As the agent: sleep until the ring's fd is readable, then drain it.
             let finished = done.load(Ordering::Acquire);
-            wait_readable(ring.as_raw_fd(), 100);
+            readable(ring.as_raw_fd(), Duration::from_millis(100));
             delivered += consumer.dispatch(ring, &sinks) as u64;
             if finished {
                 break;
@@ -512,16 +513,6 @@ fn sustained(
         consumer_cpu_share: consumer_cpu.as_secs_f64() / consumer_wall.as_secs_f64(),
         consumer_cpu_per_million: consumer_cpu.as_secs_f64() / delivered.max(1) as f64 * 1e6,
     }
-}
-
-fn wait_readable(fd: i32, millis: i32) {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut poll, 1, millis) };
 }
 
 fn build_report(

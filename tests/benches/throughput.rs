@@ -23,19 +23,20 @@
 mod common;
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::scale::{self, Action, FixedPod, Generated, Scale};
+use common::scale::{self, Action, Generated, Scale};
 use common::{
     Options, Panel, Plot, PlotKind, Point, Report, Series, Table, number, paired_ratios,
     require_root, round_order, summarize,
 };
 use zonewall_tests::agent::Agent;
+use zonewall_tests::testbed::traffic::Acceptor;
 use zonewall_tests::topology::{Netns, Topology, find_on_path, tcp_connect};
 
 const BENCHMARK: &str = "throughput";
@@ -43,8 +44,7 @@ const IPERF_PORT: u16 = scale::ALLOWED_TCP[0];
 const CONNECT_PORT: u16 = scale::ALLOWED_TCP[1];
 /// A port the policy does not open between the two pods (enforcement check).
 const CLOSED_PORT: u16 = 5433;
-const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
-const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+use common::scale::SERVER_V4;
 const PODS: usize = 10_000;
 const POLICIES: usize = 1_000;
 
@@ -193,38 +193,7 @@ fn main() {
     }
 
     let mut topology = Topology::routed().expect("a routed node");
-    let client_veth = topology
-        .add_pod_at(
-            "client",
-            CLIENT_V4,
-            "2001:db8:1::10".parse().expect("literal"),
-        )
-        .expect("client pod")
-        .host_veth
-        .clone();
-    let server_veth = topology
-        .add_pod_at(
-            "server",
-            SERVER_V4,
-            "2001:db8:1::11".parse().expect("literal"),
-        )
-        .expect("server pod")
-        .host_veth
-        .clone();
-    let fixed = [
-        FixedPod {
-            name: "client".into(),
-            zone: 0,
-            v4: CLIENT_V4,
-            v6: "2001:db8:1::10".parse().expect("literal"),
-        },
-        FixedPod {
-            name: "server".into(),
-            zone: 1,
-            v4: SERVER_V4,
-            v6: "2001:db8:1::11".parse().expect("literal"),
-        },
-    ];
+    let (fixed, [client_veth, server_veth]) = scale::client_and_server(&mut topology);
     let generated = scale::generate(
         Scale {
             pods: PODS,
@@ -243,7 +212,7 @@ fn main() {
     let server_ns = &topology.pod("server").netns;
     let client_ns = &topology.pod("client").netns;
     let _iperf = Daemon::start(server_ns, &["iperf3", "-s", "-p", &IPERF_PORT.to_string()]);
-    let _acceptor = Acceptor::start(server_ns, CONNECT_PORT);
+    let _acceptor = Acceptor::start(server_ns, CONNECT_PORT).expect("the acceptor started");
     let _closed = zonewall_tests::topology::TcpServer::start(server_ns, CLOSED_PORT)
         .expect("a server on the closed port");
     std::thread::sleep(Duration::from_millis(300));
@@ -626,62 +595,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Accepts TCP connections and closes them at once, until dropped.
-struct Acceptor {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Acceptor {
-    fn start(netns: &Netns, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let namespace = std::fs::File::open(netns.path()).expect("the server's namespace");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns into the server");
-                let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).expect("listening");
-                listener
-                    .set_nonblocking(true)
-                    .expect("non-blocking listener");
-                let _ = ready_tx.send(());
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => drop(stream),
-                        Err(_) => wait_readable(listener.as_raw_fd(), 50),
-                    }
-                }
-            }
-        });
-        ready_rx.recv().expect("the acceptor started");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Acceptor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn wait_readable(fd: i32, millis: i32) {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut poll, 1, millis) };
 }
 
 /// One measurement of `test`, in its unit.

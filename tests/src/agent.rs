@@ -4,31 +4,16 @@
 //! survive the agent process and `ip netns exec`'s private mounts, see TOOLCHAIN.md).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::topology::Netns;
+pub use zonewall_testbed::agent::agent_binary;
+use zonewall_testbed::agent::{
+    AgentChild, AgentLaunch, NotReady, detach_quietly, read_ready, ready_generation, ready_lists,
+};
+use zonewall_testbed::bpffs::Bpffs;
 
-/// Path of the agent binary built beside the test executable (target/<profile>/), or
-/// `ZONEWALL_AGENT_BIN`.
-pub fn agent_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZONEWALL_AGENT_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/firewall-agent
-    let candidate = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("firewall-agent"))
-        .expect("test executable has no target folder");
-    assert!(
-        candidate.is_file(),
-        "{} not found: build it first (cargo build -p firewall-agent) or set ZONEWALL_AGENT_BIN",
-        candidate.display()
-    );
-    candidate
-}
+use crate::topology::Netns;
 
 /// One `firewall-agent` process of a test, whatever its policy source: a private folder
 /// (a log per start, the flow log, the ready file) and a bpffs the harness mounts for its
@@ -36,21 +21,20 @@ pub fn agent_binary() -> PathBuf {
 /// their source. Dropping it kills the agent, detaches everything it pinned and unmounts
 /// the bpffs.
 pub struct AgentProcess {
-    child: Option<Child>,
+    child: Option<AgentChild>,
     node: String,
-    dir: tempfile::TempDir,
+    launch: AgentLaunch,
     pub bpffs: PathBuf,
     pub flow_log: PathBuf,
     pub ready_file: PathBuf,
-    /// The policy source's flag and file (`--config` or `--kubeconfig`).
-    source: (&'static str, PathBuf),
     extra_args: Vec<String>,
-    /// A command (with its arguments) that runs the agent binary given after it, e.g.
-    /// `setpriv ... --` to start it with fewer privileges; empty to run it directly.
-    launcher: Vec<String>,
     starts: usize,
     /// How long [`AgentProcess::wait_generation`] waits.
     patience: Duration,
+    // Unmounted when the process is gone (fields drop after `Drop::drop`), then the
+    // folder goes.
+    _mount: Bpffs,
+    dir: tempfile::TempDir,
 }
 
 impl AgentProcess {
@@ -70,33 +54,34 @@ impl AgentProcess {
             .tempdir_in("/run")
             .expect("temporary folder under /run");
         let bpffs = dir.path().join("bpffs");
-        std::fs::create_dir_all(&bpffs).expect("bpffs folder");
-        nix::mount::mount(
-            Some("bpffs"),
-            &bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mounting a bpffs for the test");
+        let mount = Bpffs::mount_at(&bpffs)
+            .unwrap_or_else(|error| panic!("mounting a bpffs for the test: {error:#}"));
+        let launch = AgentLaunch {
+            binary: agent_binary(),
+            launcher: Vec::new(),
+            source: (source_flag, dir.path().join(source_file)),
+            flow_log: dir.path().join("flows.jsonl"),
+            bpffs: bpffs.clone(),
+            ready_file: dir.path().join("ready.json"),
+        };
         Self {
             child: None,
             node: node.name().to_owned(),
-            flow_log: dir.path().join("flows.jsonl"),
-            ready_file: dir.path().join("ready.json"),
-            source: (source_flag, dir.path().join(source_file)),
+            flow_log: launch.flow_log.clone(),
+            ready_file: launch.ready_file.clone(),
+            launch,
             bpffs,
-            dir,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            launcher: Vec::new(),
             starts: 0,
             patience,
+            _mount: mount,
+            dir,
         }
     }
 
     /// The policy source's file (the policy file or the kubeconfig).
     pub(crate) fn source_file(&self) -> &Path {
-        &self.source.1
+        &self.launch.source.1
     }
 
     /// The agent's state folder (`--state-dir`), the same for every start.
@@ -111,21 +96,8 @@ impl AgentProcess {
     pub(crate) fn spawn(&mut self) {
         assert!(self.child.is_none(), "agent already running");
         self.starts += 1;
-        let log = std::fs::File::create(self.log_path(self.starts)).expect("agent log file");
-        let mut command = Command::new("ip");
+        let mut command: Command = self.launch.command(&self.node);
         command
-            .args(["netns", "exec", &self.node])
-            .args(&self.launcher)
-            .arg(agent_binary())
-            .arg(self.source.0)
-            .arg(&self.source.1)
-            .args(["--interfaces", "veth*"])
-            .arg("--flow-log")
-            .arg(&self.flow_log)
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--ready-file")
-            .arg(&self.ready_file)
             .args(&self.extra_args)
             .env_remove("ZONEWALL_CONFIG")
             .env_remove("KUBECONFIG")
@@ -133,10 +105,7 @@ impl AgentProcess {
             .env(
                 "RUST_LOG",
                 std::env::var("ZONEWALL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
+            );
         // A private state folder that outlives restarts, never the node's own.
         if !self
             .extra_args
@@ -153,7 +122,9 @@ impl AgentProcess {
         {
             command.args(["--poll-ms", "100"]);
         }
-        self.child = Some(command.spawn().expect("starting firewall-agent"));
+        let child = AgentChild::spawn(command, &self.log_path(self.starts))
+            .unwrap_or_else(|error| panic!("starting firewall-agent: {error:#}"));
+        self.child = Some(child);
     }
 
     /// Starts the agent again after `kill`.
@@ -165,51 +136,70 @@ impl AgentProcess {
     /// Sends `signal` and waits for the process to end.
     pub fn kill(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent not running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         // `ip netns exec` execs the agent, so the child pid is the agent's.
-        let _ = nix::sys::signal::kill(pid, signal);
-        child.wait().expect("waiting for the agent")
+        child
+            .signal(signal)
+            .unwrap_or_else(|error| panic!("waiting for the agent: {error:#}"))
     }
 
     /// True while the agent process runs.
     pub fn running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().ok().flatten().is_none(),
-            None => false,
-        }
+        self.child.as_mut().is_some_and(AgentChild::running)
     }
 
     /// The agent's process id while it runs (`ip netns exec` execs the agent, so the
     /// child is the agent itself).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(AgentChild::pid)
     }
 
     /// The generation in the ready file, if any.
     pub fn generation(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(&self.ready_file).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["generation"].as_u64()
+        read_ready(&self.ready_file)
+            .as_ref()
+            .and_then(ready_generation)
     }
 
     /// Waits until the ready file reports at least `generation`.
     pub fn wait_generation(&mut self, generation: u64) {
-        let deadline = Instant::now() + self.patience;
-        while Instant::now() < deadline {
-            if self
-                .generation()
-                .is_some_and(|current| current >= generation)
-            {
-                return;
-            }
-            assert!(self.running(), "the agent exited early:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(20));
+        let patience = self.patience;
+        match self.wait_ready(patience, Duration::from_millis(20), |ready| {
+            ready_generation(ready).is_some_and(|current| current >= generation)
+        }) {
+            Ok(_) => {}
+            Err(NotReady::TimedOut) => panic!(
+                "no policy generation {generation} within {} s:\n{}",
+                patience.as_secs(),
+                self.logs()
+            ),
+            Err(_) => panic!("the agent exited early:\n{}", self.logs()),
         }
-        panic!(
-            "no policy generation {generation} within {} s:\n{}",
-            self.patience.as_secs(),
-            self.logs()
-        );
+    }
+
+    /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
+    pub fn wait_attached(&mut self, interface: &str) {
+        match self.wait_ready(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            |ready| ready_lists(ready, interface),
+        ) {
+            Ok(_) => {}
+            Err(NotReady::TimedOut) => {
+                panic!("{interface} not attached within 10 s:\n{}", self.logs())
+            }
+            Err(_) => panic!("the agent exited:\n{}", self.logs()),
+        }
+    }
+
+    fn wait_ready(
+        &mut self,
+        within: Duration,
+        poll: Duration,
+        accept: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, NotReady> {
+        let ready_file = self.ready_file.clone();
+        let child = self.child.as_mut().expect("agent not running");
+        child.wait_ready(&ready_file, within, poll, accept)
     }
 
     /// Everything the agent logged, over all its starts.
@@ -221,47 +211,11 @@ impl AgentProcess {
     }
 }
 
-impl AgentProcess {
-    /// Waits (10 s) until the agent reports `interface` as attached in its ready file.
-    pub fn wait_attached(&mut self, interface: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let attached = std::fs::read_to_string(&self.ready_file)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .is_some_and(|ready| {
-                    ready["interfaces"]
-                        .as_array()
-                        .is_some_and(|list| list.iter().any(|name| name == interface))
-                });
-            if attached {
-                return;
-            }
-            assert!(self.running(), "the agent exited:\n{}", self.logs());
-            assert!(
-                Instant::now() < deadline,
-                "{interface} not attached within 10 s:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(agent_binary())
-            .arg("detach")
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        // Kills the agent if it still runs.
+        drop(self.child.take());
+        detach_quietly(&self.launch.binary, &self.bpffs);
     }
 }
 
@@ -330,7 +284,7 @@ impl Agent {
             extra_args,
             Duration::from_secs(20),
         );
-        process.launcher = launcher.iter().map(|arg| arg.to_string()).collect();
+        process.launch.launcher = launcher.iter().map(|arg| arg.to_string()).collect();
         let mut agent = Self {
             config: process.source_file().to_owned(),
             process,
@@ -431,4 +385,25 @@ pub fn send_raw_frame(interface: &str, frame: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One GET of `path` on an agent's metrics endpoint at `127.0.0.1:port` inside `node`:
+/// the status line and the body, both empty when nothing answers.
+pub fn metrics_get(node: &Netns, port: u16, path: &str) -> (String, String) {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    zonewall_testbed::traffic::http_get(node, address, path, Duration::from_secs(2))
+        .unwrap_or_default()
+}
+
+/// Asserts that a probe saw the verdict the policy gives (`true`: allowed), showing the
+/// agent's log when it did not.
+pub fn check_verdict(expected: bool, observed: bool, what: &str, agent: &AgentProcess) {
+    assert_eq!(
+        observed,
+        expected,
+        "{what}: expected {}, observed {}\nagent log:\n{}",
+        if expected { "allowed" } else { "denied" },
+        if observed { "allowed" } else { "denied" },
+        agent.logs()
+    );
 }

@@ -1,11 +1,16 @@
-//! The real eBPF programs loaded for a test: maps pinned in a private bpffs, policy
-//! written through the agent's own sync, verdicts through BPF_PROG_TEST_RUN.
+//! The real eBPF programs loaded for a test or a benchmark: maps pinned in a private
+//! bpffs, policy written through the agent's own sync, verdicts and kernel timings through
+//! BPF_PROG_TEST_RUN.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::programs::TestRun as _;
-use firewall_agent::datapath::{Datapath, MapSizes, Tuning, binding::Bindings};
+use firewall_agent::datapath::{Datapath, MapSizes, SyncReport, Tuning, binding::Bindings};
 use firewall_agent::policy::{self, compiled::CompiledPolicy};
+
+/// Folders named `/run/zonewall-test-<pid>-<random>`.
+const BPFFS_PREFIX: &str = "zonewall-test-";
 
 /// What the programs return.
 pub const PASS: i32 = -1;
@@ -72,8 +77,18 @@ impl Kernel {
 
     /// Loads the programs with a fresh set of maps of these sizes.
     pub fn load_with(sizes: MapSizes) -> Self {
+        Self::load_in(BPFFS_PREFIX, sizes)
+    }
+
+    /// Loads the programs with a fresh set of maps of these sizes, pinned under
+    /// `/run/<prefix><pid>-<random>`; first removes what runs of the same prefix whose
+    /// process is gone left pinned there.
+    pub fn load_in(prefix: &str, sizes: MapSizes) -> Self {
+        zonewall_testbed::bpffs::cleanup_stale(prefix, |bpffs| {
+            let _ = firewall_agent::datapath::detach_all(bpffs);
+        });
         let bpffs = PathBuf::from(format!(
-            "/run/zonewall-test-{}-{}",
+            "/run/{prefix}{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
@@ -93,14 +108,31 @@ impl Kernel {
     }
 
     pub fn apply_compiled(&mut self, compiled: CompiledPolicy, tuning: &Tuning) -> &CompiledPolicy {
-        self.datapath
-            .sync(&compiled, tuning, |_| true, &test_run_bindings(&compiled))
-            .unwrap_or_else(|error| panic!("sync: {error}"));
+        self.sync(&compiled, tuning);
         self.compiled.insert(compiled)
+    }
+
+    /// Writes `compiled` into the maps, every endpoint counted as local, and returns what
+    /// the sync did.
+    pub fn sync(&mut self, compiled: &CompiledPolicy, tuning: &Tuning) -> SyncReport {
+        self.datapath
+            .sync(compiled, tuning, |_| true, &test_run_bindings(compiled))
+            .unwrap_or_else(|error| panic!("sync: {error}"))
     }
 
     /// Runs one frame through a program (`firewall_common::PROG_*`) and returns its verdict.
     pub fn run(&mut self, program: &str, frame: &[u8]) -> i32 {
+        self.test_run(program, frame, 0).0
+    }
+
+    /// Kernel duration of one run averaged over `repeat` runs.
+    pub fn time(&mut self, program: &str, frame: &[u8], repeat: u32) -> Duration {
+        self.test_run(program, frame, repeat).1
+    }
+
+    /// BPF_PROG_TEST_RUN of `frame` through `program`, `repeat` times (0: once): the
+    /// verdict and the kernel's own time of one run (1 ns resolution).
+    pub fn test_run(&mut self, program: &str, frame: &[u8], repeat: u32) -> (i32, Duration) {
         let program = self
             .datapath
             .program(program)
@@ -111,28 +143,13 @@ impl Kernel {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ctx_in: Some(&TEST_RUN_CONTEXT),
+                repeat,
                 ..Default::default()
             })
             .unwrap_or_else(|error| {
                 panic!("BPF_PROG_TEST_RUN of {} bytes: {error:?}", frame.len())
             });
-        result.return_value as i32
-    }
-
-    /// Kernel duration of one run averaged over `repeat` runs.
-    pub fn time(&mut self, program: &str, frame: &[u8], repeat: u32) -> std::time::Duration {
-        let program = self.datapath.program(program).expect("program");
-        let mut out = vec![0u8; frame.len() + 256];
-        program
-            .test_run(aya::TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&TEST_RUN_CONTEXT),
-                repeat,
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .duration
+        (result.return_value as i32, result.duration)
     }
 
     pub fn counter(&self, index: u32) -> u64 {
@@ -153,8 +170,12 @@ pub fn drain_events(
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        let _ = firewall_agent::datapath::detach_all(&self.bpffs);
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        unpin_and_unmount(&self.bpffs);
     }
+}
+
+fn unpin_and_unmount(bpffs: &Path) {
+    let _ = firewall_agent::datapath::detach_all(bpffs);
+    zonewall_testbed::bpffs::unmount(bpffs);
+    let _ = std::fs::remove_dir_all(bpffs);
 }

@@ -80,10 +80,7 @@ impl KubeAgent {
 
     /// Every flow record written so far.
     pub fn flow_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.flow_log).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        zonewall_testbed::agent::json_lines(&self.flow_log)
     }
 
     /// The identity the kernel enforces for `ip` (the live slot of the pinned ENDPOINTS

@@ -27,11 +27,6 @@ use zonewall_tests::topology::{Netns, TcpServer, Topology, UdpEchoServer, can_ru
 
 const T: Duration = Duration::from_millis(800);
 
-fn ips(topology: &Topology, pod: &str) -> Vec<IpAddr> {
-    let pod = topology.pod(pod);
-    vec![pod.ipv4.into(), pod.ipv6.into()]
-}
-
 /// Lets the node (zone `host`) reach `zone` on every port, as kubelet probes need: the
 /// direction a spoofed "reply from the node" would claim.
 fn host_may_reach(zone: &str) -> String {
@@ -193,8 +188,8 @@ fn spoofed_rst_does_not_open_a_denied_port() {
     let _ssh = TcpServer::start(topology.node(), 22).unwrap();
     let _database = TcpServer::start(&topology.pod("db").netns, 5432).unwrap();
     let policy = PolicyFile::new()
-        .pod("attacker", "dmz", &ips(&topology, "attacker"))
-        .pod("db", "restricted", &ips(&topology, "db"))
+        .pod("attacker", "dmz", &topology.pod("attacker").ips())
+        .pod("db", "restricted", &topology.pod("db").ips())
         .extra(&node_document(&topology))
         .extra(&host_may_reach("dmz"))
         // The database may call the dmz (anything), never the other way.
@@ -267,8 +262,8 @@ fn a_teardown_packet_opens_nothing() {
     topology.add_pod("client").unwrap();
     topology.add_pod("server").unwrap();
     let policy = PolicyFile::new()
-        .pod("client", "dmz", &ips(&topology, "client"))
-        .pod("server", "trusted", &ips(&topology, "server"))
+        .pod("client", "dmz", &topology.pod("client").ips())
+        .pod("server", "trusted", &topology.pod("server").ips())
         // trusted may send to dmz (any port); dmz may not call trusted.
         .extra(&zone_policy(
             "trusted-to-dmz",
@@ -430,8 +425,8 @@ fn ndp_and_mld_types_do_not_leave_the_link() {
     topology.add_internet_host("internet").unwrap();
     let _echo = UdpEchoServer::start(&topology.pod("peer").netns, 5000).unwrap();
     let policy = PolicyFile::new()
-        .pod("attacker", "dmz", &ips(&topology, "attacker"))
-        .pod("peer", "dmz", &ips(&topology, "peer"));
+        .pod("attacker", "dmz", &topology.pod("attacker").ips())
+        .pod("peer", "dmz", &topology.pod("peer").ips());
     let _agent = Agent::start(topology.node(), &policy.build(), &[]);
     let attacker = &topology.pod("attacker").netns;
     let internet = topology.host("internet");
@@ -526,7 +521,7 @@ fn forged_icmp_errors_quoting_a_tracked_flow_are_dropped() {
     let partner = topology.host("partner");
     let _dns = UdpEchoServer::start(&partner.netns, 5353).unwrap();
     let policy = PolicyFile::new()
-        .pod("attacker", "dmz", &ips(&topology, "attacker"))
+        .pod("attacker", "dmz", &topology.pod("attacker").ips())
         .extra("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: partners\nspec:\n  networks: [203.0.113.0/24]\n")
         .extra(&zone_policy(
             "dmz-to-partners",
@@ -614,7 +609,7 @@ fn a_reused_address_inherits_nothing_while_the_agent_is_down() {
     let (address4, address6) = (old.ipv4, old.ipv6);
     let old_veth = old.host_veth.clone();
     let policy = PolicyFile::new()
-        .pod("server", "trusted", &ips(&topology, "server"))
+        .pod("server", "trusted", &topology.pod("server").ips())
         .pod("old", "dmz", &[address4.into(), address6.into()])
         .extra(&zone_policy(
             "dmz-to-trusted",
@@ -660,7 +655,7 @@ fn a_reused_address_inherits_nothing_while_the_agent_is_down() {
     // The agent comes back with the new pod in a zone that may not reach the server:
     // still nothing; the tracked state of the old owner is not used.
     let updated = PolicyFile::new()
-        .pod("server", "trusted", &ips(&topology, "server"))
+        .pod("server", "trusted", &topology.pod("server").ips())
         .pod("new", "restricted", &[address4.into(), address6.into()])
         .extra("apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: dmz\nspec:\n  namespaceSelector:\n    matchLabels:\n      zone: dmz\n")
         .extra(&zone_policy("dmz-to-trusted", "dmz", "trusted", "[{protocol: UDP, port: 6000}]", "Allow", ""));
@@ -694,9 +689,9 @@ fn spoofing_a_neighbour_on_a_bridge_is_dropped() {
     topology.add_pod("server").unwrap();
     let _server = TcpServer::start(&topology.pod("server").netns, 8080).unwrap();
     let policy = PolicyFile::new()
-        .pod("attacker", "dmz", &ips(&topology, "attacker"))
-        .pod("neighbour", "trusted", &ips(&topology, "neighbour"))
-        .pod("server", "restricted", &ips(&topology, "server"))
+        .pod("attacker", "dmz", &topology.pod("attacker").ips())
+        .pod("neighbour", "trusted", &topology.pod("neighbour").ips())
+        .pod("server", "restricted", &topology.pod("server").ips())
         .extra(&zone_policy(
             "trusted-to-restricted",
             "trusted",

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, zone_policy};
-use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
+use zonewall_tests::lab::ThreeTiers;
+use zonewall_tests::topology::{can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 
@@ -115,31 +115,9 @@ fn the_agent_enforces_with_the_daemonsets_capabilities_and_needs_each_of_them() 
     }
     let profile = daemonset_profile();
     assert!(!profile.capabilities.is_empty());
-    let mut topology = Topology::routed().unwrap();
-    for pod in ["web", "app", "db"] {
-        topology.add_pod(pod).unwrap();
-    }
-    let ips = |name: &str| {
-        let pod = topology.pod(name);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
-    };
-    let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips("web"))
-        .pod("app", "trusted", &ips("app"))
-        .pod("db", "restricted", &ips("db"))
-        .extra(&zone_policy(
-            "dmz-to-trusted",
-            "dmz",
-            "trusted",
-            "[{protocol: TCP, port: 8080}]",
-            "Allow",
-            "",
-        ))
-        .build();
-    let _servers = [
-        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
-        TcpServer::start(&topology.pod("db").netns, 5432).unwrap(),
-    ];
+    let lab = ThreeTiers::routed().unwrap();
+    let topology = &lab.topology;
+    let policy = lab.policy();
     let web = topology.pod("web");
 
     // Every capability of the DaemonSet: the agent enforces.

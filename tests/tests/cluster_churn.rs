@@ -27,7 +27,8 @@ use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::testkit::api::Object;
 use zonewall_tests::cluster::testkit::probe::{Latencies, Prober, udp_flow};
 use zonewall_tests::cluster::{Cluster, ClusterOptions, User};
-use zonewall_tests::topology::{TcpServer, UdpEchoServer, can_run, tcp_connect};
+use zonewall_tests::fixtures::zone_policy;
+use zonewall_tests::topology::{TcpServer, UdpEchoServer, tcp_connect};
 
 /// One connection attempt.
 const T: Duration = Duration::from_millis(700);
@@ -37,50 +38,21 @@ const NEVER: Duration = Duration::from_secs(30);
 /// Changes of each kind (each one switches a verdict; half of them switch it back).
 const ROUNDS: usize = 10;
 
-const POLICY: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {tier: dmz}}
-  podSelector: {matchExpressions: [{key: quarantine, operator: DoesNotExist}]}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {tier: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: restricted}
-spec:
-  namespaceSelector: {matchLabels: {tier: restricted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: quarantine}
-spec:
-  podSelector: {matchLabels: {quarantine: "true"}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: trusted-to-restricted}
-spec:
-  from: [trusted]
-  to: [restricted]
-  ports: [{protocol: TCP, port: 5432}, {protocol: UDP, port: 6000}]
-  action: Allow
-"#;
+/// The tier zones with a quarantine (see `testkit::quarantine_zones`), and trusted ->
+/// restricted TCP 5432 and UDP 6000.
+fn policy() -> String {
+    testkit::documents(&[
+        testkit::quarantine_zones(),
+        zone_policy(
+            "trusted-to-restricted",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 5432}, {protocol: UDP, port: 6000}]",
+            "Allow",
+            "",
+        ),
+    ])
+}
 
 /// A cluster with zonewall, the zones above and namespaces `web` (dmz), `app` (trusted),
 /// `db` (restricted); pods web/web-1 on node 0, app/app-1 on node 1 (TCP 8080, 8081),
@@ -92,25 +64,20 @@ struct Lab {
 }
 
 fn lab() -> Option<Lab> {
-    if !can_run(&["openssl", "curl", "nft"]) {
-        return None;
-    }
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("the test cluster");
+    let mut cluster = testkit::start(ClusterOptions::default())?;
     cluster.install_zonewall().unwrap();
-    cluster.namespace("web", &[("tier", "dmz")]).unwrap();
-    cluster.namespace("app", &[("tier", "trusted")]).unwrap();
-    cluster.namespace("db", &[("tier", "restricted")]).unwrap();
-    cluster.apply_ok(User::SecurityAdmin, POLICY).unwrap();
-    for (node, namespace, name, app) in [
-        (0, "web", "web-1", "web"),
-        (1, "app", "app-1", "app"),
-        (0, "db", "db-0", "db"),
-        (1, "db", "db-1", "db"),
-    ] {
-        cluster
-            .add_pod(node, namespace, name, &[("app", app)], None)
-            .unwrap();
-    }
+    testkit::tier_namespaces(&cluster).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &policy()).unwrap();
+    testkit::add_pods(
+        &mut cluster,
+        &[
+            (0, "web", "web-1", "web"),
+            (1, "app", "app-1", "app"),
+            (0, "db", "db-0", "db"),
+            (1, "db", "db-1", "db"),
+        ],
+    )
+    .unwrap();
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
     for port in [8080, 8081] {

@@ -28,7 +28,7 @@ use zonewall_tests::cluster::testkit::probe::Prober;
 use zonewall_tests::cluster::testkit::{log_mark, wait_log_line};
 use zonewall_tests::cluster::{Cluster, ClusterOptions, User};
 use zonewall_tests::probes::{Traffic, with_continuous_traffic};
-use zonewall_tests::topology::{Netns, TcpServer, can_run, tcp_connect};
+use zonewall_tests::topology::{Netns, TcpServer, tcp_connect};
 
 /// One connection attempt.
 const T: Duration = Duration::from_millis(700);
@@ -38,34 +38,10 @@ const NEVER: Duration = Duration::from_secs(60);
 /// How long the API server stays away.
 const OUTAGE: Duration = Duration::from_secs(30);
 
-const POLICY: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {tier: dmz}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {tier: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: restricted}
-spec:
-  namespaceSelector: {matchLabels: {tier: restricted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
-"#;
+/// dmz, trusted and restricted (namespaces by `tier`), dmz -> trusted TCP 8080.
+fn policy() -> String {
+    testkit::namespace_zones("tier", &["dmz", "trusted", "restricted"])
+}
 
 /// web/web-1 (dmz) on node 0; app/app-1 (trusted: TCP 8080, 8081) and db/db-1
 /// (restricted: TCP 5432) on node 1; the API server is restarted with `apiserver_args`
@@ -76,28 +52,23 @@ struct Lab {
 }
 
 fn lab(apiserver_args: &[&str]) -> Option<Lab> {
-    if !can_run(&["openssl", "curl", "nft"]) {
-        return None;
-    }
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("the test cluster");
+    let mut cluster = testkit::start(ClusterOptions::default())?;
     if !apiserver_args.is_empty() {
         let args: Vec<String> = apiserver_args.iter().map(|arg| arg.to_string()).collect();
         cluster.restart_apiserver_with(&args).unwrap();
     }
     cluster.install_zonewall().unwrap();
-    cluster.namespace("web", &[("tier", "dmz")]).unwrap();
-    cluster.namespace("app", &[("tier", "trusted")]).unwrap();
-    cluster.namespace("db", &[("tier", "restricted")]).unwrap();
-    cluster.apply_ok(User::SecurityAdmin, POLICY).unwrap();
-    cluster
-        .add_pod(0, "web", "web-1", &[("app", "web")], None)
-        .unwrap();
-    cluster
-        .add_pod(1, "app", "app-1", &[("app", "app")], None)
-        .unwrap();
-    cluster
-        .add_pod(1, "db", "db-1", &[("app", "db")], None)
-        .unwrap();
+    testkit::tier_namespaces(&cluster).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &policy()).unwrap();
+    testkit::add_pods(
+        &mut cluster,
+        &[
+            (0, "web", "web-1", "web"),
+            (1, "app", "app-1", "app"),
+            (1, "db", "db-1", "db"),
+        ],
+    )
+    .unwrap();
     let servers = vec![
         TcpServer::start(&cluster.pod("app", "app-1").netns, 8080).unwrap(),
         TcpServer::start(&cluster.pod("app", "app-1").netns, 8081).unwrap(),

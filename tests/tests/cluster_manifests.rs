@@ -17,16 +17,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::{
     AGENT_NAMESPACE, Cluster, ClusterOptions, KUBERNETES_VERSION, NEWEST_KUBERNETES_VERSION, User,
 };
-use zonewall_tests::topology::can_run;
 
 fn start(options: ClusterOptions) -> Option<Cluster> {
-    if !can_run(&["openssl", "curl", "nft"]) {
-        return None;
-    }
-    Some(Cluster::start(options).expect("starting the test cluster"))
+    testkit::start(options)
 }
 
 fn stderr(output: &std::process::Output) -> String {
@@ -64,28 +61,10 @@ fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|condition| condition["type"] == kind)
 }
 
-const ZONES: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {security-zone: dmz}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {security-zone: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
-"#;
+/// dmz and trusted (namespaces by `security-zone`), dmz -> trusted TCP 8080.
+fn zones() -> String {
+    testkit::namespace_zones("security-zone", &["dmz", "trusted"])
+}
 
 /// What the schema refuses, with a part of the API server's answer that names the rule
 /// (alternatives separated by ` | `: the OpenAPI format or the CEL rule, whichever the
@@ -156,7 +135,7 @@ fn check_schemas(cluster: &Cluster) {
     }
     // And a valid object of each kind is taken.
     cluster
-        .apply_ok(User::SecurityAdmin, ZONES)
+        .apply_ok(User::SecurityAdmin, &zones())
         .expect("valid zones and a policy");
 }
 
@@ -315,7 +294,7 @@ fn status_is_written_and_shown_by_kubectl() {
     cluster
         .add_pod(0, "shop", "web", &[("app", "web")], None)
         .unwrap();
-    cluster.apply_ok(User::SecurityAdmin, ZONES).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &zones()).unwrap();
     let dmz = wait_for(Duration::from_secs(30), "the dmz zone's status", || {
         let zone = get_json(&cluster, &["zone", "dmz"]);
         (zone["status"]["members"] == 1 && condition(&zone, "Accepted").is_some()).then_some(zone)
@@ -747,7 +726,7 @@ fn an_object_from_a_newer_crd_is_reported_and_the_rest_goes_on() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
 
-    cluster.apply_ok(User::SecurityAdmin, ZONES).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &zones()).unwrap();
     let future = "apiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {name: from-the-future}\nspec:\n  from: [dmz]\n  to: [world]\n  action: Reject\n";
     // The CRD update takes a moment to reach the API server's handlers.
     wait_for(

@@ -30,92 +30,50 @@ use serde_json::{Value, json};
 use zonewall_tests::cluster::testkit::api::{Object, accepted_condition, accepted_is, generation};
 use zonewall_tests::cluster::testkit::fault::AuditLog;
 use zonewall_tests::cluster::testkit::probe::Prober;
-use zonewall_tests::cluster::testkit::runtime_in;
+use zonewall_tests::cluster::testkit::{self, runtime_in};
 use zonewall_tests::cluster::{AGENT_NAMESPACE, Cluster, ClusterOptions, User, pki};
-use zonewall_tests::topology::{TcpServer, can_run, tcp_connect};
+use zonewall_tests::fixtures::zone_policy;
+use zonewall_tests::topology::{TcpServer, tcp_connect};
 
 /// One connection attempt.
 const T: Duration = Duration::from_millis(700);
 /// How long a status or a snapshot may take (generous: it catches "never").
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// dmz (namespaces `tier: dmz`, except quarantined pods), trusted and restricted (by
-/// namespace), quarantine (pods `quarantine: "true"`), partners (203.0.113.0/24);
-/// dmz -> trusted TCP 8080, trusted -> restricted TCP 5432.
-const POLICY: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {tier: dmz}}
-  podSelector: {matchExpressions: [{key: quarantine, operator: DoesNotExist}]}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {tier: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: restricted}
-spec:
-  namespaceSelector: {matchLabels: {tier: restricted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: quarantine}
-spec:
-  podSelector: {matchLabels: {quarantine: "true"}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: partners}
-spec:
-  networks: [203.0.113.0/24]
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: trusted-to-restricted}
-spec:
-  from: [trusted]
-  to: [restricted]
-  ports: [{protocol: TCP, port: 5432}]
-  action: Allow
-"#;
+/// The tier zones with a quarantine (see `testkit::quarantine_zones`), partners
+/// (203.0.113.0/24), and trusted -> restricted TCP 5432.
+fn policy() -> String {
+    testkit::documents(&[
+        testkit::quarantine_zones(),
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: partners}\nspec:\n  networks: [203.0.113.0/24]\n".to_string(),
+        zone_policy(
+            "trusted-to-restricted",
+            "trusted",
+            "restricted",
+            "[{protocol: TCP, port: 5432}]",
+            "Allow",
+            "",
+        ),
+    ])
+}
 
 /// A cluster with an audit log, zonewall installed, the zones above, namespaces `web`
 /// (dmz), `app` (trusted), `db` (restricted), pods web/web-1 on node 0 and app/app-1 on
 /// node 1; no agent yet.
 fn cluster() -> Option<(Cluster, AuditLog)> {
-    if !can_run(&["openssl", "curl", "nft"]) {
-        return None;
-    }
+    let mut cluster = testkit::start(ClusterOptions::default())?;
     let audit = AuditLog::new().unwrap();
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("the test cluster");
     cluster
         .restart_apiserver_with(&audit.apiserver_args())
         .unwrap();
     cluster.install_zonewall().unwrap();
-    cluster.namespace("web", &[("tier", "dmz")]).unwrap();
-    cluster.namespace("app", &[("tier", "trusted")]).unwrap();
-    cluster.namespace("db", &[("tier", "restricted")]).unwrap();
-    cluster.apply_ok(User::SecurityAdmin, POLICY).unwrap();
-    cluster
-        .add_pod(0, "web", "web-1", &[("app", "web")], None)
-        .unwrap();
-    cluster
-        .add_pod(1, "app", "app-1", &[("app", "app")], None)
-        .unwrap();
+    testkit::tier_namespaces(&cluster).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &policy()).unwrap();
+    testkit::add_pods(
+        &mut cluster,
+        &[(0, "web", "web-1", "web"), (1, "app", "app-1", "app")],
+    )
+    .unwrap();
     Some((cluster, audit))
 }
 
@@ -204,6 +162,23 @@ fn apply(
         compiled: &compiled,
     });
     compiled
+}
+
+/// Waits until `object`'s `Accepted` condition has `status`; the object.
+fn wait_accepted(cluster: &Cluster, object: &Object, what: &str, status: &str) -> Value {
+    cluster
+        .wait_object(object, WITHIN, what, |found| accepted_is(found, status))
+        .unwrap()
+}
+
+/// The source's next snapshot, compiled and reported applied as `generation`.
+fn apply_next(
+    source: &mut KubeSource,
+    unavailable: &mut Vec<String>,
+    generation: u32,
+) -> policy::CompiledPolicy {
+    let set = next_snapshot(source, unavailable);
+    apply(source, &set, generation)
 }
 
 /// A host-network pod on node 0: its address is the node's.
@@ -314,11 +289,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
     ));
 
     // Status, by the Lease holder, server-side applied to /status.
-    let dmz = cluster
-        .wait_object(&Object::zone("dmz"), WITHIN, "Accepted=True", |zone| {
-            accepted_is(zone, "True")
-        })
-        .unwrap();
+    let dmz = wait_accepted(&cluster, &Object::zone("dmz"), "Accepted=True", "True");
     assert_eq!(dmz["status"]["members"], 1, "{dmz:#}");
     assert_eq!(dmz["status"]["observedGeneration"], 1, "{dmz:#}");
     let condition = accepted_condition(&dmz).unwrap();
@@ -338,8 +309,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 
     // A second source, from the other node: it follows the same objects, writes nothing.
     let mut second = start_source(&cluster, 1, "agent-two", folder.path());
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 1);
+    apply_next(&mut second.source, &mut unavailable, 1);
 
     // An edit naming a zone that does not exist (the schema cannot know): rejected with
     // a message naming the field; generation 1 stays in the snapshot.
@@ -356,16 +326,13 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         "the accepted generation stays in the snapshot"
     );
     apply(&mut first.source, &set, 2);
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 2);
-    let rejected = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=False for the new generation",
-            |policy| accepted_is(policy, "False"),
-        )
-        .unwrap();
+    apply_next(&mut second.source, &mut unavailable, 2);
+    let rejected = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=False for the new generation",
+        "False",
+    );
     let condition = accepted_condition(&rejected).unwrap();
     assert_eq!(condition["reason"], "Invalid");
     let message = condition["message"].as_str().unwrap();
@@ -378,18 +345,14 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
 
     // Fixed: accepted again.
     edit_policy(&cluster, "dmz-to-trusted", json!({"to": ["trusted"]}));
-    let set = next_snapshot(&mut first.source, &mut unavailable);
-    apply(&mut first.source, &set, 3);
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 3);
-    cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "accepted again",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    apply_next(&mut first.source, &mut unavailable, 3);
+    apply_next(&mut second.source, &mut unavailable, 3);
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "accepted again",
+        "True",
+    );
     assert_eq!(
         status_writers(&audit),
         [node0].into(),
@@ -403,16 +366,13 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
     cluster
         .merge_patch_with(&security, &Object::zone("trusted"), patch)
         .unwrap();
-    let set_two = next_snapshot(&mut second.source, &mut unavailable);
-    apply(&mut second.source, &set_two, 4);
-    let trusted = cluster
-        .wait_object(
-            &Object::zone("trusted"),
-            WITHIN,
-            "status from the new writer",
-            |zone| accepted_is(zone, "True"),
-        )
-        .unwrap();
+    apply_next(&mut second.source, &mut unavailable, 4);
+    let trusted = wait_accepted(
+        &cluster,
+        &Object::zone("trusted"),
+        "status from the new writer",
+        "True",
+    );
     assert_eq!(trusted["status"]["members"], 0, "{trusted:#}");
     assert_eq!(lease_holder(&cluster).as_deref(), Some("agent-two"));
     assert!(
@@ -448,8 +408,7 @@ fn the_source_follows_the_api_and_one_writer_writes_status() {
         .unwrap();
     cluster.compact_etcd().unwrap();
     partition.heal().unwrap();
-    let set = next_snapshot(&mut second.source, &mut unavailable);
-    let compiled = apply(&mut second.source, &set, 5);
+    let compiled = apply_next(&mut second.source, &mut unavailable, 5);
     assert_eq!(compiled.zones["quarantine"].members, ["web/web-1"]);
     assert!(compiled.zones["dmz"].members.is_empty());
 }
@@ -477,14 +436,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
             "dmz -> trusted:8080 never allowed"
         );
     }
-    let accepted = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=True",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    let accepted = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=True",
+        "True",
+    );
     assert_eq!(
         accepted_condition(&accepted).unwrap()["message"],
         "enforced"
@@ -504,14 +461,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
         "dmz-to-trusted",
         json!({"to": ["trusted", "trustd"]}),
     );
-    let rejected = cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "Accepted=False for the new generation",
-            |policy| accepted_is(policy, "False"),
-        )
-        .unwrap();
+    let rejected = wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "Accepted=False for the new generation",
+        "False",
+    );
     let message = accepted_condition(&rejected).unwrap()["message"]
         .as_str()
         .unwrap()
@@ -548,14 +503,12 @@ fn an_invalid_zone_policy_is_reported_while_old_rules_stay() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    cluster
-        .wait_object(
-            &Object::zone_policy("dmz-to-trusted"),
-            WITHIN,
-            "accepted again",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("dmz-to-trusted"),
+        "accepted again",
+        "True",
+    );
     for node in &mut cluster.nodes {
         assert!(node.agent_mut().process.running(), "{} exited", node.name);
     }
@@ -572,14 +525,12 @@ fn only_the_lease_holder_writes_status() {
             zone["status"]["members"] == 1
         })
         .unwrap();
-    cluster
-        .wait_object(
-            &Object::zone_policy("trusted-to-restricted"),
-            WITHIN,
-            "status",
-            |policy| accepted_is(policy, "True"),
-        )
-        .unwrap();
+    wait_accepted(
+        &cluster,
+        &Object::zone_policy("trusted-to-restricted"),
+        "status",
+        "True",
+    );
     // Both agents have enforced the same policy by now; give the other one time to
     // write if it wrongly would.
     std::thread::sleep(Duration::from_secs(2));

@@ -12,42 +12,19 @@
 //! - the flow records name both ends' zones and the deciding policy.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use zonewall_tests::cluster::testkit;
 use zonewall_tests::cluster::{Cluster, ClusterOptions, User};
-use zonewall_tests::topology::{Netns, TcpServer, can_run, tcp_connect};
+use zonewall_tests::topology::{Netns, TcpServer, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 
-const POLICY: &str = r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: dmz}
-spec:
-  namespaceSelector: {matchLabels: {security-zone: dmz}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: trusted}
-spec:
-  namespaceSelector: {matchLabels: {security-zone: trusted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {name: restricted}
-spec:
-  namespaceSelector: {matchLabels: {security-zone: restricted}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {name: dmz-to-trusted}
-spec:
-  from: [dmz]
-  to: [trusted]
-  ports: [{protocol: TCP, port: 8080}]
-  action: Allow
-"#;
+/// dmz, trusted and restricted (namespaces by `security-zone`), dmz -> trusted TCP 8080.
+fn policy() -> String {
+    testkit::namespace_zones("security-zone", &["dmz", "trusted", "restricted"])
+}
 
 const SERVICES: &str = r#"
 apiVersion: v1
@@ -82,16 +59,7 @@ fn echo(from: &Netns, ip: IpAddr, port: u16) -> bool {
 
 /// Retries `probe` until it gives `expected` (30 s); panics with the agents' logs if not.
 fn converge(cluster: &Cluster, expected: bool, what: &str, probe: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while probe() != expected {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: expected {expected} within 30 s\n--- node-0 agent:\n{}\n--- node-1 agent:\n{}",
-            cluster.nodes[0].agent().process.tail(15),
-            cluster.nodes[1].agent().process.tail(15)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    testkit::converge(cluster, expected, what, Duration::from_secs(30), probe);
 }
 
 fn cluster_ip(cluster: &Cluster, namespace: &str, name: &str) -> IpAddr {
@@ -125,10 +93,9 @@ fn record(cluster: &Cluster, node: usize, matches: impl Fn(&Value) -> bool) -> O
 
 #[test]
 fn zones_are_enforced_across_two_nodes_and_services() {
-    if !can_run(&["openssl", "curl", "nft"]) {
+    let Some(mut cluster) = testkit::start(ClusterOptions::default()) else {
         return;
-    }
-    let mut cluster = Cluster::start(ClusterOptions::default()).expect("the test cluster");
+    };
     cluster.install_zonewall().unwrap();
     cluster.start_agents().unwrap();
     cluster
@@ -148,11 +115,7 @@ fn zones_are_enforced_across_two_nodes_and_services() {
         (1, "api", "api-b", "api"),
         (1, "vault", "db-b", "db"),
     ];
-    for (node, namespace, name, app) in pods {
-        cluster
-            .add_pod(node, namespace, name, &[("app", app)], None)
-            .unwrap();
-    }
+    testkit::add_pods(&mut cluster, &pods).unwrap();
     let ip = |name: &str| -> IpAddr {
         let pod = cluster.pods.iter().find(|pod| pod.name == name).unwrap();
         IpAddr::V4(pod.ip)
@@ -170,7 +133,7 @@ fn zones_are_enforced_across_two_nodes_and_services() {
             servers.push(TcpServer::start(&pod.netns, port).unwrap());
         }
     }
-    cluster.apply_ok(User::SecurityAdmin, POLICY).unwrap();
+    cluster.apply_ok(User::SecurityAdmin, &policy()).unwrap();
     cluster.apply_ok(User::Admin, SERVICES).unwrap();
     let netns = |name: &str| {
         &cluster

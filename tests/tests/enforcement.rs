@@ -2,21 +2,16 @@
 //! and ICMP over IPv4 and IPv6, routed and bridged nodes, policy edits, audit mode,
 //! invalid edits, IP reuse, and a SIGKILLed agent. Flow records are checked field by field.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use zonewall_tests::agent::Agent;
+use zonewall_tests::agent::check_verdict as check;
 use zonewall_tests::fixtures::{PolicyFile, zone_policy};
 use zonewall_tests::topology::{
     Layout, TcpServer, Topology, UdpEchoServer, can_run, ping, tcp_connect, udp_echo,
 };
 
 const T: Duration = Duration::from_millis(700);
-
-fn ips(topology: &Topology, pod: &str) -> Vec<IpAddr> {
-    let pod = topology.pod(pod);
-    vec![pod.ipv4.into(), pod.ipv6.into()]
-}
 
 struct Lab {
     topology: Topology,
@@ -53,10 +48,10 @@ fn lab(layout: Layout) -> Lab {
 
 fn base_policy(topology: &Topology) -> PolicyFile {
     PolicyFile::new()
-        .pod("web", "dmz", &ips(topology, "web"))
-        .pod("web2", "dmz", &ips(topology, "web2"))
-        .pod("app", "trusted", &ips(topology, "app"))
-        .pod("db", "restricted", &ips(topology, "db"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("web2", "dmz", &topology.pod("web2").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
+        .pod("db", "restricted", &topology.pod("db").ips())
         .extra(&zone_policy(
             "dmz-to-trusted",
             "dmz",
@@ -73,17 +68,6 @@ fn base_policy(topology: &Topology) -> PolicyFile {
             "Allow",
             "",
         ))
-}
-
-fn check(expected: bool, observed: bool, what: &str, agent: &Agent) {
-    assert_eq!(
-        observed,
-        expected,
-        "{what}: expected {}, observed {}\nagent log:\n{}",
-        if expected { "allowed" } else { "denied" },
-        if observed { "allowed" } else { "denied" },
-        agent.logs()
-    );
 }
 
 fn zone_matrix(layout: Layout) {

@@ -7,70 +7,24 @@
 //! kernel refuses a TCX link gets a clsact filter in `auto` mode and is reported in `tcx`
 //! mode.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use zonewall_tests::agent::metrics_get as http_get;
 use zonewall_tests::agent::{Agent, agent_binary};
 use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
+use zonewall_tests::lab::ThreeTiers;
 use zonewall_tests::probes::with_continuous_traffic;
+use zonewall_tests::testbed::prometheus::metric;
 use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 /// Long enough for a few retries at the agent's 30 s backoff cap to be unnecessary, but
 /// for any retry the tests trigger to come around.
 const PATIENCE: Duration = Duration::from_secs(40);
-
-fn ips(topology: &Topology, pod: &str) -> Vec<IpAddr> {
-    let pod = topology.pod(pod);
-    vec![pod.ipv4.into(), pod.ipv6.into()]
-}
-
-/// One GET of the agent's metrics server in `netns`: (status line, body). Empty when
-/// nothing answers.
-fn http_get(netns: &Netns, port: u16, path: &str) -> (String, String) {
-    let path = path.to_owned();
-    netns
-        .enter(move || {
-            let address = SocketAddr::from(([127, 0, 0, 1], port));
-            let Ok(mut stream) = TcpStream::connect_timeout(&address, T) else {
-                return (String::new(), String::new());
-            };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-            if stream.write_all(request.as_bytes()).is_err() {
-                return (String::new(), String::new());
-            }
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            (
-                head.lines().next().unwrap_or("").to_owned(),
-                body.to_owned(),
-            )
-        })
-        .expect("entering the node namespace")
-}
-
-/// The value of the series `name` whose labels include `labels`.
-fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            if series.split('{').next()? != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(key, value)| series.contains(&format!("{key}=\"{value}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
-}
 
 /// Polls `condition` every 20 ms until it holds; fails with `context()` after `within`.
 fn wait_for(
@@ -157,19 +111,9 @@ fn clsact_mode_enforces_survives_a_restart_without_a_gap_and_detaches() {
     if !can_run(&["tc"]) {
         return;
     }
-    let mut topology = Topology::routed().unwrap();
-    for pod in ["web", "app", "db"] {
-        topology.add_pod(pod).unwrap();
-    }
-    let _servers = [
-        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
-        TcpServer::start(&topology.pod("db").netns, 5432).unwrap(),
-    ];
-    let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("app", "trusted", &ips(&topology, "app"))
-        .pod("db", "restricted", &ips(&topology, "db"))
-        .extra(&dmz_to_trusted_http());
+    let lab = ThreeTiers::routed().unwrap();
+    let topology = &lab.topology;
+    let policy = lab.pods().extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(
         topology.node(),
         &policy.build(),
@@ -350,7 +294,7 @@ fn a_failed_attach_is_reported_retried_and_recovers() {
     topology.add_pod("a").unwrap();
     topology.add_internet_host("internet").unwrap();
     let _server = TcpServer::start(&topology.host("internet").netns, 443).unwrap();
-    let policy = PolicyFile::new().pod("a", "dmz", &ips(&topology, "a"));
+    let policy = PolicyFile::new().pod("a", "dmz", &topology.pod("a").ips());
     let mut agent = Agent::start(
         topology.node(),
         &policy.build(),
@@ -574,8 +518,8 @@ fn a_full_map_is_reported_keeps_the_previous_policy_and_is_retried() {
         TcpServer::start(&topology.pod("web").netns, 80).unwrap(),
     ];
     let base = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("app", "trusted", &ips(&topology, "app"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
         .extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(
         topology.node(),
@@ -837,8 +781,8 @@ fn without_room_for_tcx_auto_mode_falls_back_to_clsact_and_tcx_mode_reports() {
         assert_eq!(refusal.raw_os_error(), Some(libc::ERANGE), "{refusal}");
     }
     let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("app", "trusted", &ips(&topology, "app"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
         .extra(&dmz_to_trusted_http());
     let web = &topology.pod("web").netns;
     let app: IpAddr = topology.pod("app").ipv4.into();

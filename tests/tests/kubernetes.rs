@@ -17,8 +17,7 @@
 //! the source's snapshots, status, the Lease and invalid objects in `cluster_status.rs`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -27,27 +26,19 @@ use serde_json::{Value, json};
 use firewall_agent::policy;
 use firewall_agent::source::kube::{KubeOptions, KubeSource, StatusOptions};
 use firewall_agent::source::{Outcome, PolicySource, SourceUpdate};
+use zonewall_tests::agent::check_verdict as check;
+use zonewall_tests::agent::metrics_get;
 use zonewall_tests::apiserver::objects::{
     accepted_condition, namespace, network_zone, node, pod, selector_zone, zone_policy,
 };
 use zonewall_tests::apiserver::{ApiError, ApiServer, RequestRecord};
 use zonewall_tests::kube_agent::KubeAgent;
+use zonewall_tests::testbed::prometheus::series as metric;
+use zonewall_tests::testbed::until;
 use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(600);
 const LEASE_NAMESPACE: &str = "zonewall-system";
-
-/// Polls `probe` until it returns `expected` (deadline `within`); how long it took.
-fn until(expected: bool, within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if probe() == expected {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn accepted_status(object: &Value) -> Option<(String, String, i64)> {
     let condition = accepted_condition(object)?;
@@ -586,17 +577,6 @@ fn start_agent(lab: &Lab, extra: &[&str]) -> KubeAgent {
     agent
 }
 
-fn check(expected: bool, observed: bool, what: &str, agent: &KubeAgent) {
-    assert_eq!(
-        observed,
-        expected,
-        "{what}: expected {}, observed {}\nagent log:\n{}",
-        if expected { "allowed" } else { "denied" },
-        if observed { "allowed" } else { "denied" },
-        agent.logs()
-    );
-}
-
 /// Waits until `probe` gives `expected`; a verdict change must arrive within 3 s.
 fn converge(
     expected: bool,
@@ -694,36 +674,9 @@ fn a_slow_api_server_and_refused_connections_lose_nothing() {
 /// The metrics endpoint of the agents of the readiness test (in the node's namespace).
 const METRICS_PORT: u16 = 19_976;
 
-/// One GET to the agent's metrics endpoint in `netns`: the status line and the body.
+/// One GET of the agent's metrics endpoint in `netns`: the status line and the body.
 fn http_get(netns: &Netns, path: &str) -> (String, String) {
-    let path = path.to_owned();
-    netns
-        .enter(move || {
-            let address = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-            let Ok(mut stream) = TcpStream::connect_timeout(&address, T) else {
-                return (String::new(), String::new());
-            };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-            if stream.write_all(request.as_bytes()).is_err() {
-                return (String::new(), String::new());
-            }
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            (
-                head.lines().next().unwrap_or("").to_owned(),
-                body.to_owned(),
-            )
-        })
-        .expect("entering the node namespace")
-}
-
-/// The value of the series `series` (name and labels, exactly as exported).
-fn metric(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    metrics_get(netns, METRICS_PORT, path)
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! and the flow records, after a restart that keeps the pins and after one that lost
 //! them (a reboot), and for a deleted and re-created object, which inherits nothing.
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use zonewall_tests::agent::metrics_get;
 use zonewall_tests::agent::{Agent, AgentProcess, agent_binary};
 use zonewall_tests::apiserver::ApiServer;
 use zonewall_tests::apiserver::objects::{
@@ -21,7 +21,8 @@ use zonewall_tests::apiserver::objects::{
 };
 use zonewall_tests::fixtures::{PolicyFile, zone_policy as policy_document};
 use zonewall_tests::kube_agent::KubeAgent;
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect, wait_until};
+use zonewall_tests::testbed::prometheus::series as metric;
+use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect, wait_until};
 
 const T: Duration = Duration::from_millis(600);
 /// Allowed from dmz to trusted.
@@ -55,8 +56,7 @@ impl Pods {
     }
 
     fn ips(&self, name: &str) -> Vec<IpAddr> {
-        let pod = self.topology.pod(name);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
+        self.topology.pod(name).ips()
     }
 
     /// Whether `client` reaches `app` on `port`, over IPv4 and IPv6 alike (a mix fails).
@@ -408,31 +408,6 @@ fn expect_meaningful_records(agent: &Agent, pods: &Pods, skip: usize) {
     );
 }
 
-/// GET `path` of the metrics endpoint inside `netns`: the body.
-fn http_get(netns: &Netns, port: u16, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    netns
-        .enter(move || {
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok::<_, std::io::Error>(response)
-        })
-        .expect("entering the node")
-        .expect("the metrics endpoint answers")
-}
-
-fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        })
-}
-
 #[test]
 fn standalone_a_restarted_agent_keeps_the_last_good_policy_file() {
     if !can_run(&[]) {
@@ -488,7 +463,7 @@ fn standalone_a_restarted_agent_keeps_the_last_good_policy_file() {
     let node = pods.topology.node();
     let mut body = String::new();
     wait_until(Duration::from_secs(5), "the error counted", || {
-        body = http_get(node, metrics_port, "/metrics");
+        body = metrics_get(node, metrics_port, "/metrics").1;
         metric(&body, "zonewall_state_file_errors_total") == Some(1.0)
     })
     .unwrap_or_else(|error| panic!("{error}:\n{body}"));

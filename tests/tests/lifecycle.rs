@@ -4,35 +4,20 @@
 //! a SIGKILLed agent leaves enforcement in place and is replaced without a gap.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
 use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http, zone_policy};
+use zonewall_tests::lab::ThreeTiers;
 use zonewall_tests::probes::with_continuous_traffic;
+use zonewall_tests::testbed::until;
 use zonewall_tests::topology::{TcpServer, Topology, can_run, ping, tcp_connect};
 
 const T: Duration = Duration::from_millis(700);
 
-fn ips(topology: &Topology, pod: &str) -> Vec<IpAddr> {
-    let pod = topology.pod(pod);
-    vec![pod.ipv4.into(), pod.ipv6.into()]
-}
-
 fn partners_zone() -> &'static str {
     "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata:\n  name: partners\nspec:\n  networks: [203.0.113.0/24, \"2001:db8:ffff::/64\"]\n"
-}
-
-/// Polls `probe` until it returns `expected` (deadline `within`); returns how long it took.
-fn until(expected: bool, within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if probe() == expected {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]
@@ -50,8 +35,8 @@ fn policy_edits_audit_mode_and_invalid_edits() {
         TcpServer::start(&topology.host("internet").netns, 443).unwrap(),
     ];
     let base = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("app", "trusted", &ips(&topology, "app"))
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("app", "trusted", &topology.pod("app").ips())
         .extra(partners_zone())
         .extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(topology.node(), &base.build(), &[]);
@@ -176,11 +161,11 @@ fn reused_ip_gets_no_access_through_old_connections() {
     topology.add_pod("client").unwrap();
     topology.add_pod("db").unwrap();
     let _server = TcpServer::start(&topology.pod("db").netns, 5432).unwrap();
-    let client_ips = ips(&topology, "client");
+    let client_ips = topology.pod("client").ips();
     // First the client address belongs to `app-1` in trusted, which may reach the database.
     let before = PolicyFile::new()
         .pod("app-1", "trusted", &client_ips)
-        .pod("db", "restricted", &ips(&topology, "db"))
+        .pod("db", "restricted", &topology.pod("db").ips())
         .pod("web-placeholder", "dmz", &["198.19.255.1".parse().unwrap()])
         .extra(&zone_policy(
             "trusted-to-db",
@@ -207,7 +192,7 @@ fn reused_ip_gets_no_access_through_old_connections() {
     // app-1 is deleted and its IP goes to `web-9` in dmz, which may not reach the database.
     let after = PolicyFile::new()
         .pod("web-9", "dmz", &client_ips)
-        .pod("db", "restricted", &ips(&topology, "db"))
+        .pod("db", "restricted", &topology.pod("db").ips())
         .pod("app-2", "trusted", &["198.19.255.2".parse().unwrap()])
         .extra(&zone_policy(
             "trusted-to-db",
@@ -245,8 +230,8 @@ fn late_interfaces_and_unknown_sources() {
     let _server_b = TcpServer::start(&topology.pod("b").netns, 80).unwrap();
     // `stranger` is not in the policy file at all.
     let policy = PolicyFile::new()
-        .pod("a", "dmz", &ips(&topology, "a"))
-        .pod("b", "dmz", &ips(&topology, "b"))
+        .pod("a", "dmz", &topology.pod("a").ips())
+        .pod("b", "dmz", &topology.pod("b").ips())
         .pod("late", "trusted", &["198.19.254.1".parse().unwrap()]);
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
     assert!(tcp_connect(
@@ -295,19 +280,9 @@ fn sigkill_and_restart_keep_enforcing_without_a_gap() {
     if !can_run(&[]) {
         return;
     }
-    let mut topology = Topology::routed().unwrap();
-    for pod in ["web", "app", "db"] {
-        topology.add_pod(pod).unwrap();
-    }
-    let _servers = [
-        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
-        TcpServer::start(&topology.pod("db").netns, 5432).unwrap(),
-    ];
-    let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("app", "trusted", &ips(&topology, "app"))
-        .pod("db", "restricted", &ips(&topology, "db"))
-        .extra(&dmz_to_trusted_http());
+    let lab = ThreeTiers::routed().unwrap();
+    let topology = &lab.topology;
+    let policy = lab.pods().extra(&dmz_to_trusted_http());
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
 
     let web = &topology.pod("web").netns;
@@ -363,8 +338,8 @@ fn sigterm_leaves_enforcement_and_detach_removes_it() {
     topology.add_pod("db").unwrap();
     let _server = TcpServer::start(&topology.pod("db").netns, 5432).unwrap();
     let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips(&topology, "web"))
-        .pod("db", "restricted", &ips(&topology, "db"));
+        .pod("web", "dmz", &topology.pod("web").ips())
+        .pod("db", "restricted", &topology.pod("db").ips());
     let mut agent = Agent::start(topology.node(), &policy.build(), &[]);
     let web = &topology.pod("web").netns;
     let db = topology.pod("db").ipv4.into();

@@ -20,6 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
+// The generator of `deploy/crds/`: the files are compared with what the very code behind
+// `cargo xtask codegen` renders.
+use firewall_agent::crds;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -33,12 +36,6 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-// The generator of `deploy/crds/`, compiled in: the files are compared with what the very
-// code behind `cargo xtask codegen` renders.
-#[allow(dead_code)]
-#[path = "../../firewall-agent/src/bin/zonewall-crds.rs"]
-mod zonewall_crds;
 
 /// The name the manifests give the agent image; the kustomization maps it to a registry.
 const IMAGE_PLACEHOLDER: &str = "zonewall.invalid/firewall-agent";
@@ -829,15 +826,15 @@ fn normalize(path: &Path) -> PathBuf {
 #[test]
 fn crds_are_generated_from_the_rust_types() {
     let dir = deploy().join("crds");
-    let stale = zonewall_crds::stale_files(&dir).expect("read deploy/crds");
+    let stale = crds::stale_files(&dir).expect("read deploy/crds");
     assert!(
         stale.is_empty(),
         "deploy/crds/ is out of date with firewall-agent/src/policy/crd.rs:\n  {}\nrun `cargo xtask codegen` and commit the result",
         stale.join("\n  ")
     );
-    for (name, content) in zonewall_crds::generated_files() {
+    for (name, content) in crds::generated_files().expect("render the CRDs") {
         assert!(
-            content.starts_with(zonewall_crds::HEADER),
+            content.starts_with(crds::HEADER),
             "{name} carries the generated-file header"
         );
     }

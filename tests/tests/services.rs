@@ -55,10 +55,6 @@ fn cluster_ips_are_judged_by_the_pod_behind_them() {
         TcpServer::start(&topology.pod("web").netns, 8080).unwrap(),
         TcpServer::start(&topology.pod("db").netns, 8080).unwrap(),
     ];
-    let ips = |pod: &str| {
-        let pod = topology.pod(pod);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
-    };
     let web_ip = topology.pod("web").ipv4.to_string();
     let db_ip = topology.pod("db").ipv4.to_string();
     let services = format!(
@@ -66,9 +62,9 @@ fn cluster_ips_are_judged_by_the_pod_behind_them() {
          apiVersion: v1\nkind: Service\nmetadata: {{name: mixed, namespace: trusted}}\nspec: {{clusterIP: {MIXED_VIP}, selector: {{tier: backend}}}}\n"
     );
     let policy = PolicyFile::new()
-        .pod("client", "dmz", &ips("client"))
-        .pod("web", "trusted", &ips("web"))
-        .pod("db", "restricted", &ips("db"))
+        .pod("client", "dmz", &topology.pod("client").ips())
+        .pod("web", "trusted", &topology.pod("web").ips())
+        .pod("db", "restricted", &topology.pod("db").ips())
         .extra(&services)
         // Both backends carry tier=backend (the pods' labels are app=<name> only, so add them).
         .build()

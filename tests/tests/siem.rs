@@ -3,56 +3,21 @@
 //! rsyslog losing only what the counters say, and the metrics endpoint after traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
+use zonewall_tests::agent::metrics_get as http_get;
+use zonewall_tests::lab::ThreeTiers;
 use zonewall_tests::rsyslog::{Certificates, Rsyslog, validate_ocsf};
-use zonewall_tests::topology::{Netns, TcpServer, Topology, can_run, tcp_connect};
+use zonewall_tests::testbed::prometheus::metric;
+use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(500);
 
 fn lab() -> (Topology, Vec<TcpServer>, String) {
-    let mut topology = Topology::routed().unwrap();
-    for pod in ["web", "app", "db"] {
-        topology.add_pod(pod).unwrap();
-    }
-    let servers = vec![
-        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
-        TcpServer::start(&topology.pod("db").netns, 5432).unwrap(),
-    ];
-    let ips = |pod: &str| {
-        let pod = topology.pod(pod);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
-    };
-    let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips("web"))
-        .pod("app", "trusted", &ips("app"))
-        .pod("db", "restricted", &ips("db"))
-        .extra(&dmz_to_trusted_http())
-        .build();
-    (topology, servers, policy)
-}
-
-/// GET `path` from the agent's metrics address inside `netns`: (status line, body).
-fn http_get(netns: &Netns, port: u16, path: &str) -> (String, String) {
-    let path = path.to_owned();
-    netns
-        .enter(move || {
-            let mut stream =
-                std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            (
-                head.lines().next().unwrap_or("").to_owned(),
-                body.to_owned(),
-            )
-        })
-        .unwrap()
+    let lab = ThreeTiers::routed().unwrap();
+    let policy = lab.policy();
+    (lab.topology, lab.servers, policy)
 }
 
 fn record_ids(
@@ -70,23 +35,6 @@ fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) 
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let series_name = series.split('{').next()?;
-            if series_name != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(key, value)| series.contains(&format!("{key}=\"{value}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
 }
 
 #[test]

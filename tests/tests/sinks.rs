@@ -6,8 +6,8 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use zonewall_tests::agent::Agent;
-use zonewall_tests::fixtures::{PolicyFile, dmz_to_trusted_http};
-use zonewall_tests::topology::{TcpServer, Topology, can_run, tcp_connect};
+use zonewall_tests::lab::ThreeTiers;
+use zonewall_tests::topology::{can_run, tcp_connect};
 
 const T: Duration = Duration::from_millis(500);
 
@@ -24,24 +24,9 @@ fn every_sink_gets_its_own_view_and_a_dead_one_hurts_nobody() {
     if !can_run(&[]) {
         return;
     }
-    let mut topology = Topology::routed().unwrap();
-    for pod in ["web", "app", "db"] {
-        topology.add_pod(pod).unwrap();
-    }
-    let _servers = [
-        TcpServer::start(&topology.pod("app").netns, 8080).unwrap(),
-        TcpServer::start(&topology.pod("db").netns, 5432).unwrap(),
-    ];
-    let ips = |pod: &str| {
-        let pod = topology.pod(pod);
-        vec![pod.ipv4.into(), pod.ipv6.into()]
-    };
-    let policy = PolicyFile::new()
-        .pod("web", "dmz", &ips("web"))
-        .pod("app", "trusted", &ips("app"))
-        .pod("db", "restricted", &ips("db"))
-        .extra(&dmz_to_trusted_http())
-        .build();
+    let lab = ThreeTiers::routed().unwrap();
+    let topology = &lab.topology;
+    let policy = lab.policy();
     let dir = tempfile::tempdir_in("/run").unwrap();
     let path = |name: &str| dir.path().join(name);
     // A UDP syslog receiver in the node namespace.

@@ -156,7 +156,7 @@ fn setup_release(release: &Release, root: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    if crate::topology::find_on_path("go").is_none() {
+    if zonewall_testbed::preflight::find_on_path("go").is_none() {
         bail!(
             "go is not on PATH: the Kubernetes tests need {names} of Kubernetes {}, built with \
              Go 1.26 or newer; install Go, or set {SKIP_VARIABLE}=1 to go without those tests",

@@ -16,19 +16,16 @@ mod fuzz;
 mod setup;
 mod test;
 
-// The topology helpers of the integration tests, compiled into xtask as well: the demo
-// needs them, and xtask must build on a machine without the eBPF toolchain (it installs
-// it), so it cannot depend on the tests crate, which links the agent.
-#[allow(dead_code)]
-#[path = "../../tests/src/topology.rs"]
-mod topology;
-
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "zonewall's developer commands")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "zonewall's developer commands: setup, build, test, fuzz, demo, bench, codegen, cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,11 +51,11 @@ enum Command {
     /// Setup and build, then run the agent on a simulated node and show its verdicts
     /// (needs root).
     Demo,
-    /// Regenerate the files derived from the Rust types (the CRDs in deploy/crds/).
-    Codegen,
     /// Setup and build, then run the benchmarks and write BENCHMARKS.md and
     /// bench-results/ (needs root).
     Bench(bench::Args),
+    /// Regenerate the files derived from the Rust types (the CRDs in deploy/crds/).
+    Codegen,
     /// Setup and build, then start (`up [--nodes N]`) or remove (`down`) a real
     /// Kubernetes control plane with simulated nodes running kube-proxy and the agent
     /// (needs root).
@@ -90,11 +87,11 @@ fn main() -> anyhow::Result<()> {
             let agent = build::release_agent()?;
             demo::run(&agent)
         }
-        Command::Codegen => codegen::run(),
         Command::Bench(args) => {
             setup::run()?;
             bench::run(args)
         }
+        Command::Codegen => codegen::run(),
         Command::Cluster { action } => {
             if matches!(action, cluster::Action::Up { .. }) {
                 setup::run()?;
@@ -110,4 +107,50 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The help, the module documentation and the package description each name every
+    /// subcommand, so none of them falls behind when one is added.
+    #[test]
+    fn every_subcommand_is_named_in_the_help_the_doc_and_the_description() {
+        let command = Cli::command();
+        let help = command.clone().render_help().to_string();
+        let doc: String = include_str!("main.rs")
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let manifest = include_str!("../Cargo.toml");
+        let description = manifest
+            .lines()
+            .find(|line| line.starts_with("description"))
+            .expect("xtask's Cargo.toml has a description");
+        let names: Vec<&str> = command
+            .get_subcommands()
+            .map(|subcommand| subcommand.get_name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "setup", "build", "test", "fuzz", "demo", "bench", "codegen", "cluster"
+            ]
+        );
+        for name in names {
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "--help lacks {name}:\n{help}"
+            );
+            assert!(
+                doc.contains(&format!("`{name}")),
+                "the module doc lacks `{name}`"
+            );
+            assert!(description.contains(name), "the description lacks {name}");
+        }
+    }
 }

@@ -62,7 +62,7 @@ pub fn run() -> Result<()> {
 }
 
 fn debian_packages() -> Result<()> {
-    if crate::topology::find_on_path("dpkg-query").is_none() {
+    if zonewall_testbed::preflight::find_on_path("dpkg-query").is_none() {
         println!(
             "setup: not a Debian system; install the equivalents of {} yourself",
             DEBIAN_PACKAGES.join(", ")
@@ -99,7 +99,7 @@ fn debian_packages() -> Result<()> {
 }
 
 fn python_packages() -> Result<()> {
-    let Some(python) = crate::topology::find_on_path("python3") else {
+    let Some(python) = zonewall_testbed::preflight::find_on_path("python3") else {
         bail!("python3 is missing; install it (Debian: python3, python3-pip)");
     };
     let missing: Vec<&str> = PYTHON_PACKAGES
@@ -242,7 +242,7 @@ fn llvm_major_of_rustc(version: &str) -> Option<u32> {
 }
 
 fn installed_bpf_linker() -> Option<PathBuf> {
-    crate::topology::find_on_path("bpf-linker").or_else(|| {
+    zonewall_testbed::preflight::find_on_path("bpf-linker").or_else(|| {
         let candidate = cargo_home()?.join("bin/bpf-linker");
         candidate.is_file().then_some(candidate)
     })

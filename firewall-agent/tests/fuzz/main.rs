@@ -17,9 +17,7 @@ mod packet;
 mod policy_yaml;
 
 // The policy files the integration tests use, as seeds for the YAML mutations.
-#[allow(dead_code)]
-#[path = "../../../tests/src/fixtures.rs"]
-mod fixtures;
+use zonewall_testbed::fixtures;
 
 use proptest::test_runner::Config;
 

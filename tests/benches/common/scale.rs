@@ -63,6 +63,41 @@ pub struct FixedPod {
     pub v6: Ipv6Addr,
 }
 
+/// The client (zone 0) and server (zone 1) pods the throughput and control-plane
+/// benchmarks measure between: `198.18.1.10` and `198.18.1.11` on a routed node.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+
+/// Adds the client and server pods to `topology`; they as [`FixedPod`]s of the
+/// generated policy, and their host-side interfaces.
+pub fn client_and_server(
+    topology: &mut zonewall_tests::topology::Topology,
+) -> ([FixedPod; 2], [String; 2]) {
+    let pods = [
+        FixedPod {
+            name: "client".into(),
+            zone: 0,
+            v4: CLIENT_V4,
+            v6: "2001:db8:1::10".parse().expect("literal"),
+        },
+        FixedPod {
+            name: "server".into(),
+            zone: 1,
+            v4: SERVER_V4,
+            v6: "2001:db8:1::11".parse().expect("literal"),
+        },
+    ];
+    let veths = [0, 1].map(|index| {
+        let pod = &pods[index];
+        topology
+            .add_pod_at(&pod.name, pod.v4, pod.v6)
+            .unwrap_or_else(|error| panic!("{} pod: {error:#}", pod.name))
+            .host_veth
+            .clone()
+    });
+    (pods, veths)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Allow,

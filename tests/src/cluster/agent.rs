@@ -5,8 +5,7 @@
 //! kubeconfig holding a token of the agent's ServiceAccount (TokenRequest), so it runs
 //! with exactly the RBAC of `deploy/`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,10 @@ use serde_json::Value;
 
 use super::process::{Process, Recipe};
 use super::{AGENT_NAMESPACE, Cluster, Node, User};
+use zonewall_testbed::agent::{agent_binary, detach_quietly, json_lines};
+use zonewall_testbed::bpffs;
+use zonewall_testbed::traffic::http_get;
+
 use crate::kube_agent::LiveEndpoints;
 use crate::topology::Netns;
 
@@ -49,30 +52,16 @@ impl ClusterAgent {
     /// GET `path` on the agent's metrics endpoint, from its node: (status, body).
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
         let netns = Netns::adopt(&self.netns);
-        let address = self.metrics;
-        let result = netns.enter(move || -> Result<(u16, String)> {
-            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            let status = response
-                .split_whitespace()
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .context("no HTTP status")?;
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body)
-                .unwrap_or("");
-            Ok((status, body.to_string()))
-        });
+        let result = http_get(&netns, self.metrics, path, Duration::from_secs(2));
         // The guard only borrowed the name: the node owns the namespace.
         netns.keep();
-        result?
+        let (status_line, body) = result?;
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .context("no HTTP status")?;
+        Ok((status, body))
     }
 
     /// Whether `/readyz` answers 200.
@@ -90,12 +79,7 @@ impl ClusterAgent {
     /// The value of the metric line that starts with `series` (name and labels), if any.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.http_get("/metrics").ok()?;
-        body.lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok()).flatten()
-            })
+        zonewall_testbed::prometheus::series(&body, series)
     }
 
     /// Waits until `/readyz` answers 200.
@@ -125,10 +109,8 @@ impl ClusterAgent {
 
     /// Every flow record written so far.
     pub fn flow_records(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.flows)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        json_lines(&self.flows)
+            .into_iter()
             .filter(|record| record.get("verdict").is_some())
             .collect()
     }
@@ -152,14 +134,8 @@ impl ClusterAgent {
 impl Drop for ClusterAgent {
     fn drop(&mut self) {
         self.process.stop(Duration::from_secs(5));
-        let _ = std::process::Command::new(crate::agent::agent_binary())
-            .arg("detach")
-            .arg("--bpffs")
-            .arg(&self.pins)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        detach_quietly(&agent_binary(), &self.pins);
+        bpffs::unmount(&self.bpffs);
     }
 }
 
@@ -293,15 +269,7 @@ impl Cluster {
         let folder = self.dir.join(&node.name);
         std::fs::create_dir_all(folder.join("state"))?;
         let bpffs = folder.join("bpffs");
-        std::fs::create_dir_all(&bpffs)?;
-        nix::mount::mount(
-            Some("bpffs"),
-            &bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("mounting the node's bpffs")?;
+        bpffs::mount(&bpffs).context("mounting the node's bpffs")?;
         let kubeconfig = folder.join("agent.kubeconfig");
         super::pki::write_kubeconfig(
             &kubeconfig,
@@ -324,7 +292,7 @@ impl Cluster {
         let mut recipe = Recipe::new(
             &format!("agent-{}", node.name),
             Some(node.netns.name()),
-            &crate::agent::agent_binary(),
+            &agent_binary(),
             &folder,
         )
         .arg("--kubeconfig")

@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node as NodeObject, Pod as PodObject
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::topology::{Netns, run_checked, unique_prefix};
+use crate::topology::{Netns, run_checked, unique_prefix, wire_routed_pod};
 use process::{Process, Recipe};
 
 /// The Kubernetes release the cluster runs (`cargo xtask setup` builds it).
@@ -671,7 +671,7 @@ impl Cluster {
         let node_ref = &mut self.nodes[node];
         let host_veth = format!("veth{}x{}", node_ref.index, node_ref.wired);
         node_ref.wired += 1;
-        wire_routed_pod(&node_ref.netns, &netns, &host_veth, ip)?;
+        wire_routed_pod(&node_ref.netns, &netns, &host_veth, ip, None)?;
 
         let now = now();
         let condition =
@@ -899,50 +899,6 @@ async fn create_pod(api: Api<PodObject>, object: Value) -> Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
-}
-
-/// Wires `pod` to `node` as a routed CNI (Calico) does: a /32 on the pod's `eth0`, a
-/// default route to a link-local gateway the host side answers by proxy ARP, and a host
-/// route to the pod through its host-side interface.
-fn wire_routed_pod(node: &Netns, pod: &Netns, host_veth: &str, ip: Ipv4Addr) -> Result<()> {
-    ip_in(
-        node,
-        &[
-            "link",
-            "add",
-            host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ],
-    )?;
-    ip_in(pod, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-    ip_in(pod, &["link", "set", "eth0", "up"])?;
-    ip_in(
-        pod,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "onlink",
-        ],
-    )?;
-    node.sysctl(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
-    node.sysctl(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
-    ip_in(node, &["link", "set", host_veth, "up"])?;
-    ip_in(
-        node,
-        &["route", "add", &format!("{ip}/32"), "dev", host_veth],
-    )?;
-    Ok(())
 }
 
 /// RFC 3339 now, as Kubernetes writes times.

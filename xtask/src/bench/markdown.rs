@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use super::results::Report;
+use zonewall_testbed::report::Report;
 
 /// What the numbers were measured on.
 pub struct Machine {

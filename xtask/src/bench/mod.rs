@@ -4,10 +4,11 @@
 //!
 //! Each benchmark is a plain bench binary of the `zonewall-tests` crate
 //! (`tests/benches/<name>.rs`, built together with the agent, then run one after the
-//! other), because xtask itself must build without the eBPF toolchain. A binary writes `<name>.json` and `<name>.csv`; this module
-//! checks them for sanity, draws the plots and writes the Markdown. `BENCHMARKS.md` is
-//! always rendered from every result file present, so rerunning one benchmark alone
-//! updates its section and keeps the others.
+//! other), because xtask itself must build without the eBPF toolchain. A binary writes
+//! `<name>.json` and `<name>.csv` (`zonewall_testbed::report`, the types both sides
+//! share); this module checks them for sanity, draws the plots and writes the Markdown.
+//! `BENCHMARKS.md` is always rendered from every result file present, so rerunning one
+//! benchmark alone updates its section and keeps the others.
 //!
 //! - `cargo xtask bench`: all five, full length; results in the workspace root.
 //! - `cargo xtask bench per-packet` (or `throughput`, `flow-log`, `control-plane`,
@@ -21,7 +22,6 @@
 //!   measured), never on a speed threshold.
 
 mod markdown;
-mod results;
 mod svg;
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 
 use crate::cmd;
-use results::Report;
+use zonewall_testbed::report::Report;
 
 /// The package holding the benchmark binaries.
 const BENCH_PACKAGE: &str = "zonewall-tests";
@@ -308,10 +308,10 @@ fn install_tools() {
     ];
     let missing: Vec<(&str, bool)> = wanted
         .iter()
-        .filter(|(tool, _, _)| crate::topology::find_on_path(tool).is_none())
+        .filter(|(tool, _, _)| zonewall_testbed::preflight::find_on_path(tool).is_none())
         .map(|(_, package, required)| (*package, *required))
         .collect();
-    if missing.is_empty() || crate::topology::find_on_path("apt-get").is_none() {
+    if missing.is_empty() || zonewall_testbed::preflight::find_on_path("apt-get").is_none() {
         return;
     }
     for (package, required) in missing {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::results::{Panel, Plot, PlotKind, Point};
+use zonewall_testbed::report::{Panel, Plot, PlotKind, Point};
 
 /// Okabe–Ito: distinguishable with the common colour-vision deficiencies.
 const PALETTE: [&str; 8] = [
@@ -508,7 +508,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::Series;
+    use zonewall_testbed::report::Series;
 
     #[test]
     fn steps_and_labels_are_round() {

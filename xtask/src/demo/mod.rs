@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
-use crate::topology::{self, Netns, TcpServer, Topology, UdpEchoServer};
-use agent::{Agent, Bpffs, Files};
+use agent::{Agent, Files};
 use report::Outcome;
 use scenario::{EXPECTATIONS, INTERNET_HOSTS, PODS, Traffic};
+use zonewall_testbed::bpffs::Bpffs;
+use zonewall_testbed::topology::{self, Netns, TcpServer, Topology, UdpEchoServer};
 
 /// How long a probe waits for an answer; a denied probe takes this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +62,7 @@ pub fn run(agent_binary: &Path) -> Result<()> {
         .prefix("zonewall-demo-")
         .tempdir()
         .context("create a temporary folder")?;
-    let bpffs = Bpffs::mount()?;
+    let bpffs = Bpffs::mount_in_run(agent::BPFFS_PREFIX)?;
 
     println!();
     println!("== A node with three pods and two internet hosts (network namespaces)");

@@ -8,7 +8,9 @@
 //! - `fault`: a node cut off from the API server (nftables in the node's namespace), the
 //!   API server's audit log;
 //! - agents' logs read from a mark on, and a Tokio runtime inside a node's namespace (a
-//!   policy source of the test's own that reaches the API server from that node).
+//!   policy source of the test's own that reaches the API server from that node);
+//! - the start every cluster test shares: the cluster (or a skip outside CI), the
+//!   namespaces of the three tiers, their pods, and the zones they are written against.
 
 pub mod api;
 pub mod fault;
@@ -20,9 +22,75 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Cluster;
 use super::agent::ClusterAgent;
-use crate::topology::Netns;
+use super::{Cluster, ClusterOptions};
+use crate::fixtures::dmz_to_trusted_http;
+use crate::topology::{Netns, can_run};
+
+/// What a cluster needs on this machine besides root and `ip`.
+pub const CLUSTER_TOOLS: [&str; 3] = ["openssl", "curl", "nft"];
+
+/// A started cluster, or `None` when this machine cannot run one (outside CI; under
+/// `CI=true` that panics instead, see [`can_run`]).
+pub fn start(options: ClusterOptions) -> Option<Cluster> {
+    if !can_run(&CLUSTER_TOOLS) {
+        return None;
+    }
+    Some(Cluster::start(options).expect("the test cluster"))
+}
+
+/// The namespaces of the three tiers: `web` labelled `tier: dmz`, `app` `tier: trusted`,
+/// `db` `tier: restricted`.
+pub fn tier_namespaces(cluster: &Cluster) -> Result<()> {
+    cluster.namespace("web", &[("tier", "dmz")])?;
+    cluster.namespace("app", &[("tier", "trusted")])?;
+    cluster.namespace("db", &[("tier", "restricted")])?;
+    Ok(())
+}
+
+/// Adds pods given as (node, namespace, name, `app` label), in order.
+pub fn add_pods(cluster: &mut Cluster, pods: &[(usize, &str, &str, &str)]) -> Result<()> {
+    for &(node, namespace, name, app) in pods {
+        cluster.add_pod(node, namespace, name, &[("app", app)], None)?;
+    }
+    Ok(())
+}
+
+/// A Zone of the namespaces labelled `<key>: <name>`.
+pub fn namespace_zone(name: &str, key: &str) -> String {
+    format!(
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {{name: {name}}}\nspec:\n  namespaceSelector: {{matchLabels: {{{key}: {name}}}}}\n"
+    )
+}
+
+/// A stream of documents, as `kubectl apply -f` takes it.
+pub fn documents<S: AsRef<str>>(documents: &[S]) -> String {
+    documents
+        .iter()
+        .map(|document| document.as_ref().trim().to_owned() + "\n")
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// `zones`, each of the namespaces labelled `<key>: <zone>`, and dmz -> trusted TCP 8080.
+pub fn namespace_zones(key: &str, zones: &[&str]) -> String {
+    let mut all: Vec<String> = zones.iter().map(|zone| namespace_zone(zone, key)).collect();
+    all.push(dmz_to_trusted_http());
+    documents(&all)
+}
+
+/// The zones of the tier namespaces with a quarantine: dmz (namespaces `tier: dmz`,
+/// except pods labelled `quarantine`), trusted, restricted (by `tier`), quarantine (pods
+/// labelled `quarantine: "true"`), and dmz -> trusted TCP 8080.
+pub fn quarantine_zones() -> String {
+    documents(&[
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: dmz}\nspec:\n  namespaceSelector: {matchLabels: {tier: dmz}}\n  podSelector: {matchExpressions: [{key: quarantine, operator: DoesNotExist}]}\n".to_string(),
+        namespace_zone("trusted", "tier"),
+        namespace_zone("restricted", "tier"),
+        "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {name: quarantine}\nspec:\n  podSelector: {matchLabels: {quarantine: \"true\"}}\n".to_string(),
+        dmz_to_trusted_http(),
+    ])
+}
 
 /// A multi-threaded Tokio runtime whose threads live in `netns`: what it connects to, it
 /// connects to from there.
