@@ -16,6 +16,8 @@ use crate::flows::{Dispatcher, Enricher, Record, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
 use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
 
+mod first_packet;
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -833,6 +835,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let interfaces = agent.pod_interfaces().unwrap_or_default();
     agent.refresh_bindings(&interfaces);
     agent.reload()?;
+    // Subscribed before the first scan: an interface created after it is announced.
+    let mut first_packet = first_packet::FirstPacket::start(&agent.args.first_packet)?;
     agent.scan_interfaces()?;
     if agent.generation != 0 {
         agent.write_ready_file()?;
@@ -890,6 +894,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     const DRAIN_PAUSE: Duration = Duration::from_millis(2);
     let mut next_drain = tokio::time::Instant::now();
     loop {
+        let rescan_at = first_packet.rescan_at();
         tokio::select! {
             guard = async {
                 tokio::time::sleep_until(next_drain).await;
@@ -911,7 +916,20 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     agent.write_ready_file()?;
                 }
             }
+            events = first_packet.next() => {
+                if agent.on_link_events(&mut first_packet, events) && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+            }
+            _ = sleep_until(rescan_at) => {
+                first_packet.rescanned();
+                if agent.scan_interfaces()? && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+                agent.observe();
+            }
             _ = poll.tick() => {
+                first_packet.rescanned();
                 let policy_changed = agent.reload()?;
                 let interfaces_changed = agent.scan_interfaces()?;
                 agent.observe();

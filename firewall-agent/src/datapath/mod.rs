@@ -7,6 +7,7 @@ pub mod binding;
 pub mod bpffs;
 mod conntrack;
 mod links;
+pub mod netlink_watch;
 mod sync;
 
 use std::path::{Path, PathBuf};
