@@ -838,6 +838,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     // Subscribed before the first scan: an interface created after it is announced.
     let mut first_packet = first_packet::FirstPacket::start(&agent.args.first_packet)?;
     agent.scan_interfaces()?;
+    agent.sync_uplinks(&mut first_packet);
     if agent.generation != 0 {
         agent.write_ready_file()?;
     }
@@ -923,6 +924,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             _ = sleep_until(rescan_at) => {
                 first_packet.rescanned();
+                agent.sync_uplinks(&mut first_packet);
                 if agent.scan_interfaces()? && agent.generation != 0 {
                     agent.write_ready_file()?;
                 }
@@ -932,6 +934,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 first_packet.rescanned();
                 let policy_changed = agent.reload()?;
                 let interfaces_changed = agent.scan_interfaces()?;
+                agent.sync_uplinks(&mut first_packet);
                 agent.observe();
                 if (policy_changed || interfaces_changed) && agent.generation != 0 {
                     agent.write_ready_file()?;

@@ -226,6 +226,7 @@ impl RunArgs {
         if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
             return Err("conntrack timeouts must be at least 1 second".into());
         }
+        self.first_packet.uplink_globs()?;
         if !(1..=MAX_METRICS_CONNECTIONS).contains(&self.metrics_max_connections) {
             return Err(format!(
                 "--metrics-max-connections must be between 1 and {MAX_METRICS_CONNECTIONS}"

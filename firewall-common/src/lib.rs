@@ -27,12 +27,16 @@ pub const MAP_DENY_LIMIT: &str = "DENY_LIMIT";
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 pub const MAP_POLICY_CACHE: &str = "POLICY_CACHE";
 pub const MAP_INTERFACES: &str = "INTERFACES";
+/// Uplink interfaces of the node (ifindex -> 1): traffic between two of them is transit.
+pub const MAP_UPLINKS: &str = "UPLINKS";
 /// TC ingress of the host-side veth: what the pod sends (egress enforcement).
 pub const PROG_FROM_POD: &str = "zonewall_from_pod";
 /// TC egress of the host-side veth: what the pod receives.
 pub const PROG_TO_POD: &str = "zonewall_to_pod";
 /// An empty classifier (returns at once), the baseline of the per-packet benchmarks.
 pub const PROG_BASELINE: &str = "zonewall_baseline";
+/// TC egress of the node's uplinks: drops what a local pod sent that no program judged.
+pub const PROG_UPLINK: &str = "zonewall_uplink";
 
 // Default map sizes; the agent may override them at load time.
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 262_144;
@@ -43,6 +47,7 @@ pub const DENY_LIMIT_MAX_ENTRIES: u32 = 16_384;
 pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const POLICY_CACHE_MAX_ENTRIES: u32 = 65_536;
 pub const INTERFACES_MAX_ENTRIES: u32 = 16_384;
+pub const UPLINKS_MAX_ENTRIES: u32 = 64;
 pub const FLOW_EVENTS_BYTES: u32 = 8 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
@@ -81,6 +86,9 @@ pub const RULE_FRAGMENT: u32 = 4;
 pub const RULE_SERVICE_DEFERRED: u32 = 5;
 /// The source address is not one of the sending interface's addresses (anti-spoofing).
 pub const RULE_SPOOFED: u32 = 6;
+/// The uplink saw a packet forwarded from a local interface that no zonewall program
+/// judged (an interface the programs were not attached to yet).
+pub const RULE_UNJUDGED_EGRESS: u32 = 7;
 /// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
 pub const FIRST_USER_RULE_ID: u32 = 16;
 
@@ -423,6 +431,13 @@ pub const EVENT_UPDATE: u8 = 5;
 /// Which hook saw the packet.
 pub const HOOK_FROM_POD: u8 = 0;
 pub const HOOK_TO_POD: u8 = 1;
+pub const HOOK_UPLINK: u8 = 2;
+
+/// The bit of `skb->mark` the pod-side program sets on every packet it lets pass, so the
+/// uplink program can tell judged traffic from traffic that crossed no zonewall program.
+/// A mark survives forwarding and the node's SNAT within one network namespace; this bit
+/// is outside the ones kube-proxy (0x4000, 0x8000) and Calico (0xffff0000 by default) use.
+pub const JUDGED_MARK: u32 = 0x1000;
 
 /// One flow event. `src` is the initiator of the flow (for deny events: the sender).
 #[repr(C)]
@@ -494,10 +509,13 @@ pub const COUNTER_WRONG_INTERFACE_DROPPED: u32 = 23;
 pub const COUNTER_ICMP_ERROR_DROPPED: u32 = 24;
 /// A TCP RST or FIN without a tracked flow: judged, never tracked.
 pub const COUNTER_UNTRACKED_TEARDOWN: u32 = 25;
+/// A packet leaving through an uplink, forwarded from a local interface, that no pod-side
+/// program judged (see `JUDGED_MARK`): dropped.
+pub const COUNTER_UNJUDGED_EGRESS_DROPPED: u32 = 26;
 pub const COUNTER_MAX: u32 = 32;
 
 /// Human names of the counters, indexed like `COUNTER_*` (for metrics and `status`).
-pub const COUNTER_NAMES: [&str; 26] = [
+pub const COUNTER_NAMES: [&str; 27] = [
     "allowed_new",
     "allowed_established",
     "denied_policy",
@@ -524,6 +542,7 @@ pub const COUNTER_NAMES: [&str; 26] = [
     "wrong_interface_dropped",
     "icmp_error_dropped",
     "untracked_teardown",
+    "unjudged_egress_dropped",
 ];
 
 // ---------------------------------------------------------------------------------------

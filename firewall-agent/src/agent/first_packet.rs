@@ -1,8 +1,12 @@
 //! The agent's part in a new pod's first moments: a pod interface is attached when the
 //! kernel announces it (rtnetlink `RTM_NEWLINK`), the interface scan every `--poll-ms`
-//! staying as the fallback.
+//! staying as the fallback, and the node's uplinks carry the program that drops what no
+//! pod-side program judged.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use globset::GlobSet;
 
 use super::{Agent, AgentError, interface_exists};
 use crate::config::FirstPacketArgs;
@@ -16,12 +20,18 @@ const RESCAN_AFTER: Duration = Duration::from_millis(20);
 pub(super) struct FirstPacket {
     watch: Option<LinkWatch>,
     rescan_at: Option<Instant>,
+    uplinks: GlobSet,
+    /// Uplinks whose failure was logged as an error already (later ones are debug).
+    uplink_failures: BTreeSet<(String, u32)>,
+    /// Interfaces both globs match, reported once.
+    ambiguous: BTreeSet<String>,
 }
 
 impl FirstPacket {
     /// Subscribes to link events (unless `--link-events false`). Called before the first
     /// interface scan, so an interface created after that scan is announced.
     pub(super) fn start(args: &FirstPacketArgs) -> Result<Self, AgentError> {
+        let uplinks = args.uplink_globs().map_err(AgentError::Config)?;
         let watch = if args.link_events {
             match LinkWatch::open() {
                 Ok(watch) => Some(watch),
@@ -37,6 +47,9 @@ impl FirstPacket {
         Ok(Self {
             watch,
             rescan_at: None,
+            uplinks,
+            uplink_failures: BTreeSet::new(),
+            ambiguous: BTreeSet::new(),
         })
     }
 
@@ -65,6 +78,11 @@ impl FirstPacket {
     pub(super) fn rescanned(&mut self) {
         self.rescan_at = None;
     }
+
+    /// Whether `name` is an uplink of this node.
+    pub(super) fn is_uplink(&self, name: &str) -> bool {
+        self.uplinks.is_match(name)
+    }
 }
 
 impl Agent {
@@ -77,13 +95,20 @@ impl Agent {
         events: Vec<LinkEvent>,
     ) -> bool {
         let mut attached = false;
+        let mut uplinks_changed = false;
         for event in events {
             match event {
                 LinkEvent::New { index, name } => {
                     tracing::trace!(interface = %name, ifindex = index, "RTM_NEWLINK");
+                    if first.is_uplink(&name) {
+                        uplinks_changed = true;
+                        continue;
+                    }
                     if !self.globs.is_match(&name) {
                         continue;
                     }
+                    // Named even if the attach fails: records of the uplink program
+                    // about this interface then say which one it was.
                     self.enricher.name_interface(index, &name);
                     if self.datapath.is_attached(&name, index) {
                         continue;
@@ -100,15 +125,63 @@ impl Agent {
                         Err(_) => {}
                     }
                 }
-                LinkEvent::Gone { .. } => {}
+                LinkEvent::Gone { name, .. } => uplinks_changed |= first.is_uplink(&name),
                 LinkEvent::Lost => {
+                    uplinks_changed = true;
                     tracing::warn!(
                         "link events were lost (the socket's queue overflowed); scanning every interface"
                     );
                 }
             }
         }
+        if uplinks_changed {
+            self.sync_uplinks(first);
+        }
         first.rescan_at.get_or_insert(Instant::now() + RESCAN_AFTER);
         attached
+    }
+
+    /// Puts this agent's uplink program on every interface `--uplinks` names now, and
+    /// takes it off those that are gone (or no longer named). An interface the pod
+    /// globs match too is a pod's, never an uplink.
+    pub(super) fn sync_uplinks(&mut self, first: &mut FirstPacket) {
+        let mut wanted = Vec::new();
+        for (name, index) in crate::datapath::interfaces() {
+            if !first.is_uplink(&name) {
+                continue;
+            }
+            if self.globs.is_match(&name) {
+                if first.ambiguous.insert(name.clone()) {
+                    tracing::error!(interface = %name, "--uplinks and --interfaces both match this interface: it is treated as a pod interface, not an uplink");
+                }
+                continue;
+            }
+            wanted.push((name, index));
+        }
+        for (name, change) in self.datapath.sync_uplinks(&wanted) {
+            let index = wanted
+                .iter()
+                .find(|(wanted_name, _)| *wanted_name == name)
+                .map(|(_, index)| *index)
+                .unwrap_or_default();
+            match change {
+                Ok(_) => {
+                    first.uplink_failures.remove(&(name, index));
+                }
+                Err(error) => {
+                    self.metrics
+                        .attach_failures
+                        .get_or_create(&crate::metrics::InterfaceLabels {
+                            interface: name.clone(),
+                        })
+                        .inc();
+                    if first.uplink_failures.insert((name.clone(), index)) {
+                        tracing::error!(interface = %name, %error, "uplink program not attached: this uplink does not stop unjudged pod traffic; retried every scan");
+                    } else {
+                        tracing::debug!(interface = %name, %error, "uplink program still not attached");
+                    }
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,8 @@ use firewall_common::{PROG_FROM_POD, PROG_TO_POD};
 
 use super::{Datapath, DatapathError};
 
+mod uplink;
+
 /// How the agent attaches its programs (`--attach-mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -504,6 +506,7 @@ pub fn detach_all(bpffs_root: &Path) -> std::io::Result<usize> {
         removed += 1;
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
+    removed += uplink::remove_all(&pin_dir);
     let own = tc_dir(&pin_dir);
     for (record, pin) in records(&own) {
         remove_tc_filter(&record, &pin);
