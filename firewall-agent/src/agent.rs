@@ -558,7 +558,12 @@ impl Agent {
             kept
         });
         let before = self.datapath.attached().count();
-        self.datapath.prune(&wanted);
+        // Listed again under the lock the CNI plugin takes: an interface it attached
+        // after the listing above is not taken for a vanished one.
+        let _lock = self.datapath.lock_links();
+        if let Some(current) = self.pod_interfaces() {
+            self.datapath.prune(&current);
+        }
         Ok(changed || before != self.datapath.attached().count())
     }
 
@@ -799,6 +804,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     )?;
     let mut datapath = Datapath::load(&args.bpffs, args.map_sizes())?;
     datapath.set_attach_mode(args.attach_mode);
+    // For the CNI plugin, which attaches these programs before a pod starts.
+    datapath.pin_programs()?;
     let previous = datapath.config()?;
     if previous.ready != 0 {
         tracing::info!(

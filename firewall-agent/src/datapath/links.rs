@@ -27,6 +27,7 @@ use firewall_common::{PROG_FROM_POD, PROG_TO_POD};
 
 use super::{Datapath, DatapathError};
 
+pub mod handoff;
 mod uplink;
 
 /// How the agent attaches its programs (`--attach-mode`).
@@ -267,6 +268,10 @@ impl Datapath {
     /// agent left there, and returns the hook used. In `auto` mode a kernel that refuses
     /// TCX links gets TC filters instead, with a warning naming the interface.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Hook, DatapathError> {
+        let _lock = self.lock_links();
+        if let Some(hook) = self.adopt(ifname, ifindex) {
+            return Ok(hook);
+        }
         let (hook, pins) = match self.attach_mode {
             AttachMode::Tcx => match self.attach_tcx(ifname, ifindex) {
                 Ok(pins) => (Hook::Tcx, pins),
@@ -507,6 +512,7 @@ pub fn detach_all(bpffs_root: &Path) -> std::io::Result<usize> {
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
     removed += uplink::remove_all(&pin_dir);
+    handoff::remove_all(&pin_dir);
     let own = tc_dir(&pin_dir);
     for (record, pin) in records(&own) {
         remove_tc_filter(&record, &pin);

@@ -20,6 +20,7 @@ use aya::{
 use firewall_common::*;
 
 pub use conntrack::{monotonic_ns, timeout_ns};
+pub use links::handoff;
 pub use links::{AttachMode, AttachedInterface, Hook, detach_all, interfaces};
 pub use sync::{SyncReport, Tuning};
 

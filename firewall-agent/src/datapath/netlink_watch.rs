@@ -1,7 +1,8 @@
 //! The node's link events: an rtnetlink socket subscribed to `RTNLGRP_LINK` in the agent's
 //! network namespace, so a new pod interface is attached when the kernel announces it
 //! (`RTM_NEWLINK`) instead of at the next poll. Polling stays as the fallback for events
-//! the socket lost (its queue overflowed: `ENOBUFS`) or could not be opened for.
+//! the socket lost (its queue overflowed: `ENOBUFS`) or could not be opened for. Also the
+//! one-link question the CNI plugin asks (`RTM_GETLINK`: which interface is a veth's peer).
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
@@ -10,8 +11,14 @@ use tokio::io::unix::AsyncFd;
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_OVERRUN: u16 = 4;
+const NLM_F_REQUEST: u16 = 1;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+/// The peer's index of a veth (in the peer's namespace).
+const IFLA_LINK: u16 = 5;
+/// Present when the peer lives in another network namespace.
+const IFLA_LINK_NETNSID: u16 = 37;
 /// `struct ifinfomsg`: family, pad, type, index, flags, change.
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
@@ -219,6 +226,117 @@ fn attribute(payload: &[u8], wanted: u16) -> Option<&[u8]> {
         rest = &rest[align(length).min(rest.len())..];
     }
     None
+}
+
+/// One link as `RTM_GETLINK` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// For a veth: its peer's index, in the peer's network namespace.
+    pub peer: Option<u32>,
+}
+
+/// Which link [`get_link`] asks about.
+pub enum LinkQuery<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+/// Asks the calling thread's network namespace about one link; `None` if there is none.
+pub fn get_link(query: LinkQuery<'_>) -> Result<Option<Link>, WatchError> {
+    let socket = route_socket(0)?;
+    let mut request = vec![0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    match query {
+        LinkQuery::Index(index) => {
+            request[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&index.to_ne_bytes())
+        }
+        LinkQuery::Name(name) => {
+            let value_len = name.len() + 1;
+            request.extend_from_slice(&((4 + value_len) as u16).to_ne_bytes());
+            request.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+            request.extend_from_slice(name.as_bytes());
+            request.push(0);
+            request.resize(align(request.len()), 0);
+        }
+    }
+    let length = request.len() as u32;
+    request[0..4].copy_from_slice(&length.to_ne_bytes());
+    // SAFETY: the buffer is valid for its length during the call.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(socket_error("sending RTM_GETLINK")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let mut buffer = vec![0u8; 64 * 1024];
+    let received = loop {
+        // SAFETY: the buffer is valid for its length during the call.
+        let received = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if received >= 0 {
+            break received as usize;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(socket_error("receiving the RTM_GETLINK answer")(error));
+        }
+    };
+    let answer = &buffer[..received];
+    if answer.len() < NLMSG_HDRLEN {
+        return Err(socket_error("RTM_GETLINK")(std::io::Error::other(
+            "short answer",
+        )));
+    }
+    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
+    let payload = &answer[NLMSG_HDRLEN..];
+    match kind {
+        RTM_NEWLINK => {
+            let Some((index, name)) = link_of(payload) else {
+                return Err(socket_error("RTM_GETLINK")(std::io::Error::other(
+                    "answer without a name",
+                )));
+            };
+            // A device of no pair names itself; a veth's peer in another namespace may
+            // have the same number there.
+            let elsewhere = attribute(payload, IFLA_LINK_NETNSID).is_some();
+            let peer = attribute(payload, IFLA_LINK)
+                .and_then(|value| Some(u32::from_ne_bytes(value.get(0..4)?.try_into().ok()?)))
+                .filter(|peer| *peer != 0 && (elsewhere || *peer != index));
+            Ok(Some(Link { index, name, peer }))
+        }
+        NLMSG_ERROR => {
+            let code = payload
+                .get(0..4)
+                .map(|bytes| i32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+                .unwrap_or(-libc::EIO);
+            match -code {
+                libc::ENODEV => Ok(None),
+                errno => Err(socket_error("RTM_GETLINK")(
+                    std::io::Error::from_raw_os_error(errno),
+                )),
+            }
+        }
+        other => Err(socket_error("RTM_GETLINK")(std::io::Error::other(format!(
+            "unexpected answer of type {other}"
+        )))),
+    }
 }
 
 fn align(length: usize) -> usize {
