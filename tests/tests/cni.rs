@@ -8,14 +8,15 @@
 //!   is gone and then removes the pins;
 //! - when it cannot enforce (no agent, no pinned programs, no such namespace, no veth,
 //!   no previous result...) it prints the spec's error object and exits non-zero, so
-//!   the pod does not start.
+//!   the pod does not start;
+//! - `zonewall-cni install` chains itself into a node's conflist, idempotently.
 
 #[path = "support/pods.rs"]
 mod pods;
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use pods::{FastPod, cni_binary, cni_config, pod_address, run_cni};
@@ -433,4 +434,78 @@ fn the_plugin_fails_the_pod_with_a_cni_error_when_it_cannot_enforce() {
         &cni_config(&agent.bpffs, "1.1.0", None),
     );
     assert!(status.success, "{status:?}");
+}
+
+#[test]
+fn install_chains_the_plugin_into_the_node_s_conflist_once() {
+    let binary = cni_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let conf_dir = dir.path().join("net.d");
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pristine = workspace.join("firewall-agent/src/cni/testdata/flannel.conflist");
+    std::fs::copy(&pristine, conf_dir.join("10-flannel.conflist")).unwrap();
+    let install = |extra: &[&str]| {
+        std::process::Command::new(&binary)
+            .env_remove("CNI_COMMAND")
+            .arg("install")
+            .arg("--conf-dir")
+            .arg(&conf_dir)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = install(&[]);
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("updated"),
+        "{first:?}"
+    );
+    let installed = std::fs::read_to_string(conf_dir.join("10-flannel.conflist")).unwrap();
+    let shown = std::fs::read_to_string(workspace.join("deploy/cni/flannel.conflist")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&installed).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&shown).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(bin_dir.join("zonewall-cni")).unwrap(),
+        std::fs::read(&binary).unwrap()
+    );
+    let second = install(&[]);
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("unchanged"),
+        "{second:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf_dir.join("10-flannel.conflist")).unwrap(),
+        installed
+    );
+    // The agent's bpffs folder, as the DaemonSet passes it, lands in the plugin's entry.
+    let moved = install(&["--bpffs=/run/zonewall-bpffs"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let conflist: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(conf_dir.join("10-flannel.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(conflist["plugins"][1]["bpffs"], "/run/zonewall-bpffs");
+    // An empty conf folder: it waits for the main plugin, then gives up with a reason.
+    let empty = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let waited = std::process::Command::new(&binary)
+        .env_remove("CNI_COMMAND")
+        .args(["install", "--wait-seconds", "1", "--conf-dir"])
+        .arg(empty.path())
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .unwrap();
+    assert!(!waited.status.success());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        String::from_utf8_lossy(&waited.stderr).contains("no CNI configuration"),
+        "{waited:?}"
+    );
 }

@@ -1,8 +1,10 @@
 //! `zonewall-cni`, the chained CNI plugin: on ADD it attaches the agent's pinned programs
 //! to the pod's host-side interface before the runtime starts the pod's containers, and
 //! fails the ADD (so the pod does not start) when it cannot. The agent adopts the links
-//! (see `datapath::handoff`).
+//! (see `datapath::handoff`). Also the installer that puts the plugin into a node's CNI
+//! folders (`install`).
 
+pub mod install;
 mod netns;
 pub mod spec;
 
