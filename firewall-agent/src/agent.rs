@@ -16,6 +16,8 @@ use crate::flows::{Dispatcher, Enricher, Record, decode};
 use crate::policy::{self, compiled::CompiledPolicy, compiled::EndpointKind};
 use crate::source::{FileSource, Outcome, PolicySource, SourceUpdate};
 
+mod first_packet;
+
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -548,7 +550,12 @@ impl Agent {
             kept
         });
         let before = self.datapath.attached().count();
-        self.datapath.prune(&wanted);
+        // Listed again under the lock the CNI plugin takes: an interface it attached
+        // after the listing above is not taken for a vanished one.
+        let _lock = self.datapath.lock_links();
+        if let Some(current) = self.pod_interfaces() {
+            self.datapath.prune(&current);
+        }
         Ok(changed || before != self.datapath.attached().count())
     }
 
@@ -789,6 +796,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     )?;
     let mut datapath = Datapath::load(&args.bpffs, args.map_sizes())?;
     datapath.set_attach_mode(args.attach_mode);
+    // For the CNI plugin, which attaches these programs before a pod starts.
+    datapath.pin_programs()?;
     let previous = datapath.config()?;
     if previous.ready != 0 {
         tracing::info!(
@@ -825,7 +834,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let interfaces = agent.pod_interfaces().unwrap_or_default();
     agent.refresh_bindings(&interfaces);
     agent.reload()?;
+    // Subscribed before the first scan: an interface created after it is announced.
+    let mut first_packet = first_packet::FirstPacket::start(&agent.args.first_packet)?;
     agent.scan_interfaces()?;
+    agent.sync_uplinks(&mut first_packet);
     if agent.generation != 0 {
         agent.write_ready_file()?;
     }
@@ -882,6 +894,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     const DRAIN_PAUSE: Duration = Duration::from_millis(2);
     let mut next_drain = tokio::time::Instant::now();
     loop {
+        let rescan_at = first_packet.rescan_at();
         tokio::select! {
             guard = async {
                 tokio::time::sleep_until(next_drain).await;
@@ -903,9 +916,24 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     agent.write_ready_file()?;
                 }
             }
+            events = first_packet.next() => {
+                if agent.on_link_events(&mut first_packet, events) && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+            }
+            _ = sleep_until(rescan_at) => {
+                first_packet.rescanned();
+                agent.sync_uplinks(&mut first_packet);
+                if agent.scan_interfaces()? && agent.generation != 0 {
+                    agent.write_ready_file()?;
+                }
+                agent.observe();
+            }
             _ = poll.tick() => {
+                first_packet.rescanned();
                 let policy_changed = agent.reload()?;
                 let interfaces_changed = agent.scan_interfaces()?;
+                agent.sync_uplinks(&mut first_packet);
                 agent.observe();
                 if (policy_changed || interfaces_changed) && agent.generation != 0 {
                     agent.write_ready_file()?;

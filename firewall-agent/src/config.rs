@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod first_packet;
+pub use first_packet::FirstPacketArgs;
+
 /// Host-side veth names of common CNIs.
 pub const DEFAULT_INTERFACES: &str = "veth*,cali*,lxc*,gke*,eni*,azv*";
 
@@ -156,6 +159,8 @@ pub struct RunArgs {
     /// connection is forgotten).
     #[arg(long, env = "ZONEWALL_MAX_CONNTRACK", default_value_t = firewall_common::CONNTRACK_MAX_ENTRIES)]
     pub max_conntrack: u32,
+    #[command(flatten)]
+    pub first_packet: FirstPacketArgs,
 }
 
 /// The largest map size the flags accept: beyond it a map costs gigabytes of kernel memory.
@@ -221,6 +226,7 @@ impl RunArgs {
         if self.ct_tcp_timeout == 0 || self.ct_udp_timeout == 0 || self.ct_icmp_timeout == 0 {
             return Err("conntrack timeouts must be at least 1 second".into());
         }
+        self.first_packet.uplink_globs()?;
         if !(1..=MAX_METRICS_CONNECTIONS).contains(&self.metrics_max_connections) {
             return Err(format!(
                 "--metrics-max-connections must be between 1 and {MAX_METRICS_CONNECTIONS}"

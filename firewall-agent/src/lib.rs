@@ -3,6 +3,7 @@
 //! Kubernetes API). The binary (`firewall-agent`) is a thin wrapper around it.
 
 pub mod agent;
+pub mod cni;
 pub mod config;
 pub mod crds;
 pub mod datapath;
@@ -21,6 +22,8 @@ pub enum Error {
     Datapath(#[from] datapath::DatapathError),
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    #[error(transparent)]
+    Cni(#[from] cni::spec::CniError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -34,10 +34,13 @@ pub const COUNTER_WRONG_INTERFACE_DROPPED: u32 = 23;
 pub const COUNTER_ICMP_ERROR_DROPPED: u32 = 24;
 /// A TCP RST or FIN without a tracked flow: judged, never tracked.
 pub const COUNTER_UNTRACKED_TEARDOWN: u32 = 25;
+/// A packet leaving through an uplink, forwarded from a local interface, that no pod-side
+/// program judged (see `JUDGED_MARK`): dropped.
+pub const COUNTER_UNJUDGED_EGRESS_DROPPED: u32 = 26;
 pub const COUNTER_MAX: u32 = 32;
 
 /// Human names of the counters, indexed like `COUNTER_*` (for metrics and `status`).
-pub const COUNTER_NAMES: [&str; 26] = [
+pub const COUNTER_NAMES: [&str; 27] = [
     "allowed_new",
     "allowed_established",
     "denied_policy",
@@ -64,4 +67,5 @@ pub const COUNTER_NAMES: [&str; 26] = [
     "wrong_interface_dropped",
     "icmp_error_dropped",
     "untracked_teardown",
+    "unjudged_egress_dropped",
 ];

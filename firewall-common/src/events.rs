@@ -12,6 +12,13 @@ pub const EVENT_UPDATE: u8 = 5;
 /// Which hook saw the packet.
 pub const HOOK_FROM_POD: u8 = 0;
 pub const HOOK_TO_POD: u8 = 1;
+pub const HOOK_UPLINK: u8 = 2;
+
+/// The bit of `skb->mark` the pod-side program sets on every packet it lets pass, so the
+/// uplink program can tell judged traffic from traffic that crossed no zonewall program.
+/// A mark survives forwarding and the node's SNAT within one network namespace; this bit
+/// is outside the ones kube-proxy (0x4000, 0x8000) and Calico (0xffff0000 by default) use.
+pub const JUDGED_MARK: u32 = 0x1000;
 
 /// One flow event. `src` is the initiator of the flow (for deny events: the sender).
 #[repr(C)]

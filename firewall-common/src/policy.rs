@@ -21,6 +21,9 @@ pub const RULE_FRAGMENT: u32 = 4;
 pub const RULE_SERVICE_DEFERRED: u32 = 5;
 /// The source address is not one of the sending interface's addresses (anti-spoofing).
 pub const RULE_SPOOFED: u32 = 6;
+/// The uplink saw a packet forwarded from a local interface that no zonewall program
+/// judged (an interface the programs were not attached to yet).
+pub const RULE_UNJUDGED_EGRESS: u32 = 7;
 /// Compiled policies get rule ids >= FIRST_USER_RULE_ID.
 pub const FIRST_USER_RULE_ID: u32 = 16;
 

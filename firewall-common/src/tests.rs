@@ -84,8 +84,8 @@ fn every_tcp_flag_bit_has_one_name() {
 fn every_counter_has_a_name_and_a_slot() {
     assert!(COUNTER_NAMES.len() as u32 <= COUNTER_MAX);
     assert_eq!(
-        COUNTER_NAMES[COUNTER_UNTRACKED_TEARDOWN as usize],
-        "untracked_teardown"
+        COUNTER_NAMES[COUNTER_UNJUDGED_EGRESS_DROPPED as usize],
+        "unjudged_egress_dropped"
     );
-    assert_eq!(COUNTER_NAMES.len(), COUNTER_UNTRACKED_TEARDOWN as usize + 1);
+    assert_eq!(COUNTER_NAMES.len(), COUNTER_UNJUDGED_EGRESS_DROPPED as usize + 1);
 }

@@ -20,22 +20,36 @@ mod pipeline;
 mod policy;
 mod scratch;
 mod spoofing;
+mod uplink;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use firewall_common::{HOOK_FROM_POD, HOOK_TO_POD};
+use firewall_common::{HOOK_FROM_POD, HOOK_TO_POD, JUDGED_MARK};
 use firewall_ebpf::parse;
 
-/// TC ingress of a pod's host-side interface: what the pod sends.
+/// TC ingress of a pod's host-side interface: what the pod sends. What it lets pass is
+/// marked as judged, for the uplink program (see `uplink`).
 #[classifier]
 pub fn zonewall_from_pod(ctx: TcContext) -> i32 {
-    pipeline::classify(&ctx, HOOK_FROM_POD)
+    let action = pipeline::classify(&ctx, HOOK_FROM_POD);
+    if action != verdict::DROP {
+        // SAFETY: the context pointer is valid for the whole program run.
+        let mark = unsafe { (*ctx.skb.skb).mark };
+        ctx.skb.set_mark(mark | JUDGED_MARK);
+    }
+    action
 }
 
 /// TC egress of a pod's host-side interface: what the pod receives.
 #[classifier]
 pub fn zonewall_to_pod(ctx: TcContext) -> i32 {
     pipeline::classify(&ctx, HOOK_TO_POD)
+}
+
+/// TC egress of the node's uplinks: drops traffic of local pods that no program judged.
+#[classifier]
+pub fn zonewall_uplink(ctx: TcContext) -> i32 {
+    uplink::classify(&ctx)
 }
 
 /// Returns at once: the empty program benchmarks measure zonewall against. Never attached

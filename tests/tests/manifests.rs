@@ -1365,15 +1365,48 @@ fn the_daemonset_runs_the_agent_with_least_privilege() {
                 .is_some_and(|host| host.path == "/var/lib/zonewall")
         })
         .expect("a hostPath volume for the state folder /var/lib/zonewall");
+    // The node's CNI folders are the install-cni init container's, and only its.
+    let cni_folders = ["/etc/cni/net.d", "/opt/cni/bin"];
     for volume in &volumes {
         if let Some(host) = &volume.host_path {
             assert!(
-                ["/sys/fs/bpf", "/var/lib/zonewall"].contains(&host.path.as_str()),
-                "volume {}: no other host path than bpffs and the state folder",
+                ["/sys/fs/bpf", "/var/lib/zonewall"].contains(&host.path.as_str())
+                    || cni_folders.contains(&host.path.as_str()),
+                "volume {}: no other host path than bpffs, the state folder and the CNI folders",
                 volume.name
             );
+            if cni_folders.contains(&host.path.as_str()) {
+                for container in pod.init_containers.iter().flatten().chain(&pod.containers) {
+                    let mounts = container.volume_mounts.iter().flatten();
+                    if mounts.into_iter().any(|mount| mount.name == volume.name) {
+                        assert_eq!(
+                            container.name, "install-cni",
+                            "{} mounts the node's {}",
+                            container.name, host.path
+                        );
+                    }
+                }
+            }
         }
     }
+    let install = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|container| container.name == "install-cni")
+        .expect("the init container that installs the CNI plugin");
+    let command = install.command.clone().unwrap_or_default();
+    assert_eq!(command[..2], ["/usr/local/bin/zonewall-cni", "install"]);
+    let context = install
+        .security_context
+        .as_ref()
+        .expect("its security context");
+    let capabilities = context.capabilities.as_ref().expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert!(
+        capabilities.add.clone().unwrap_or_default().is_empty(),
+        "install-cni needs no capability"
+    );
 
     let all_containers = pod
         .init_containers

@@ -7,7 +7,8 @@
 //!   cases per property (`ZONEWALL_FUZZ_CASES` overrides; `cargo xtask fuzz` runs more).
 //! - The integration tests (crate `zonewall-tests`) create network namespaces, attach
 //!   programs and start agents: they run one at a time.
-//! - Their tests find the agent's binary in `ZONEWALL_AGENT_BIN`.
+//! - Their tests find the agent's binary in `ZONEWALL_AGENT_BIN`, the CNI plugin's in
+//!   `ZONEWALL_CNI_BIN`.
 //! - Under `CI=true` (inherited) a privileged test that cannot run fails instead of
 //!   skipping.
 
@@ -20,6 +21,7 @@ const INTEGRATION_TESTS: &str = "zonewall-tests";
 
 pub fn run(test_args: &[String]) -> Result<()> {
     let agent = build::built_binary(&[], "firewall-agent")?;
+    let cni = build::built_binary(&[], "zonewall-cni")?;
     let mut failed = Vec::new();
 
     let mut unit = cmd::cargo();
@@ -36,6 +38,7 @@ pub fn run(test_args: &[String]) -> Result<()> {
     integration
         .current_dir(crate::workspace_root())
         .env("ZONEWALL_AGENT_BIN", &agent)
+        .env("ZONEWALL_CNI_BIN", &cni)
         .args(["test", "-p", INTEGRATION_TESTS, "--no-fail-fast"])
         .args(["--", "--test-threads=1"])
         .args(test_args);

@@ -28,6 +28,9 @@ use super::{
     pins::{PinName, netns_inode, pin_name, pins_in, record_name, records, tc_dir, unpin},
 };
 
+pub mod handoff;
+mod uplink;
+
 /// Interfaces of the current network namespace: (name, index).
 pub fn interfaces() -> Vec<(String, u32)> {
     match nix::net::if_::if_nameindex() {
@@ -118,6 +121,10 @@ impl Datapath {
     /// agent left there, and returns the hook used. In `auto` mode a kernel that refuses
     /// TCX links gets TC filters instead, with a warning naming the interface.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Hook, DatapathError> {
+        let _lock = self.lock_links();
+        if let Some(hook) = self.adopt(ifname, ifindex) {
+            return Ok(hook);
+        }
         let (hook, pins) = match self.attach_mode {
             AttachMode::Tcx => match self.attach_tcx(ifname, ifindex) {
                 Ok(pins) => (Hook::Tcx, pins),
@@ -357,6 +364,8 @@ pub fn detach_all(bpffs_root: &Path) -> std::io::Result<usize> {
         removed += 1;
     }
     let _ = std::fs::remove_dir(pin_dir.join("links"));
+    removed += uplink::remove_all(&pin_dir);
+    handoff::remove_all(&pin_dir);
     let own = tc_dir(&pin_dir);
     for (record, pin) in records(&own) {
         remove_tc_filter(&record, &pin);

@@ -101,7 +101,7 @@ impl Datapath {
             .map_max_entries(MAP_POLICY, sizes.policy)
             .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
             .load(EBPF_OBJECT)?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_BASELINE] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_BASELINE, PROG_UPLINK] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::Program {

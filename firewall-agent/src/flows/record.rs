@@ -453,6 +453,7 @@ fn reserved_rule_name(rule: u32) -> Option<&'static str> {
         RULE_FRAGMENT => Some("fragment"),
         RULE_SERVICE_DEFERRED => Some("service-deferred"),
         RULE_SPOOFED => Some("spoofed-source"),
+        firewall_common::RULE_UNJUDGED_EGRESS => Some("unjudged-egress"),
         RULE_NONE => Some("none"),
         _ => None,
     }
