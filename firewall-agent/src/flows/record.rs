@@ -1,22 +1,19 @@
-//! One JSON object per flow event, as the flow log promises (README: "Flow record").
+//! The flow record: what one flow event or policy change says, as typed fields, one JSON
+//! object per event in the flow log (README: "Flow record").
 //!
 //! A record is cheap to make: numbers, times and identifiers stay numbers until a sink
 //! encodes them, and names (zones, policies, the node, pods and their labels) are shared
 //! with the enricher instead of copied. What a record says about a pod lives in an
-//! [`Owner`] made once per policy generation; the encoders render an owner's part of a
-//! record once and reuse the text, so it is immutable and can never disagree with it.
+//! [`Owner`] made once per policy generation and never changed after, so an encoder may
+//! render an owner once and reuse the text for as long as the owner lives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use firewall_common::*;
 use serde::Serialize;
 
-use crate::identity::{address_bytes, address_from_bytes};
-use crate::policy::compiled::{CompiledPolicy, EndpointKind};
 use crate::policy::model::Workload;
 
 /// A name shared between the enricher and every record that mentions it.
@@ -266,7 +263,7 @@ impl fmt::Display for FlowId {
 
 /// What the enricher knows about the owner of an address (a pod, a node or a service),
 /// for one policy generation. Immutable: a new generation makes new owners.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Owner {
     /// The address this owner was learned for.
     pub ip: IpAddr,
@@ -276,17 +273,6 @@ pub struct Owner {
     /// The pod's owner: `{"kind": "Deployment", "name": "web"}`.
     pub workload: Option<Workload>,
     pub labels: BTreeMap<String, String>,
-    /// The encoders' renderings of this owner, made on first use (see `format`).
-    pub(crate) rendered_json: OnceLock<Rendered>,
-    pub(crate) rendered_ocsf: OnceLock<Rendered>,
-}
-
-/// An owner's part of an endpoint object, in two pieces: what comes before the port
-/// and what comes after it (fields are written in name order).
-#[derive(Debug)]
-pub(crate) struct Rendered {
-    pub before_port: Box<str>,
-    pub after_port: Box<str>,
 }
 
 impl Owner {
@@ -305,21 +291,7 @@ impl Owner {
             node,
             workload,
             labels,
-            rendered_json: OnceLock::new(),
-            rendered_ocsf: OnceLock::new(),
         }
-    }
-}
-
-impl PartialEq for Owner {
-    /// Equal when they say the same; what was rendered from them does not count.
-    fn eq(&self, other: &Self) -> bool {
-        self.ip == other.ip
-            && self.namespace == other.namespace
-            && self.pod == other.pod
-            && self.node == other.node
-            && self.workload == other.workload
-            && self.labels == other.labels
     }
 }
 
@@ -361,7 +333,7 @@ impl Peer {
 }
 
 /// A flow event as the sinks write it. Field by field what DESIGN.md's flow record lists;
-/// the encoders (`format`) turn the typed fields into text.
+/// the encoders (`encode`) turn the typed fields into text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowRecord {
     /// RFC 3339, UTC, nanoseconds.
@@ -398,379 +370,6 @@ pub struct FlowRecord {
     pub generation: u32,
     /// Deny events of this source left out by the rate limit since the previous one.
     pub suppressed: u32,
-}
-
-/// A hasher for the enricher's small integer keys (zone ids, addresses, interface
-/// indexes): a multiply-xorshift mix, far cheaper than SipHash. Keys come from the
-/// policy and the kernel, and a bad spread costs time only, never correctness.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-impl IdHasher {
-    fn mix(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(26) ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        let mut hash = self.0;
-        hash ^= hash >> 32;
-        hash = hash.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        hash ^ (hash >> 32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.mix(u64::from(value));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.mix(value);
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.mix(value as u64);
-        self.mix((value >> 64) as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Names of the reserved rule ids, as records write them.
-fn reserved_rule_name(rule: u32) -> Option<&'static str> {
-    match rule {
-        RULE_DEFAULT_INTRA_ALLOW => Some("default-allow-intra-zone"),
-        RULE_DEFAULT_INTER_DENY => Some("default-deny-inter-zone"),
-        RULE_UNKNOWN_SOURCE => Some("unknown-source"),
-        RULE_FRAGMENT => Some("fragment"),
-        RULE_SERVICE_DEFERRED => Some("service-deferred"),
-        RULE_SPOOFED => Some("spoofed-source"),
-        firewall_common::RULE_UNJUDGED_EGRESS => Some("unjudged-egress"),
-        RULE_NONE => Some("none"),
-        _ => None,
-    }
-}
-
-/// Turns kernel events into records. Keeps the names of every generation still
-/// referenced by live flows (rules are per generation; zone ids are stable).
-pub struct Enricher {
-    node: Option<Name>,
-    zone_names: IdMap<u32, Name>,
-    /// Names of the reserved zones, for ids no policy named.
-    reserved_zone_names: [(u32, Name); 4],
-    /// Rule names by generation, then by rule id.
-    rules: BTreeMap<u32, Arc<IdMap<u32, Name>>>,
-    /// Names of the reserved rule ids, by id (the reserved ids are the smallest).
-    reserved_rule_names: Vec<Option<Name>>,
-    /// By the address as the kernel writes it (IPv4 mapped into IPv6).
-    owners: IdMap<u128, Arc<Owner>>,
-    interface_names: IdMap<u32, Name>,
-    /// Wall clock minus monotonic clock, to date kernel timestamps.
-    wall_offset_ns: i128,
-    /// When this enricher started (prefix of record ids) and the records made since.
-    started_ns: u64,
-    sequence: std::cell::Cell<u64>,
-}
-
-/// How many generations of rule names to keep for late events.
-const KEPT_GENERATIONS: usize = 64;
-
-impl Enricher {
-    pub fn new(node: Option<String>) -> Self {
-        let mut enricher = Self {
-            node: node.map(Name::from),
-            zone_names: IdMap::default(),
-            reserved_zone_names: [
-                (ZONE_WORLD, "world".into()),
-                (ZONE_UNZONED, "unzoned".into()),
-                (ZONE_HOST, "host".into()),
-                (ZONE_UNKNOWN, "unknown".into()),
-            ],
-            rules: BTreeMap::new(),
-            reserved_rule_names: (0..FIRST_USER_RULE_ID)
-                .map(|rule| reserved_rule_name(rule).map(Name::from))
-                .collect(),
-            owners: IdMap::default(),
-            interface_names: IdMap::default(),
-            wall_offset_ns: 0,
-            started_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or_default(),
-            sequence: std::cell::Cell::new(0),
-        };
-        enricher.resync_clock();
-        enricher
-    }
-
-    /// Re-reads the offset between wall clock and monotonic clock (NTP steps).
-    pub fn resync_clock(&mut self) {
-        let monotonic = crate::datapath::monotonic_ns() as i128;
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos() as i128)
-            .unwrap_or_default();
-        self.wall_offset_ns = wall - monotonic;
-    }
-
-    /// Learns the names of a newly applied generation.
-    pub fn learn(&mut self, generation: u32, compiled: &CompiledPolicy) {
-        for zone in compiled.zones.values() {
-            if self.zone_names.get(&zone.id).map(|name| &**name) != Some(zone.name.as_str()) {
-                self.zone_names.insert(zone.id, zone.name.as_str().into());
-            }
-        }
-        self.zone_names.insert(ZONE_UNKNOWN, "unknown".into());
-        // Names equal to the previous generation's are shared with it.
-        let previous = self.rules.values().next_back().cloned();
-        let rules = compiled
-            .rules
-            .iter()
-            .map(|(id, info)| {
-                let name = previous
-                    .as_ref()
-                    .and_then(|previous| previous.get(id))
-                    .filter(|name| ***name == *info.name)
-                    .cloned()
-                    .unwrap_or_else(|| info.name.as_str().into());
-                (*id, name)
-            })
-            .collect();
-        self.rules.insert(generation, Arc::new(rules));
-        while self.rules.len() > KEPT_GENERATIONS {
-            self.rules.pop_first();
-        }
-        self.owners = compiled
-            .endpoints
-            .iter()
-            .filter_map(|(ip, endpoint)| {
-                let key = address_bytes(*ip);
-                // The kernel's form of an IPv4-mapped IPv6 address reads back as IPv4:
-                // an owner written the other way never matches an event.
-                if address_from_bytes(key) != *ip {
-                    return None;
-                }
-                let owner = match &endpoint.kind {
-                    EndpointKind::Pod {
-                        namespace,
-                        name,
-                        labels,
-                        node,
-                        workload,
-                        ..
-                    } => Owner::new(
-                        *ip,
-                        Some(namespace.clone()),
-                        Some(name.clone()),
-                        node.clone(),
-                        workload.clone(),
-                        labels.clone(),
-                    ),
-                    EndpointKind::Node { name } => {
-                        Owner::new(*ip, None, None, Some(name.clone()), None, BTreeMap::new())
-                    }
-                    EndpointKind::Service { namespace, .. } => Owner::new(
-                        *ip,
-                        Some(namespace.clone()),
-                        None,
-                        None,
-                        None,
-                        BTreeMap::new(),
-                    ),
-                };
-                Some((u128::from_be_bytes(key), Arc::new(owner)))
-            })
-            .collect();
-    }
-
-    fn next_record_id(&self) -> RecordId {
-        let sequence = self.sequence.get() + 1;
-        self.sequence.set(sequence);
-        RecordId {
-            started_ns: self.started_ns,
-            sequence,
-        }
-    }
-
-    /// The current wall-clock time as records write it.
-    pub fn now(&self) -> String {
-        self.wall(crate::datapath::monotonic_ns()).to_string()
-    }
-
-    /// A policy-change record (into the same stream as flows, as audit events).
-    pub fn policy_change(
-        &self,
-        source: &str,
-        outcome: &'static str,
-        generation_old: u32,
-        generation_new: u32,
-        changed: Vec<String>,
-        message: Option<String>,
-        changed_by: Option<String>,
-    ) -> PolicyChangeRecord {
-        PolicyChangeRecord {
-            time: self.now(),
-            record_id: self.next_record_id().to_string(),
-            node: self.node.as_deref().map(str::to_owned),
-            event: "policy-change",
-            source: source.to_owned(),
-            outcome,
-            generation_old,
-            generation_new,
-            changed,
-            message,
-            changed_by,
-        }
-    }
-
-    /// Names an interface index (for the `interface` field).
-    pub fn name_interface(&mut self, ifindex: u32, name: &str) {
-        self.interface_names.insert(ifindex, name.into());
-    }
-
-    fn zone_name(&self, zone: u32) -> Name {
-        if let Some(name) = self.zone_names.get(&zone) {
-            return name.clone();
-        }
-        match self
-            .reserved_zone_names
-            .iter()
-            .find(|(reserved, _)| *reserved == zone)
-        {
-            Some((_, name)) => name.clone(),
-            None => format!("zone-{zone}").into(),
-        }
-    }
-
-    fn rule_name(&self, generation: u32, rule: u32) -> Name {
-        if let Some(Some(name)) = self.reserved_rule_names.get(rule as usize) {
-            return name.clone();
-        }
-        // Most events come from the newest generation: try it before the tree.
-        let rules = match self.rules.last_key_value() {
-            Some((newest, rules)) if *newest == generation => Some(rules),
-            _ => self.rules.get(&generation),
-        };
-        match rules.and_then(|rules| rules.get(&rule)) {
-            Some(name) => name.clone(),
-            None => format!("rule-{rule}@generation-{generation}").into(),
-        }
-    }
-
-    fn peer(&self, addr: [u8; 16], port: u16, zone: u32, proto: u8) -> Peer {
-        let has_port = matches!(proto, 6 | 17 | 132) || (matches!(proto, 1 | 58) && port != 0);
-        let owner = self.owners.get(&u128::from_be_bytes(addr));
-        Peer {
-            ip: match owner {
-                Some(owner) => owner.ip,
-                None => address_from_bytes(addr),
-            },
-            port: has_port.then_some(port),
-            zone: self.zone_name(zone),
-            owner: owner.cloned(),
-        }
-    }
-
-    fn wall(&self, monotonic_ns: u64) -> Timestamp {
-        Timestamp(self.wall_offset_ns + monotonic_ns as i128)
-    }
-
-    /// A record for a kernel event.
-    pub fn event(&self, event: &FlowEvent) -> FlowRecord {
-        let kind = match event.kind {
-            EVENT_START => "start",
-            EVENT_END => "end",
-            EVENT_DENY => "deny",
-            EVENT_AUDIT => "audit",
-            EVENT_UPDATE => "update",
-            _ => "unknown",
-        };
-        let is_end = event.kind == EVENT_END;
-        FlowRecord {
-            time: self.wall(event.time_ns),
-            record_id: self.next_record_id(),
-            node: self.node.clone(),
-            event: kind,
-            verdict: if event.verdict == VERDICT_DENY {
-                "deny"
-            } else {
-                "allow"
-            },
-            policy: self.rule_name(event.generation, event.rule),
-            audit_policy: (event.kind == EVENT_AUDIT)
-                .then(|| self.rule_name(event.generation, event.audit_rule)),
-            protocol: Protocol(event.proto),
-            src: self.peer(event.src_addr, event.src_port, event.src_zone, event.proto),
-            dst: self.peer(event.dst_addr, event.dst_port, event.dst_zone, event.proto),
-            packets: event.packets[0].wrapping_add(event.packets[1]),
-            bytes: event.bytes[0].wrapping_add(event.bytes[1]),
-            packets_reply: event.packets[1],
-            bytes_reply: event.bytes[1],
-            tcp_flags: TcpFlags::of(event.tcp_flags),
-            tcp_flags_reply: TcpFlags::of(event.tcp_flags_reply),
-            flow_id: (event.flow_id != 0).then_some(FlowId(event.flow_id)),
-            start: self.wall(event.start_ns),
-            end: is_end.then(|| self.wall(event.time_ns)),
-            direction: if event.hook == HOOK_TO_POD {
-                "to-pod"
-            } else {
-                "from-pod"
-            },
-            interface: if self.interface_names.is_empty() {
-                None
-            } else {
-                self.interface_names.get(&event.ifindex).cloned()
-            },
-            generation: event.generation,
-            suppressed: event.suppressed,
-        }
-    }
-
-    /// An end record for a conntrack entry that expired in user space.
-    pub fn expired(&self, key: &CtKey, ct: &CtValue) -> FlowRecord {
-        let initiator_is_hi = ct.flags & CT_FLAG_INITIATOR_IS_HI != 0;
-        let (src_addr, dst_addr, src_port, dst_port) = if initiator_is_hi {
-            (key.addr_hi, key.addr_lo, key.port_hi, key.port_lo)
-        } else {
-            (key.addr_lo, key.addr_hi, key.port_lo, key.port_hi)
-        };
-        let event = FlowEvent {
-            time_ns: ct.last_seen_ns,
-            flow_id: ct.flow_id,
-            start_ns: ct.start_ns,
-            packets: ct.packets,
-            bytes: ct.bytes,
-            src_addr,
-            dst_addr,
-            src_port,
-            dst_port,
-            src_zone: ct.initiator_zone,
-            dst_zone: ct.responder_zone,
-            rule: ct.rule,
-            audit_rule: ct.audit_rule,
-            generation: ct.generation,
-            suppressed: 0,
-            ifindex: 0,
-            kind: EVENT_END,
-            verdict: VERDICT_ALLOW,
-            proto: key.proto,
-            tcp_flags: ct.tcp_flags[0],
-            tcp_flags_reply: ct.tcp_flags[1],
-            hook: HOOK_FROM_POD,
-            _pad: [0; 2],
-        };
-        let mut record = self.event(&event);
-        record.direction = "expired";
-        record
-    }
 }
 
 /// A change of the enforced policy (or a rejected attempt), as an audit record.
@@ -823,32 +422,9 @@ pub enum Record {
     PolicyChange(PolicyChangeRecord),
 }
 
-impl Record {
-    /// The body in `format`, keeping only `fields` (JSON) when any are listed. Sinks
-    /// use an [`Encoder`](super::format::Encoder) and one buffer for all their records.
-    pub fn encode(&self, format: super::format::Format, fields: &[String]) -> Vec<u8> {
-        let mut body = Vec::new();
-        super::format::Encoder::new(format, fields).encode(self, &mut body);
-        body
-    }
-}
-
-/// Decodes a ring-buffer item; None when its size is not a FlowEvent's. A longer item is
-/// refused too: it comes from a program with another event layout, and reading its
-/// first bytes as ours would log made-up flows.
-pub fn decode(bytes: &[u8]) -> Option<FlowEvent> {
-    if bytes.len() != std::mem::size_of::<FlowEvent>() {
-        return None;
-    }
-    // SAFETY: FlowEvent is plain old data of this size; read_unaligned copes with any
-    // alignment of the ring-buffer slice.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::compiled::CompiledPolicy;
 
     fn reference_rfc3339(unix_ns: i128) -> String {
         let Ok(time) = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns) else {
@@ -922,183 +498,5 @@ mod tests {
             sequence: 42,
         };
         assert_eq!(id.to_string(), "18f0c2a1-42");
-    }
-
-    fn policy(web_labels: &str) -> CompiledPolicy {
-        crate::policy::load_str(&format!(
-            r#"
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {{name: dmz}}
-spec: {{podSelector: {{matchLabels: {{zone: dmz}}}}}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: Zone
-metadata: {{name: db}}
-spec: {{podSelector: {{matchLabels: {{zone: db}}}}}}
----
-apiVersion: zonewall.dev/v1alpha1
-kind: ZonePolicy
-metadata: {{name: dmz-to-db}}
-spec:
-  from: [dmz]
-  to: [db]
-  action: Allow
-  ports: [{{protocol: TCP, port: 5432}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web-1, namespace: shop, labels: {{zone: dmz, {web_labels}}}}}
-spec: {{nodeName: node-a}}
-status: {{podIP: 10.0.0.5}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: db-0, namespace: shop, labels: {{zone: db}}}}
-status: {{podIP: 10.0.0.6}}
-"#
-        ))
-        .expect("a valid policy")
-    }
-
-    fn event(compiled: &CompiledPolicy, generation: u32, rule: u32) -> FlowEvent {
-        let zone = |name: &str| compiled.zones[name].id;
-        let address = |ip: &str| address_bytes(ip.parse().unwrap());
-        FlowEvent {
-            time_ns: 2_000_000_000,
-            flow_id: 0xabc,
-            start_ns: 1_000_000_000,
-            packets: [3, 2],
-            bytes: [300, 200],
-            src_addr: address("10.0.0.5"),
-            dst_addr: address("10.0.0.6"),
-            src_port: 40_000,
-            dst_port: 5432,
-            src_zone: zone("dmz"),
-            dst_zone: zone("db"),
-            rule,
-            audit_rule: 0,
-            generation,
-            suppressed: 0,
-            ifindex: 7,
-            kind: EVENT_END,
-            verdict: VERDICT_ALLOW,
-            proto: 6,
-            tcp_flags: 0x1b,
-            tcp_flags_reply: 0x12,
-            hook: HOOK_FROM_POD,
-            _pad: [0; 2],
-        }
-    }
-
-    fn rule_id(compiled: &CompiledPolicy, name: &str) -> u32 {
-        *compiled
-            .rules
-            .iter()
-            .find(|(_, info)| info.name == name)
-            .expect("the rule")
-            .0
-    }
-
-    #[test]
-    fn events_are_enriched_with_names_pods_and_times() {
-        let compiled = policy("app: web");
-        let mut enricher = Enricher::new(Some("node-a".into()));
-        enricher.wall_offset_ns = 1_767_323_040_000_000_000;
-        enricher.learn(1, &compiled);
-        enricher.name_interface(7, "veth-web");
-        let rule = rule_id(&compiled, "dmz-to-db");
-        let record = enricher.event(&event(&compiled, 1, rule));
-        assert_eq!(&*record.policy, "dmz-to-db");
-        assert_eq!(record.event, "end");
-        assert_eq!(record.time.to_string(), "2026-01-02T03:04:02Z");
-        assert_eq!(record.start.to_string(), "2026-01-02T03:04:01Z");
-        assert_eq!(record.end, Some(record.time));
-        assert_eq!((record.packets, record.packets_reply), (5, 2));
-        assert_eq!((record.bytes, record.bytes_reply), (500, 200));
-        assert_eq!(record.interface.as_deref(), Some("veth-web"));
-        assert_eq!(record.node.as_deref(), Some("node-a"));
-        assert_eq!(record.record_id.sequence, 1);
-        assert_eq!(&*record.src.zone, "dmz");
-        assert_eq!(record.src.pod(), Some("web-1"));
-        assert_eq!(record.src.namespace(), Some("shop"));
-        assert_eq!(record.src.node(), Some("node-a"));
-        assert_eq!(record.src.labels().unwrap()["app"], "web");
-        assert_eq!(record.dst.port, Some(5432));
-        assert_eq!(record.dst.pod(), Some("db-0"));
-        let json: serde_json::Value = serde_json::from_slice(
-            &Record::Flow(record.clone()).encode(super::super::Format::Json, &[]),
-        )
-        .unwrap();
-        assert_eq!(json["tcp_flags"], "FIN,SYN,PSH,ACK");
-        assert_eq!(json["tcp_flags_reply"], "SYN,ACK");
-        assert_eq!(json["flow_id"], "0000000000000abc");
-        assert_eq!(json["src"]["labels"]["app"], "web");
-        assert_eq!(json["dst"]["zone"], "db");
-        assert_eq!(json["record_id"], format!("{:x}-1", enricher.started_ns));
-
-        // Reserved and unknown rules, unknown zones, addresses nobody owns.
-        let mut unknown = event(&compiled, 9, 999);
-        unknown.dst_addr = address_bytes("192.0.2.1".parse().unwrap());
-        unknown.dst_zone = 77;
-        unknown.proto = 1;
-        unknown.dst_port = 0;
-        let record = enricher.event(&unknown);
-        assert_eq!(&*record.policy, "rule-999@generation-9");
-        assert_eq!(&*record.dst.zone, "zone-77");
-        assert_eq!(record.dst.owner, None);
-        assert_eq!(record.dst.port, None);
-        let record = enricher.event(&event(&compiled, 1, RULE_DEFAULT_INTER_DENY));
-        assert_eq!(&*record.policy, "default-deny-inter-zone");
-    }
-
-    #[test]
-    fn a_new_generation_is_written_with_its_own_labels() {
-        let mut enricher = Enricher::new(None);
-        let first = policy("app: web");
-        enricher.learn(1, &first);
-        let rule = rule_id(&first, "dmz-to-db");
-        let encode = |enricher: &Enricher, generation: u32| {
-            let record = Record::Flow(enricher.event(&event(&first, generation, rule)));
-            let body = record.encode(super::super::Format::Json, &[]);
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
-        };
-        let old = encode(&enricher, 1);
-        assert_eq!(old["src"]["labels"]["app"], "web");
-        enricher.learn(2, &policy("app: shop, tier: \"front\\\"end\""));
-        let new = encode(&enricher, 2);
-        assert_eq!(new["src"]["labels"]["app"], "shop");
-        assert_eq!(new["src"]["labels"]["tier"], "front\"end");
-        // Late events of generation 1 keep its rule names.
-        assert_eq!(encode(&enricher, 1)["policy"], "dmz-to-db");
-    }
-
-    #[test]
-    fn the_id_hasher_spreads_addresses() {
-        use std::hash::BuildHasher;
-        let build = BuildHasherDefault::<IdHasher>::default();
-        let mut seen = std::collections::HashSet::new();
-        let mut top_bits = std::collections::HashSet::new();
-        for host in 0..4096u32 {
-            let address = u128::from_be_bytes(address_bytes(IpAddr::V4(std::net::Ipv4Addr::from(
-                0x0a00_0000 + host,
-            ))));
-            let hash = build.hash_one(address);
-            seen.insert(hash);
-            top_bits.insert(hash >> 57);
-        }
-        assert_eq!(seen.len(), 4096);
-        assert!(top_bits.len() > 100, "{}", top_bits.len());
-    }
-
-    #[test]
-    fn only_items_of_an_events_size_are_decoded() {
-        let size = std::mem::size_of::<FlowEvent>();
-        let bytes: Vec<u8> = (0..=size as u8).collect();
-        assert!(decode(&bytes[..size]).is_some());
-        assert_eq!(decode(&bytes[..size - 1]), None);
-        // Found by fuzzing: a longer item was read as if it were an event.
-        assert_eq!(decode(&bytes), None);
-        assert_eq!(decode(&[]), None);
     }
 }

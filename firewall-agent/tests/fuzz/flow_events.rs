@@ -2,12 +2,19 @@
 //! without panicking and reads a FlowEvent's bytes back exactly; the enricher and the
 //! JSON, OCSF and CEF encoders turn any event, with any names the policy or the node
 //! gives (quotes, control characters, any Unicode), into valid JSON and one-line CEF
-//! that say what the event and the policy said.
+//! that say what the event and the policy said; and for any record the encoders write
+//! what the `serde_json::Value` encoders they replaced wrote (`oracle`), byte for byte,
+//! from their render cache as well as without it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
-use firewall_agent::flows::{self, Encoder, Enricher, Format, Record};
+use firewall_agent::flows::{
+    self, Encoder, Enricher, FlowId, FlowRecord, Format, Owner, Peer, Protocol, Record, RecordId,
+    TcpFlags, Timestamp,
+};
+use firewall_agent::policy::model::Workload;
 use firewall_agent::policy::{self, CompiledPolicy};
 use firewall_common::{
     EVENT_AUDIT, EVENT_DENY, EVENT_END, EVENT_START, EVENT_UPDATE, FlowEvent, HOOK_FROM_POD,
@@ -17,6 +24,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::Value;
 use serde_yaml_ng::Mapping;
+
+use crate::oracle;
 
 const EVENT_LEN: usize = size_of::<FlowEvent>();
 
@@ -44,8 +53,9 @@ fn text() -> impl Strategy<Value = String> {
         2 => "[a-z0-9-]{1,12}",
         2 => proptest::collection::vec(
             prop::sample::select(vec![
-                "\"", "\\", "\\\"", "\n", "\r", "\t", "\u{0}", "\u{1b}", "\u{7f}", "=", "|",
-                "é", "日本", "🦀", "\u{2028}", "</script>", "web", " ", "%s", "{}", "\u{fffd}",
+                "\"", "\\", "\\\"", "\n", "\r", "\t", "\u{0}", "\u{1}", "\u{8}", "\u{c}",
+                "\u{1b}", "\u{1f}", "\u{7f}", "=", "|", "/", "é", "日本", "🦀", "\u{2028}",
+                "</script>", "web", " ", "%s", "{}", "\u{fffd}",
             ]),
             1..6
         )
@@ -431,6 +441,8 @@ proptest! {
             let mut body = Vec::new();
             json.encode(&record, &mut body);
             check_flow_json(flow, &json_of(&body, "JSON")?)?;
+            let expected = oracle::json(flow, &[]);
+            prop_assert_eq!(text_of(&body)?, text_of(&expected)?);
 
             body.clear();
             selected.encode(&record, &mut body);
@@ -441,14 +453,25 @@ proptest! {
                     "{} not selected by {:?}", key, fields
                 );
             }
+            let expected = oracle::json(flow, &fields);
+            prop_assert_eq!(text_of(&body)?, text_of(&expected)?);
 
+            // The oracle subtracts the reply's share without wrapping: random counters
+            // whose sum wrapped are beyond it.
+            let comparable = flow.packets >= flow.packets_reply && flow.bytes >= flow.bytes_reply;
             body.clear();
             ocsf.encode(&record, &mut body);
-            json_of(&body, "OCSF")?;
+            let value = json_of(&body, "OCSF")?;
+            if comparable {
+                prop_assert_eq!(value, oracle::ocsf(flow));
+            }
 
             body.clear();
             cef.encode(&record, &mut body);
             check_cef(&body)?;
+            if comparable {
+                prop_assert_eq!(text_of(&body)?, oracle::cef(flow));
+            }
         }
     }
 
@@ -476,4 +499,375 @@ proptest! {
         json_of(&record.encode(Format::Ocsf, &[]), "OCSF")?;
         check_cef(&record.encode(Format::Cef, &[]))?;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Any record, as the encoders may meet it, against the oracle.
+
+/// A name in a record: any text, or none at all.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![4 => text(), 1 => Just(String::new())]
+}
+
+/// A time: mostly near now at nanosecond resolution, sometimes anywhere, sometimes
+/// outside RFC 3339's four-digit years (written as a number).
+fn timestamp() -> impl Strategy<Value = Timestamp> {
+    prop_oneof![
+        1 => (0..1u64 << 62).prop_map(|millis| Timestamp(-i128::from(millis) * 1_000_000)),
+        1 => any::<u64>().prop_map(|seconds| Timestamp(i128::from(seconds) * 1_000_000_000)),
+        1 => (0..10u64).prop_map(|step| Timestamp(1_767_323_045_000_000_000 + i128::from(step) * 1000)),
+        7 => (0..1u64 << 60).prop_map(|nanos| Timestamp(1_700_000_000_000_000_000 + i128::from(nanos))),
+    ]
+}
+
+/// A number of any magnitude.
+fn magnitude() -> impl Strategy<Value = u64> {
+    (any::<u64>(), 0..64u32).prop_map(|(value, shift)| value >> shift)
+}
+
+fn peer_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        7 => any::<u32>().prop_map(|bits| IpAddr::V4(Ipv4Addr::from(bits))),
+        2 => any::<u16>().prop_map(|host| IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, host))),
+        1 => any::<u64>().prop_map(|high| IpAddr::V6(Ipv6Addr::from(u128::from(high) << 64 | 1))),
+    ]
+}
+
+/// Who has an address: a pod with anything in its names, a node, or a plain pod.
+fn owner() -> impl Strategy<Value = Owner> {
+    let anything = (
+        peer_ip(),
+        proptest::option::weighted(0.6, name()),
+        proptest::option::weighted(0.6, name()),
+        proptest::option::weighted(0.6, name()),
+        proptest::option::of((name(), name())),
+        proptest::collection::btree_map(name(), name(), 0..4),
+    )
+        .prop_map(|(ip, namespace, pod, node, workload, labels)| {
+            let workload = workload.map(|(kind, name)| Workload { kind, name });
+            Owner::new(ip, namespace, pod, node, workload, labels)
+        });
+    let node = peer_ip().prop_map(|ip| {
+        Owner::new(
+            ip,
+            Some("kube-system".into()),
+            None,
+            Some("node-1".into()),
+            None,
+            BTreeMap::new(),
+        )
+    });
+    let plain = peer_ip().prop_map(|ip| {
+        let labels = [("app", "web"), ("tier", "frontend")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        Owner::new(
+            ip,
+            Some("shop".into()),
+            Some("web-5d9f8-abcde".into()),
+            Some("node-2".into()),
+            Some(Workload {
+                kind: "Deployment".into(),
+                name: "web".into(),
+            }),
+            labels.into(),
+        )
+    });
+    prop_oneof![2 => anything, 1 => node, 1 => plain]
+}
+
+/// One end of a record before its owner is picked: which owner of the case's pool (if
+/// any), and whether the address is the owner's (the usual case) or another one.
+#[derive(Clone, Debug)]
+struct PeerDraft {
+    peer: Peer,
+    owner: Option<Index>,
+    owners_address: bool,
+}
+
+fn peer_draft() -> impl Strategy<Value = PeerDraft> {
+    (
+        peer_ip(),
+        proptest::option::weighted(0.7, any::<u16>()),
+        name(),
+        proptest::option::weighted(0.75, any::<Index>()),
+        proptest::bool::weighted(0.9),
+    )
+        .prop_map(|(ip, port, zone, owner, owners_address)| PeerDraft {
+            peer: Peer {
+                ip,
+                port,
+                zone: zone.into(),
+                owner: None,
+            },
+            owner,
+            owners_address,
+        })
+}
+
+impl PeerDraft {
+    fn peer(&self, owners: &[Arc<Owner>]) -> Peer {
+        let mut peer = self.peer.clone();
+        peer.owner = self
+            .owner
+            .map(|index| owners[index.index(owners.len())].clone());
+        if let Some(owner) = &peer.owner
+            && self.owners_address
+        {
+            peer.ip = owner.ip;
+        }
+        peer
+    }
+}
+
+/// Records whose ends share a small pool of owners, as the records of one node do.
+fn records() -> impl Strategy<Value = Vec<FlowRecord>> {
+    let fields = (
+        (
+            timestamp(),
+            (magnitude(), magnitude()),
+            proptest::option::weighted(0.6, name()),
+            prop::sample::select(vec!["start", "end", "deny", "audit", "update", "unknown"]),
+            prop::sample::select(vec!["allow", "deny"]),
+            name(),
+            proptest::option::weighted(0.6, name()),
+            prop::sample::select(vec![6u8, 17, 1, 58, 132, 0, 47, 255]),
+            peer_draft(),
+            peer_draft(),
+        ),
+        (
+            (0..1u64 << 40, 0..1u64 << 40),
+            (0..1u64 << 50, 0..1u64 << 50),
+            (any::<u8>(), any::<u8>()),
+            proptest::option::weighted(0.8, magnitude()),
+            timestamp(),
+            proptest::option::weighted(0.4, timestamp()),
+            prop::sample::select(vec!["from-pod", "to-pod", "expired"]),
+            proptest::option::weighted(0.6, name()),
+            any::<u32>(),
+            prop_oneof![Just(0), any::<u32>()],
+        ),
+    );
+    (
+        proptest::collection::vec(owner(), 1..5),
+        proptest::collection::vec(fields, 1..10),
+    )
+        .prop_map(|(owners, drafts)| {
+            let owners: Vec<Arc<Owner>> = owners.into_iter().map(Arc::new).collect();
+            drafts
+                .into_iter()
+                .map(|(first, second)| {
+                    let (
+                        time,
+                        (started_ns, sequence),
+                        node,
+                        event,
+                        verdict,
+                        policy,
+                        audit,
+                        proto,
+                        src,
+                        dst,
+                    ) = first;
+                    let (
+                        (packets_reply, more_packets),
+                        (bytes_reply, more_bytes),
+                        (flags, flags_reply),
+                        flow_id,
+                        start,
+                        end,
+                        direction,
+                        interface,
+                        generation,
+                        suppressed,
+                    ) = second;
+                    FlowRecord {
+                        time,
+                        record_id: RecordId {
+                            started_ns,
+                            sequence,
+                        },
+                        node: node.map(Into::into),
+                        event,
+                        verdict,
+                        policy: policy.into(),
+                        audit_policy: audit.map(Into::into),
+                        protocol: Protocol(proto),
+                        src: src.peer(&owners),
+                        dst: dst.peer(&owners),
+                        packets: packets_reply + more_packets,
+                        bytes: bytes_reply + more_bytes,
+                        packets_reply,
+                        bytes_reply,
+                        tcp_flags: TcpFlags::of(flags),
+                        tcp_flags_reply: TcpFlags::of(flags_reply & 0x17),
+                        flow_id: flow_id.map(FlowId),
+                        start,
+                        end,
+                        direction,
+                        interface: interface.map(Into::into),
+                        generation,
+                        suppressed,
+                    }
+                })
+                .collect()
+        })
+}
+
+/// Dotted paths a `fields=` list may hold, some of them finding nothing.
+const PATHS: [&str; 30] = [
+    "time",
+    "event",
+    "verdict",
+    "policy",
+    "audit_policy",
+    "end",
+    "suppressed",
+    "flow_id",
+    "tcp_flags",
+    "record_id",
+    "src",
+    "dst",
+    "src.ip",
+    "src.port",
+    "dst.port",
+    "dst.zone",
+    "src.pod",
+    "src.labels",
+    "src.labels.app",
+    "src.labels.tier",
+    "dst.labels.",
+    "src.workload",
+    "src.workload.kind",
+    "dst.workload.name",
+    "src.ip.v4",
+    "time.seconds",
+    "nothing",
+    "src.nothing",
+    "src..ip",
+    "labels.app",
+];
+
+fn text_of(bytes: &[u8]) -> Result<&str, TestCaseError> {
+    std::str::from_utf8(bytes).map_err(|error| TestCaseError::fail(format!("not UTF-8: {error}")))
+}
+
+/// Encodes `record` twice with `encoder` (the second time from its render cache, where
+/// the first filled it) and checks that both are `expected`.
+fn encodes_as(
+    encoder: &Encoder,
+    record: &FlowRecord,
+    expected: &[u8],
+) -> Result<Vec<u8>, TestCaseError> {
+    let record = Record::Flow(record.clone());
+    let mut body = Vec::new();
+    for _ in 0..2 {
+        body.clear();
+        encoder.encode(&record, &mut body);
+        prop_assert_eq!(text_of(&body)?, text_of(expected)?);
+    }
+    Ok(body)
+}
+
+proptest! {
+    // About five records a case: 5 000 records a property by default.
+    #![proptest_config(crate::config(1000))]
+
+    /// JSON as the `serde_json::Value` encoder wrote it, and the same tree read back.
+    #[test]
+    fn flow_json_is_what_the_value_encoder_wrote(records in records()) {
+        let encoder = Encoder::new(Format::Json, &[]);
+        for record in &records {
+            let body = encodes_as(&encoder, record, &oracle::json(record, &[]))?;
+            let parsed: Value = serde_json::from_slice(&body)
+                .map_err(|error| TestCaseError::fail(format!("not JSON: {error}")))?;
+            prop_assert_eq!(parsed, oracle::json_value(record));
+        }
+    }
+
+    /// OCSF as the `serde_json::Value` builder wrote it.
+    #[test]
+    fn flow_ocsf_is_what_the_value_encoder_wrote(records in records()) {
+        let encoder = Encoder::new(Format::Ocsf, &[]);
+        for record in &records {
+            let expected = oracle::ocsf(record);
+            let body = encodes_as(&encoder, record, &serde_json::to_vec(&expected).unwrap_or_default())?;
+            let parsed: Value = serde_json::from_slice(&body)
+                .map_err(|error| TestCaseError::fail(format!("not JSON: {error}")))?;
+            prop_assert_eq!(parsed, expected);
+        }
+    }
+
+    /// CEF as the string builder wrote it.
+    #[test]
+    fn flow_cef_is_what_the_string_encoder_wrote(records in records()) {
+        let encoder = Encoder::new(Format::Cef, &[]);
+        for record in &records {
+            encodes_as(&encoder, record, oracle::cef(record).as_bytes())?;
+        }
+    }
+
+    /// A field selection keeps what the selection on the `serde_json::Value` kept.
+    #[test]
+    fn flow_field_selection_keeps_what_the_value_selection_kept(
+        records in records(),
+        fields in proptest::collection::vec(prop::sample::select(PATHS.to_vec()), 1..7),
+    ) {
+        let fields: Vec<String> = fields.into_iter().map(str::to_owned).collect();
+        let encoder = Encoder::new(Format::Json, &fields);
+        for record in &records {
+            encodes_as(&encoder, record, &oracle::json(record, &fields))?;
+        }
+    }
+}
+
+/// The owners of a new generation are written with their own labels by an encoder that
+/// already rendered the old generation's owners of the same addresses.
+#[test]
+fn a_new_generation_is_written_with_its_own_labels() {
+    let yaml = |web_labels: &str| {
+        format!(
+            "apiVersion: zonewall.dev/v1alpha1\nkind: Zone\nmetadata: {{name: dmz}}\nspec: {{podSelector: {{matchLabels: {{zone: dmz}}}}}}\n\
+             ---\napiVersion: zonewall.dev/v1alpha1\nkind: ZonePolicy\nmetadata: {{name: dmz-out}}\nspec: {{from: [dmz], to: [world], action: Allow}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: shop, labels: {{zone: dmz, {web_labels}}}}}\nstatus: {{podIP: 198.18.0.5}}\n"
+        )
+    };
+    let first = policy::load_str(&yaml("app: web")).expect("a valid policy");
+    let second =
+        policy::load_str(&yaml("app: shop, tier: \"front\\\"end\"")).expect("a valid policy");
+    let rule = |compiled: &CompiledPolicy| {
+        *compiled
+            .rules
+            .iter()
+            .find(|(_, info)| info.name == "dmz-out")
+            .expect("the rule")
+            .0
+    };
+    let mut event = flows::decode(&[0; EVENT_LEN]).expect("an event's worth of bytes");
+    event.src_addr = Ipv4Addr::new(198, 18, 0, 5).to_ipv6_mapped().octets();
+    event.dst_addr = Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped().octets();
+    event.src_zone = first.zones["dmz"].id;
+    event.proto = 6;
+    event.kind = EVENT_START;
+    let mut enricher = Enricher::new(None);
+    let encoder = Encoder::new(Format::Json, &[]);
+    let encode = |enricher: &Enricher, generation: u32, rule: u32| {
+        let record = Record::Flow(enricher.event(&FlowEvent {
+            generation,
+            rule,
+            ..event
+        }));
+        let mut body = Vec::new();
+        encoder.encode(&record, &mut body);
+        serde_json::from_slice::<Value>(&body).expect("valid JSON")
+    };
+    enricher.learn(1, &first);
+    let old = encode(&enricher, 1, rule(&first));
+    assert_eq!(old["src"]["labels"]["app"], "web");
+    assert_eq!(old["src"]["pod"], "web-1");
+    enricher.learn(2, &second);
+    let new = encode(&enricher, 2, rule(&second));
+    assert_eq!(new["src"]["labels"]["app"], "shop");
+    assert_eq!(new["src"]["labels"]["tier"], "front\"end");
+    // Late events of generation 1 keep its rule names.
+    assert_eq!(encode(&enricher, 1, rule(&first))["policy"], "dmz-out");
 }

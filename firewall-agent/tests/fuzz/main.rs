@@ -1,7 +1,8 @@
 //! Fuzz targets, driven by proptest: the eBPF packet parser compiled for the host
 //! (`packet`), the YAML policy decoder with the validator and compiler behind it
 //! (`policy_yaml`), and the flow-event decoder of ring-buffer bytes with the enricher
-//! and the record encoders behind it (`flow_events`).
+//! and the record encoders behind it (`flow_events`, against the encoders' old
+//! `serde_json::Value` form kept in `oracle`).
 //!
 //! `cargo test` (so `cargo xtask test`) runs every target for a few hundred cases;
 //! `cargo xtask fuzz` runs them for as many as asked (`ZONEWALL_FUZZ_CASES`). Each run
@@ -13,6 +14,7 @@
 //! the parser (firewall-ebpf's library target, which compiles for the host).
 
 mod flow_events;
+mod oracle;
 mod packet;
 mod policy_yaml;
 
