@@ -1,6 +1,8 @@
 //! zonewall's node agent as a library: the pure policy compiler, identity bookkeeping, the
 //! eBPF datapath, flow records, and the sources of truth (a standalone file, or the
-//! Kubernetes API). The binary (`firewall-agent`) is a thin wrapper around it.
+//! Kubernetes API). The binaries (`firewall-agent`, `zonewall-cni`, `zonewall-crds`) are
+//! thin wrappers around it. Each module has its own error type (thiserror); the binaries
+//! report them with anyhow, so no crate-wide error type is needed.
 
 pub mod agent;
 pub mod cni;
@@ -12,18 +14,3 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod source;
-
-/// Errors of the agent library, one variant per module.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
-    #[error(transparent)]
-    Datapath(#[from] datapath::DatapathError),
-    #[error(transparent)]
-    Agent(#[from] agent::AgentError),
-    #[error(transparent)]
-    Cni(#[from] cni::spec::CniError),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -113,16 +113,8 @@ impl Agent {
             SourceUpdate::Changed(set) => set,
         };
         let read = started.elapsed();
-        let compiled = match policy::compile(&set) {
-            Ok(compiled) => compiled,
-            Err(error) => {
-                tracing::error!(source = %source_name, error = %error, "policy rejected; the last good policy stays enforced");
-                self.source.outcome(Outcome::Rejected(&error));
-                let changed = changed_objects(&self.last_objects, &object_digests(&set));
-                self.policy_change("rejected", changed, Some(error.to_string()));
-                return Ok(false);
-            }
-        };
+        // Sources hand over validated sets only: compiling one cannot fail.
+        let compiled = policy::compile(&set);
         let compile = started.elapsed() - read;
         tracing::debug!(
             read_ms = read.as_secs_f64() * 1000.0,

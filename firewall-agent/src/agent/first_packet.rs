@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use globset::GlobSet;
 
-use super::{Agent, AgentError, interface_exists};
+use super::interfaces::interface_exists;
+use super::{Agent, AgentError};
 use crate::config::FirstPacketArgs;
 use crate::datapath::netlink_watch::{LinkEvent, LinkWatch};
 

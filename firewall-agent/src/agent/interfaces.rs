@@ -36,7 +36,7 @@ pub(super) fn glob_set(globs: &[String]) -> Result<GlobSet, AgentError> {
 }
 
 /// Whether `name` is still an interface of this namespace with index `index`.
-fn interface_exists(name: &str, index: u32) -> bool {
+pub(super) fn interface_exists(name: &str, index: u32) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok_and(|current| current == index)
 }
 

@@ -8,7 +8,7 @@ use super::apply::{
 };
 use super::observe::{GROWTH_WARNING_EVERY, GrowthWatch};
 
-fn set(yaml: &str) -> crate::policy::PolicySet {
+fn set(yaml: &str) -> crate::policy::Validated {
     crate::policy::parse(yaml).expect("a valid test input")
 }
 

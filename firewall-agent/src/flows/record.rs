@@ -179,16 +179,9 @@ impl fmt::Display for RecordId {
 pub struct Protocol(pub u8);
 
 impl Protocol {
-    /// The name of a well-known protocol.
+    /// The name of a well-known protocol (firewall-common's vocabulary).
     pub fn name(self) -> Option<&'static str> {
-        match self.0 {
-            1 => Some("icmp"),
-            6 => Some("tcp"),
-            17 => Some("udp"),
-            58 => Some("icmpv6"),
-            132 => Some("sctp"),
-            _ => None,
-        }
+        firewall_common::protocol_name(self.0)
     }
 }
 
@@ -209,16 +202,7 @@ pub fn protocol_name(proto: u8) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpFlags(pub u8);
 
-pub(crate) const TCP_FLAG_NAMES: [(u8, &str); 8] = [
-    (0x01, "FIN"),
-    (0x02, "SYN"),
-    (0x04, "RST"),
-    (0x08, "PSH"),
-    (0x10, "ACK"),
-    (0x20, "URG"),
-    (0x40, "ECE"),
-    (0x80, "CWR"),
-];
+pub(crate) use firewall_common::TCP_FLAG_NAMES;
 
 impl TcpFlags {
     /// None when no flag was seen.
