@@ -1,7 +1,8 @@
 //! The real `firewall-agent` binary, run the way the demo and a node run it: under
 //! `ip netns exec <node>`, with its policy file, flow log and ready file in a private
 //! folder and its pins in a bpffs the harness mounts in the root mount namespace (so pins
-//! survive the agent process and `ip netns exec`'s private mounts, see TOOLCHAIN.md).
+//! survive the agent process and `ip netns exec`, which remounts /sys in a private mount
+//! namespace).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -316,8 +316,8 @@ impl Peer {
     }
 }
 
-/// A flow event as the sinks write it. Field by field what DESIGN.md's flow record lists;
-/// the encoders (`encode`) turn the typed fields into text.
+/// A flow event as the sinks write it, field by field what README.md's "Flow records for
+/// a SIEM" lists; the encoders (`encode`) turn the typed fields into text.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowRecord {
     /// RFC 3339, UTC, nanoseconds.
