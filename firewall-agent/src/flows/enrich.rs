@@ -10,14 +10,14 @@ use std::sync::Arc;
 use firewall_common::*;
 
 use super::record::{
-    FlowId, FlowRecord, Name, Owner, Peer, PolicyChangeRecord, Protocol, RecordId, TcpFlags,
-    Timestamp,
+    FlowId, FlowRecord, Name, Owner, OwnerBatch, Peer, PolicyChangeRecord, Protocol, RecordId,
+    TcpFlags, Timestamp,
 };
 use crate::identity::{address_bytes, address_from_bytes};
 use crate::policy::compiled::{CompiledPolicy, EndpointKind};
 
-/// A hasher for small integer keys (the enricher's zone ids, addresses and interface
-/// indexes, the encoders' owner addresses): a multiply-xorshift mix, far cheaper than SipHash. Keys come from the
+/// A hasher for the enricher's small integer keys (zone ids, addresses, interface
+/// indexes): a multiply-xorshift mix, far cheaper than SipHash. Keys come from the
 /// policy and the kernel, and a bad spread costs time only, never correctness.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
@@ -56,13 +56,9 @@ impl Hasher for IdHasher {
         self.mix(value as u64);
         self.mix((value >> 64) as u64);
     }
-
-    fn write_usize(&mut self, value: usize) {
-        self.mix(value as u64);
-    }
 }
 
-pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Names of the reserved rule ids, as records write them.
 fn reserved_rule_name(rule: u32) -> Option<&'static str> {
@@ -168,6 +164,7 @@ impl Enricher {
         while self.rules.len() > KEPT_GENERATIONS {
             self.rules.pop_first();
         }
+        let mut batch = OwnerBatch::new();
         self.owners = compiled
             .endpoints
             .iter()
@@ -186,7 +183,7 @@ impl Enricher {
                         node,
                         workload,
                         ..
-                    } => Owner::new(
+                    } => batch.owner(
                         *ip,
                         Some(namespace.clone()),
                         Some(name.clone()),
@@ -195,9 +192,9 @@ impl Enricher {
                         labels.clone(),
                     ),
                     EndpointKind::Node { name } => {
-                        Owner::new(*ip, None, None, Some(name.clone()), None, BTreeMap::new())
+                        batch.owner(*ip, None, None, Some(name.clone()), None, BTreeMap::new())
                     }
-                    EndpointKind::Service { namespace, .. } => Owner::new(
+                    EndpointKind::Service { namespace, .. } => batch.owner(
                         *ip,
                         Some(namespace.clone()),
                         None,
@@ -290,7 +287,7 @@ impl Enricher {
         let owner = self.owners.get(&u128::from_be_bytes(addr));
         Peer {
             ip: match owner {
-                Some(owner) => owner.ip,
+                Some(owner) => owner.ip(),
                 None => address_from_bytes(addr),
             },
             port: has_port.then_some(port),

@@ -24,7 +24,7 @@ pub use encode::{Encoder, Format};
 pub use enrich::Enricher;
 pub use metrics::{FlowMetrics, PolicyLabels, SinkLabels, ZonePairLabels};
 pub use record::{
-    FlowId, FlowRecord, Name, Owner, Peer, PolicyChangeRecord, Protocol, Record, RecordId,
-    TcpFlags, Timestamp, protocol_name, tcp_flag_names,
+    FlowId, FlowRecord, Name, Owner, OwnerBatch, OwnerId, Peer, PolicyChangeRecord, Protocol,
+    Record, RecordId, TcpFlags, Timestamp, protocol_name, tcp_flag_names,
 };
 pub use sink::{Dispatcher, Sampling, SinkError, SinkSpec, SinkStats, Target, TlsSettings};

@@ -4,13 +4,15 @@
 //! A record is cheap to make: numbers, times and identifiers stay numbers until a sink
 //! encodes them, and names (zones, policies, the node, pods and their labels) are shared
 //! with the enricher instead of copied. What a record says about a pod lives in an
-//! [`Owner`] made once per policy generation and never changed after, so an encoder may
-//! render an owner once and reuse the text for as long as the owner lives.
+//! [`Owner`] made once per policy generation and never changed after; its [`OwnerId`] is
+//! never given to another owner, so an encoder may render an owner once and reuse the
+//! text under that id.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -246,20 +248,84 @@ impl fmt::Display for FlowId {
 }
 
 /// What the enricher knows about the owner of an address (a pod, a node or a service),
-/// for one policy generation. Immutable: a new generation makes new owners.
-#[derive(Debug, PartialEq)]
+/// for one policy generation. Immutable (its fields are read through methods): a new
+/// generation makes new owners, with new ids.
+#[derive(Debug)]
 pub struct Owner {
-    /// The address this owner was learned for.
-    pub ip: IpAddr,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    /// The pod's owner: `{"kind": "Deployment", "name": "web"}`.
-    pub workload: Option<Workload>,
-    pub labels: BTreeMap<String, String>,
+    ip: IpAddr,
+    namespace: Option<String>,
+    pod: Option<String>,
+    node: Option<String>,
+    workload: Option<Workload>,
+    labels: BTreeMap<String, String>,
+    id: OwnerId,
+}
+
+/// Which owner among every owner this process made: its batch (the owners of one policy
+/// generation, or an owner made on its own) and its place in the batch. No two owners
+/// get the same id, so an encoder may keep what it rendered of an owner under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OwnerId {
+    pub batch: u64,
+    pub index: u32,
+}
+
+/// Makes the owners of one batch, numbered from 0.
+#[derive(Debug)]
+pub struct OwnerBatch {
+    batch: u64,
+    next: u32,
+}
+
+impl Default for OwnerBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OwnerBatch {
+    /// A batch no other had the number of.
+    pub fn new() -> Self {
+        static BATCHES: AtomicU64 = AtomicU64::new(0);
+        Self {
+            batch: BATCHES.fetch_add(1, Ordering::Relaxed),
+            next: 0,
+        }
+    }
+
+    /// The next owner of this batch.
+    pub fn owner(
+        &mut self,
+        ip: IpAddr,
+        namespace: Option<String>,
+        pod: Option<String>,
+        node: Option<String>,
+        workload: Option<Workload>,
+        labels: BTreeMap<String, String>,
+    ) -> Owner {
+        if self.next == u32::MAX {
+            // Indexes are never handed out twice: a full batch goes on as a new one.
+            *self = Self::new();
+        }
+        let id = OwnerId {
+            batch: self.batch,
+            index: self.next,
+        };
+        self.next += 1;
+        Owner {
+            ip,
+            namespace,
+            pod,
+            node,
+            workload,
+            labels,
+            id,
+        }
+    }
 }
 
 impl Owner {
+    /// An owner in a batch of its own.
     pub fn new(
         ip: IpAddr,
         namespace: Option<String>,
@@ -268,14 +334,57 @@ impl Owner {
         workload: Option<Workload>,
         labels: BTreeMap<String, String>,
     ) -> Self {
-        Self {
-            ip,
-            namespace,
-            pod,
-            node,
-            workload,
-            labels,
-        }
+        OwnerBatch::new().owner(ip, namespace, pod, node, workload, labels)
+    }
+
+    /// The address this owner was learned for.
+    #[inline]
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    #[inline]
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    #[inline]
+    pub fn pod(&self) -> Option<&str> {
+        self.pod.as_deref()
+    }
+
+    #[inline]
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The pod's owner: `{"kind": "Deployment", "name": "web"}`.
+    #[inline]
+    pub fn workload(&self) -> Option<&Workload> {
+        self.workload.as_ref()
+    }
+
+    /// The pod's labels (empty for anything else).
+    #[inline]
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    #[inline]
+    pub fn id(&self) -> OwnerId {
+        self.id
+    }
+}
+
+impl PartialEq for Owner {
+    /// Equal when they say the same, whichever batch they belong to.
+    fn eq(&self, other: &Self) -> bool {
+        self.ip == other.ip
+            && self.namespace == other.namespace
+            && self.pod == other.pod
+            && self.node == other.node
+            && self.workload == other.workload
+            && self.labels == other.labels
     }
 }
 
@@ -292,26 +401,26 @@ pub struct Peer {
 
 impl Peer {
     pub fn namespace(&self) -> Option<&str> {
-        self.owner.as_ref()?.namespace.as_deref()
+        self.owner.as_ref()?.namespace()
     }
 
     pub fn pod(&self) -> Option<&str> {
-        self.owner.as_ref()?.pod.as_deref()
+        self.owner.as_ref()?.pod()
     }
 
     pub fn node(&self) -> Option<&str> {
-        self.owner.as_ref()?.node.as_deref()
+        self.owner.as_ref()?.node()
     }
 
     pub fn workload(&self) -> Option<&Workload> {
-        self.owner.as_ref()?.workload.as_ref()
+        self.owner.as_ref()?.workload()
     }
 
     /// The pod's labels (empty for anything else).
     pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
         self.owner
             .as_ref()
-            .map(|owner| &owner.labels)
+            .map(|owner| owner.labels())
             .filter(|labels| !labels.is_empty())
     }
 }

@@ -613,7 +613,7 @@ impl PeerDraft {
         if let Some(owner) = &peer.owner
             && self.owners_address
         {
-            peer.ip = owner.ip;
+            peer.ip = owner.ip();
         }
         peer
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use firewall_agent::flows::{FlowRecord, Peer};
+use firewall_agent::flows::{FlowRecord, Owner, Peer};
 use firewall_agent::policy::model::Workload;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -138,11 +138,13 @@ fn reference_peer(peer: &Peer) -> ReferencePeer {
         ip: peer.ip,
         port: peer.port,
         zone: peer.zone.to_string(),
-        namespace: owner.and_then(|owner| owner.namespace.clone()),
-        pod: owner.and_then(|owner| owner.pod.clone()),
-        node: owner.and_then(|owner| owner.node.clone()),
-        workload: owner.and_then(|owner| owner.workload.clone()),
-        labels: owner.map(|owner| owner.labels.clone()).unwrap_or_default(),
+        namespace: owner.and_then(Owner::namespace).map(str::to_owned),
+        pod: owner.and_then(Owner::pod).map(str::to_owned),
+        node: owner.and_then(Owner::node).map(str::to_owned),
+        workload: owner.and_then(Owner::workload).cloned(),
+        labels: owner
+            .map(|owner| owner.labels().clone())
+            .unwrap_or_default(),
     }
 }
 

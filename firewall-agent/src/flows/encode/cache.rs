@@ -1,20 +1,18 @@
 //! The encoders' render cache: what an owner (a pod, a node, a service) contributes to an
 //! endpoint object, rendered once and copied into every record that mentions the owner.
 //!
-//! An entry is keyed by the owner's allocation and holds a `Weak` to it. While the entry
-//! lives, that allocation cannot be freed, so no other owner can appear at its address;
-//! and an owner cannot change (records share it behind an `Arc`, and `Arc::get_mut`
-//! refuses while a `Weak` exists). An entry therefore always describes the very owner it
-//! was rendered from: it cannot go stale, whatever generations come and go. Entries of
-//! owners no record holds any more are swept out whenever the cache has doubled since
-//! the last sweep, which keeps it within about twice the owners in use.
+//! Renderings are kept under the owner's [`OwnerId`], which no other owner ever gets, and
+//! owners never change: a rendering can therefore never describe anything but the owner
+//! it was made from, whatever generations come and go. The owners of one generation form
+//! one batch, numbered from 0, so a batch's renderings are a vector indexed by owner: a
+//! lookup is one comparison and one index. The two newest batches are kept (records of
+//! the previous generation may still be queued when the next one starts); an older
+//! batch's owners are rendered again if they ever come back.
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::{Arc, Weak};
 
-use crate::flows::enrich::IdMap;
-use crate::flows::record::Owner;
+use crate::flows::record::{Owner, OwnerId};
 
 /// An owner's part of an endpoint object, in two pieces: what comes before the port and
 /// what comes after it (fields are written in name order).
@@ -26,54 +24,58 @@ pub(super) struct Rendered {
 /// Renderings of one encoder (one format), by owner.
 #[derive(Default)]
 pub(super) struct OwnerCache {
-    entries: RefCell<Entries>,
+    /// Oldest first, at most KEPT_BATCHES.
+    batches: RefCell<Vec<Batch>>,
 }
 
-#[derive(Default)]
-struct Entries {
-    by_owner: IdMap<usize, (Weak<Owner>, Rendered)>,
-    /// Size at which the next sweep of dead owners runs.
-    sweep_at: usize,
+/// The renderings of one batch's owners, by index (None: not rendered yet).
+struct Batch {
+    batch: u64,
+    renderings: Vec<Option<Rendered>>,
 }
 
-/// Fewest entries before the first sweep: a node's owners fit without any.
-const FIRST_SWEEP: usize = 4096;
+/// Batches kept: the current generation's owners and the previous one's.
+const KEPT_BATCHES: usize = 2;
 
 impl OwnerCache {
     /// Calls `write` with the rendering of `owner`, made by `render` on first use.
+    #[inline]
     pub(super) fn with<R>(
         &self,
-        owner: &Arc<Owner>,
+        owner: &Owner,
         render: fn(&Owner) -> Rendered,
         write: impl FnOnce(&Rendered) -> R,
     ) -> R {
-        let mut entries = self.entries.borrow_mut();
-        let key = Arc::as_ptr(owner) as usize;
-        if let Some((_, rendered)) = entries.by_owner.get(&key) {
-            return write(rendered);
+        let OwnerId { batch, index } = owner.id();
+        let mut batches = self.batches.borrow_mut();
+        let position = match batches.iter().rposition(|kept| kept.batch == batch) {
+            Some(position) => position,
+            None => {
+                if batches.len() == KEPT_BATCHES {
+                    batches.remove(0);
+                }
+                batches.push(Batch {
+                    batch,
+                    renderings: Vec::new(),
+                });
+                batches.len() - 1
+            }
+        };
+        let renderings = &mut batches[position].renderings;
+        let index = index as usize;
+        if index >= renderings.len() {
+            renderings.resize_with(index + 1, || None);
         }
-        entries.sweep_if_due();
-        let (_, rendered) = entries
-            .by_owner
-            .entry(key)
-            .or_insert_with(|| (Arc::downgrade(owner), render(owner)));
-        write(rendered)
+        write(renderings[index].get_or_insert_with(|| render(owner)))
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.entries.borrow().by_owner.len()
-    }
-}
-
-impl Entries {
-    fn sweep_if_due(&mut self) {
-        if self.by_owner.len() < self.sweep_at.max(FIRST_SWEEP) {
-            return;
-        }
-        self.by_owner
-            .retain(|_, (owner, _)| owner.strong_count() > 0);
-        self.sweep_at = self.by_owner.len() * 2;
+        self.batches
+            .borrow()
+            .iter()
+            .map(|batch| batch.renderings.iter().flatten().count())
+            .sum()
     }
 }
 
@@ -86,14 +88,14 @@ impl Clone for OwnerCache {
 
 impl fmt::Debug for OwnerCache {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let owners = self
-            .entries
+        let batches: Vec<u64> = self
+            .batches
             .try_borrow()
-            .map(|entries| entries.by_owner.len())
+            .map(|batches| batches.iter().map(|batch| batch.batch).collect())
             .unwrap_or_default();
         formatter
             .debug_struct("OwnerCache")
-            .field("owners", &owners)
+            .field("batches", &batches)
             .finish()
     }
 }
@@ -104,63 +106,74 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::flows::record::OwnerBatch;
 
-    fn owner(pod: &str) -> Arc<Owner> {
-        Arc::new(Owner::new(
+    fn pod(batch: &mut OwnerBatch, name: &str) -> Owner {
+        batch.owner(
             IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
             Some("shop".into()),
-            Some(pod.into()),
+            Some(name.into()),
             None,
             None,
             BTreeMap::new(),
-        ))
+        )
     }
 
     fn pod_name(owner: &Owner) -> Rendered {
         Rendered {
-            before_port: owner.pod.clone().unwrap_or_default().into_bytes().into(),
+            before_port: owner.pod().unwrap_or_default().as_bytes().into(),
             after_port: Box::default(),
         }
     }
 
-    fn rendered(cache: &OwnerCache, owner: &Arc<Owner>) -> String {
+    fn rendered(cache: &OwnerCache, owner: &Owner) -> String {
         cache.with(owner, pod_name, |rendered| {
             String::from_utf8_lossy(&rendered.before_port).into_owned()
         })
     }
 
     #[test]
-    fn an_owner_is_rendered_once_and_a_new_one_never_reads_an_old_rendering() {
+    fn an_owner_is_rendered_once_and_never_read_for_another() {
         let cache = OwnerCache::default();
-        let first = owner("web-1");
-        assert_eq!(rendered(&cache, &first), "web-1");
-        assert_eq!(rendered(&cache, &first), "web-1");
-        assert_eq!(cache.len(), 1);
-        // Owners come and go with every generation; the next one may be allocated where
-        // a dropped one lived, unless the cache still holds that place.
-        drop(first);
-        for index in 0..10_000 {
-            let name = format!("web-{index}");
-            let next = owner(&name);
-            assert_eq!(rendered(&cache, &next), name);
+        let mut first = OwnerBatch::new();
+        let web = pod(&mut first, "web-1");
+        let db = pod(&mut first, "db-0");
+        assert_eq!(rendered(&cache, &web), "web-1");
+        assert_eq!(rendered(&cache, &db), "db-0");
+        assert_eq!(rendered(&cache, &web), "web-1");
+        assert_eq!(cache.len(), 2);
+        // Every generation numbers its owners from 0 again, in a batch of its own.
+        for generation in 0..100 {
+            let mut batch = OwnerBatch::new();
+            let web = pod(&mut batch, &format!("web-{generation}"));
+            assert_eq!(web.id().index, 0);
+            assert_eq!(rendered(&cache, &web), format!("web-{generation}"));
+            assert_eq!(rendered(&cache, &web), format!("web-{generation}"));
         }
+        // The first batch was let go, not mixed up: its owners are rendered again.
+        assert_eq!(rendered(&cache, &db), "db-0");
+        assert!(cache.len() <= KEPT_BATCHES, "{} renderings", cache.len());
     }
 
     #[test]
-    fn owners_nobody_holds_are_swept_out() {
+    fn owners_made_alone_are_each_their_own() {
         let cache = OwnerCache::default();
-        let kept: Vec<Arc<Owner>> = (0..100)
-            .map(|index| owner(&format!("kept-{index}")))
+        let owners: Vec<Owner> = (0..10)
+            .map(|index| {
+                Owner::new(
+                    IpAddr::V4(Ipv4Addr::new(198, 18, 0, index)),
+                    None,
+                    Some(format!("pod-{index}")),
+                    None,
+                    None,
+                    BTreeMap::new(),
+                )
+            })
             .collect();
-        for owner in &kept {
-            rendered(&cache, owner);
-        }
-        for index in 0..10 * FIRST_SWEEP {
-            rendered(&cache, &owner(&format!("gone-{index}")));
-        }
-        assert!(cache.len() <= 2 * FIRST_SWEEP, "{} entries", cache.len());
-        for (index, owner) in kept.iter().enumerate() {
-            assert_eq!(rendered(&cache, owner), format!("kept-{index}"));
+        for _ in 0..3 {
+            for (index, owner) in owners.iter().enumerate() {
+                assert_eq!(rendered(&cache, owner), format!("pod-{index}"));
+            }
         }
     }
 }

@@ -224,7 +224,7 @@ fn write_peer(
         };
         match (&peer.owner, selection) {
             // The owner's part is the same in every record of this owner: rendered once.
-            (Some(owner), None) if owner.ip == peer.ip => {
+            (Some(owner), None) if owner.ip() == peer.ip => {
                 cache.with(owner, render_owner, |rendered| {
                     out.extend_from_slice(&rendered.before_port);
                     *first = false;
@@ -259,13 +259,13 @@ fn write_owner_before_port(
     owner: &Owner,
     selection: Option<&Fields>,
 ) {
-    if !owner.labels.is_empty()
+    if !owner.labels().is_empty()
         && let Some(want) = want(selection, "labels")
     {
         let selection = want.selection();
         nested(out, first, "labels", |out| {
             let first = &mut true;
-            for (name, value) in &owner.labels {
+            for (name, value) in owner.labels() {
                 if want_scalar(selection, name) {
                     if !*first {
                         out.push(b',');
@@ -280,9 +280,9 @@ fn write_owner_before_port(
         });
     }
     let texts = [
-        ("namespace", &owner.namespace),
-        ("node", &owner.node),
-        ("pod", &owner.pod),
+        ("namespace", owner.namespace()),
+        ("node", owner.node()),
+        ("pod", owner.pod()),
     ];
     for (name, text) in texts {
         if let Some(text) = text
@@ -300,7 +300,7 @@ fn write_owner_after_port(
     owner: &Owner,
     selection: Option<&Fields>,
 ) {
-    if let Some(workload) = &owner.workload
+    if let Some(workload) = owner.workload()
         && let Some(want) = want(selection, "workload")
     {
         let selection = want.selection();
@@ -322,7 +322,7 @@ fn write_owner_after_port(
 fn render_owner(owner: &Owner) -> Rendered {
     let mut before = Vec::new();
     let first = &mut true;
-    quoted(&mut before, first, "ip", |out| push_ip(out, owner.ip));
+    quoted(&mut before, first, "ip", |out| push_ip(out, owner.ip()));
     write_owner_before_port(&mut before, first, owner, None);
     // After the port, fields always follow `ip`: a leading comma.
     let mut after = Vec::new();

@@ -174,7 +174,7 @@ fn write_peer(out: &mut Vec<u8>, first: &mut bool, name: &str, peer: &Peer, cach
     };
     match &peer.owner {
         // The owner's part is the same in every record of this owner: rendered once.
-        Some(owner) if owner.ip == peer.ip => cache.with(owner, render_owner, |rendered| {
+        Some(owner) if owner.ip() == peer.ip => cache.with(owner, render_owner, |rendered| {
             out.extend_from_slice(&rendered.before_port);
             write_port(out);
             out.extend_from_slice(&rendered.after_port);
@@ -192,11 +192,11 @@ fn write_peer(out: &mut Vec<u8>, first: &mut bool, name: &str, peer: &Peer, cach
 
 fn write_owner_before_port(out: &mut Vec<u8>, ip: IpAddr, owner: Option<&Owner>) {
     let first = &mut true;
-    if let Some(namespace) = owner.and_then(|owner| owner.namespace.as_deref()) {
+    if let Some(namespace) = owner.and_then(Owner::namespace) {
         key(out, first, "domain");
         push_string(out, namespace);
     }
-    if let Some(node) = owner.and_then(|owner| owner.node.as_deref()) {
+    if let Some(node) = owner.and_then(Owner::node) {
         key(out, first, "hostname");
         push_string(out, node);
     }
@@ -204,14 +204,14 @@ fn write_owner_before_port(out: &mut Vec<u8>, ip: IpAddr, owner: Option<&Owner>)
     out.push(b'"');
     push_ip(out, ip);
     out.push(b'"');
-    if let Some(pod) = owner.and_then(|owner| owner.pod.as_deref()) {
+    if let Some(pod) = owner.and_then(Owner::pod) {
         key(out, first, "name");
         push_string(out, pod);
     }
 }
 
 fn write_owner_after_port(out: &mut Vec<u8>, owner: Option<&Owner>) {
-    if owner.is_some_and(|owner| owner.pod.is_some()) {
+    if owner.is_some_and(|owner| owner.pod().is_some()) {
         out.extend_from_slice(b",\"type\":\"Pod\",\"type_id\":99");
     }
 }
@@ -219,7 +219,7 @@ fn write_owner_after_port(out: &mut Vec<u8>, owner: Option<&Owner>) {
 /// The owner's part of an OCSF endpoint, for the cache.
 fn render_owner(owner: &Owner) -> Rendered {
     let mut before = Vec::new();
-    write_owner_before_port(&mut before, owner.ip, Some(owner));
+    write_owner_before_port(&mut before, owner.ip(), Some(owner));
     let mut after = Vec::new();
     write_owner_after_port(&mut after, Some(owner));
     Rendered {

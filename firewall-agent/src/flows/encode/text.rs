@@ -1,6 +1,7 @@
 //! Text primitives of the encoders: JSON strings escaped as `serde_json` escapes them,
 //! integers, hex, times, addresses and object keys, all appended to the caller's buffer
-//! without allocating.
+//! without allocating. They are `#[inline]`: each encoder calls them a few dozen times a
+//! record, and a call across modules is not inlined otherwise.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ const JSON_ESCAPES: [u8; 256] = {
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// The inside of a JSON string (no quotes).
+#[inline]
 pub(super) fn push_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut plain_from = 0;
@@ -54,12 +56,14 @@ pub(super) fn push_escaped(out: &mut Vec<u8>, text: &str) {
 }
 
 /// A JSON string.
+#[inline]
 pub(super) fn push_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     push_escaped(out, text);
     out.push(b'"');
 }
 
+#[inline]
 pub(super) fn push_u64(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut position = digits.len();
@@ -78,6 +82,7 @@ pub(super) fn push_u64(out: &mut Vec<u8>, mut value: u64) {
     out.extend_from_slice(&digits[position..]);
 }
 
+#[inline]
 pub(super) fn push_i64(out: &mut Vec<u8>, value: i64) {
     if value < 0 {
         out.push(b'-');
@@ -85,6 +90,7 @@ pub(super) fn push_i64(out: &mut Vec<u8>, value: i64) {
     push_u64(out, value.unsigned_abs());
 }
 
+#[inline]
 pub(super) fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
     let mut digits = [0u8; 16];
     let mut position = digits.len();
@@ -98,18 +104,21 @@ pub(super) fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
 }
 
 /// RFC 3339 text (or the nanoseconds of a time it cannot write), without quotes.
+#[inline]
 pub(super) fn push_time(out: &mut Vec<u8>, time: Timestamp) {
     let mut buffer = [0u8; TIMESTAMP_MAX_LEN];
     let length = time.write_to(&mut buffer);
     out.extend_from_slice(&buffer[..length]);
 }
 
+#[inline]
 pub(super) fn push_record_id(out: &mut Vec<u8>, id: RecordId) {
     push_hex(out, id.started_ns, 1);
     out.push(b'-');
     push_u64(out, id.sequence);
 }
 
+#[inline]
 pub(super) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
@@ -127,6 +136,7 @@ pub(super) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+#[inline]
 pub(super) fn push_protocol(out: &mut Vec<u8>, record: &FlowRecord) {
     match record.protocol.name() {
         Some(name) => out.extend_from_slice(name.as_bytes()),
@@ -134,6 +144,7 @@ pub(super) fn push_protocol(out: &mut Vec<u8>, record: &FlowRecord) {
     }
 }
 
+#[inline]
 pub(super) fn push_tcp_flags(out: &mut Vec<u8>, flags: TcpFlags) {
     for (index, name) in flags.names().enumerate() {
         if index > 0 {
@@ -144,6 +155,7 @@ pub(super) fn push_tcp_flags(out: &mut Vec<u8>, flags: TcpFlags) {
 }
 
 /// Starts a field of an object: a comma unless it is the first, then `"name":`.
+#[inline]
 pub(super) fn key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
     if !*first {
         out.push(b',');
@@ -156,6 +168,7 @@ pub(super) fn key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
 
 /// A nested object field, written only if at least one of its fields is (a selection
 /// may leave none). `write` returns whether it wrote any field.
+#[inline]
 pub(super) fn nested(
     out: &mut Vec<u8>,
     first: &mut bool,
