@@ -183,7 +183,7 @@ impl Enricher {
                         node,
                         workload,
                         ..
-                    } => batch.owner(
+                    } => Owner::new(
                         *ip,
                         Some(namespace.clone()),
                         Some(name.clone()),
@@ -192,9 +192,9 @@ impl Enricher {
                         labels.clone(),
                     ),
                     EndpointKind::Node { name } => {
-                        batch.owner(*ip, None, None, Some(name.clone()), None, BTreeMap::new())
+                        Owner::new(*ip, None, None, Some(name.clone()), None, BTreeMap::new())
                     }
-                    EndpointKind::Service { namespace, .. } => batch.owner(
+                    EndpointKind::Service { namespace, .. } => Owner::new(
                         *ip,
                         Some(namespace.clone()),
                         None,
@@ -203,7 +203,7 @@ impl Enricher {
                         BTreeMap::new(),
                     ),
                 };
-                Some((u128::from_be_bytes(key), Arc::new(owner)))
+                Some((u128::from_be_bytes(key), Arc::new(batch.add(owner))))
             })
             .collect();
     }

@@ -293,16 +293,15 @@ impl OwnerBatch {
         }
     }
 
-    /// The next owner of this batch.
-    pub fn owner(
-        &mut self,
-        ip: IpAddr,
-        namespace: Option<String>,
-        pod: Option<String>,
-        node: Option<String>,
-        workload: Option<Workload>,
-        labels: BTreeMap<String, String>,
-    ) -> Owner {
+    /// `owner` as the next owner of this batch.
+    pub fn add(&mut self, owner: Owner) -> Owner {
+        Owner {
+            id: self.next_id(),
+            ..owner
+        }
+    }
+
+    fn next_id(&mut self) -> OwnerId {
         if self.next == u32::MAX {
             // Indexes are never handed out twice: a full batch goes on as a new one.
             *self = Self::new();
@@ -312,20 +311,12 @@ impl OwnerBatch {
             index: self.next,
         };
         self.next += 1;
-        Owner {
-            ip,
-            namespace,
-            pod,
-            node,
-            workload,
-            labels,
-            id,
-        }
+        id
     }
 }
 
 impl Owner {
-    /// An owner in a batch of its own.
+    /// An owner in a batch of its own ([`OwnerBatch::add`] puts it in another).
     pub fn new(
         ip: IpAddr,
         namespace: Option<String>,
@@ -334,7 +325,15 @@ impl Owner {
         workload: Option<Workload>,
         labels: BTreeMap<String, String>,
     ) -> Self {
-        OwnerBatch::new().owner(ip, namespace, pod, node, workload, labels)
+        Self {
+            ip,
+            namespace,
+            pod,
+            node,
+            workload,
+            labels,
+            id: OwnerBatch::new().next_id(),
+        }
     }
 
     /// The address this owner was learned for.

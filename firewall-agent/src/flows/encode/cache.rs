@@ -109,14 +109,14 @@ mod tests {
     use crate::flows::record::OwnerBatch;
 
     fn pod(batch: &mut OwnerBatch, name: &str) -> Owner {
-        batch.owner(
+        batch.add(Owner::new(
             IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
             Some("shop".into()),
             Some(name.into()),
             None,
             None,
             BTreeMap::new(),
-        )
+        ))
     }
 
     fn pod_name(owner: &Owner) -> Rendered {
