@@ -87,5 +87,8 @@ fn every_counter_has_a_name_and_a_slot() {
         COUNTER_NAMES[COUNTER_UNJUDGED_EGRESS_DROPPED as usize],
         "unjudged_egress_dropped"
     );
-    assert_eq!(COUNTER_NAMES.len(), COUNTER_UNJUDGED_EGRESS_DROPPED as usize + 1);
+    assert_eq!(
+        COUNTER_NAMES.len(),
+        COUNTER_UNJUDGED_EGRESS_DROPPED as usize + 1
+    );
 }

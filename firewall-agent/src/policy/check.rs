@@ -251,8 +251,7 @@ fn segments(entries: &[&PolicyEntry], other: PolicyValue) -> Vec<Segment> {
 }
 
 fn protocol_name(number: u8) -> String {
-    firewall_common::protocol_name(number)
-        .map_or_else(|| format!("proto {number}"), str::to_string)
+    firewall_common::protocol_name(number).map_or_else(|| format!("proto {number}"), str::to_string)
 }
 
 fn port_range(start: u32, end: u32) -> String {
