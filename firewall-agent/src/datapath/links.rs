@@ -84,6 +84,42 @@ fn remove_tc_filter(record: &Path, pin: &PinName) {
 }
 
 /// Whether a program error carries the OS error `errno`.
+/// The folder of TC filter records and the interface's clsact qdisc, for a classic TC
+/// attach (the agent's and the CNI plugin's). The qdisc may be ours from an earlier agent,
+/// or another tool's: either way the filter attach after this tells whether it takes
+/// filters.
+fn prepare_clsact(tc_dir: &Path, ifname: &str) -> Result<(), String> {
+    std::fs::create_dir_all(tc_dir)
+        .map_err(|error| format!("TC records folder {}: {error}", tc_dir.display()))?;
+    match aya::programs::tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {
+            tracing::debug!(interface = ifname, "clsact qdisc added");
+            Ok(())
+        }
+        Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(error) => Err(format!("adding the clsact qdisc: {error}")),
+    }
+}
+
+/// Records the TC filter of one direction before it exists, so no filter of ours is ever
+/// unrecorded; returns the record.
+fn record_tc_filter(
+    tc_dir: &Path,
+    ifname: &str,
+    ifindex: u32,
+    direction: &str,
+) -> Result<PathBuf, String> {
+    let record = tc_dir.join(record_name(ifname, ifindex, direction));
+    match std::fs::create_dir(&record) {
+        Ok(()) => Ok(record),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(record),
+        Err(error) => Err(format!(
+            "recording the TC filter at {}: {error}",
+            record.display()
+        )),
+    }
+}
+
 fn is_errno(error: &ProgramError, errno: i32) -> bool {
     match error {
         ProgramError::TcError(TcError::NetlinkError(netlink))
@@ -240,30 +276,11 @@ impl Datapath {
             reason,
         };
         let tc_dir = self.tc_dir();
-        std::fs::create_dir_all(&tc_dir).map_err(|error| {
-            attach_error(format!("TC records folder {}: {error}", tc_dir.display()))
-        })?;
-        match aya::programs::tc::qdisc_add_clsact(ifname) {
-            Ok(()) => tracing::debug!(interface = ifname, "clsact qdisc added"),
-            // The qdisc may be ours from an earlier agent, or another tool's: either way
-            // the filter attach below tells whether it takes filters.
-            Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(error) => return Err(attach_error(format!("adding the clsact qdisc: {error}"))),
-        }
+        prepare_clsact(&tc_dir, ifname).map_err(attach_error)?;
         let mut records = Vec::new();
         for (program_name, attach_type, direction) in DIRECTIONS {
-            // Recorded before the filter exists, so no filter of ours is ever unrecorded.
-            let record = tc_dir.join(record_name(ifname, ifindex, direction));
-            match std::fs::create_dir(&record) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(error) => {
-                    return Err(attach_error(format!(
-                        "recording the TC filter at {}: {error}",
-                        record.display()
-                    )));
-                }
-            }
+            let record =
+                record_tc_filter(&tc_dir, ifname, ifindex, direction).map_err(attach_error)?;
             let program = self
                 .classifier(program_name)
                 .ok_or_else(|| attach_error(format!("program {program_name} not loaded")))?;

@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use aya::programs::{
     LinkOrder, SchedClassifier,
     links::FdLink,
-    tc::{NlOptions, TcAttachOptions, TcError},
+    tc::{NlOptions, TcAttachOptions},
 };
 use firewall_common::{Config, MAP_CONFIG, PROG_FROM_POD, PROG_TO_POD};
 
 use super::uplink::pinned_program_id;
 use super::{
     AttachMode, AttachedInterface, DIRECTIONS, Hook, TC_HANDLE, TC_PRIORITY, is_errno, pin_name,
-    pins_in, record_name, tc_dir, unpin,
+    pins_in, prepare_clsact, record_name, record_tc_filter, tc_dir, unpin,
 };
 use crate::datapath::{Datapath, DatapathError, bpffs};
 
@@ -297,25 +297,9 @@ fn attach_tc(
     programs: &mut Programs,
 ) -> Result<(), String> {
     let records = tc_dir(pin_dir);
-    std::fs::create_dir_all(&records)
-        .map_err(|error| format!("TC records folder {}: {error}", records.display()))?;
-    match aya::programs::tc::qdisc_add_clsact(ifname) {
-        Ok(()) => {}
-        Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(error) => return Err(format!("adding the clsact qdisc: {error}")),
-    }
+    prepare_clsact(&records, ifname)?;
     for (program, attach_type, direction) in programs.iter_mut() {
-        let record = records.join(record_name(ifname, ifindex, direction));
-        match std::fs::create_dir(&record) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(error) => {
-                return Err(format!(
-                    "recording the TC filter at {}: {error}",
-                    record.display()
-                ));
-            }
-        }
+        record_tc_filter(&records, ifname, ifindex, direction)?;
         let options = NlOptions {
             priority: TC_PRIORITY,
             handle: TC_HANDLE,
